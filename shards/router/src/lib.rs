@@ -1,0 +1,1 @@
+//! Placeholder: the router helper writes this crate.
