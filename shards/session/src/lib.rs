@@ -1,1 +1,475 @@
-//! Session state.
+//! Per-client session state, with no I/O and no clocks: the shard feeds it events and writes what
+//! it returns.
+//!
+//! # Layout
+//! - [`Message`]: an application message as it travels between shards; cloning it only bumps
+//!   reference counts, so fan-out to many subscribers shares one payload.
+//! - [`Outbound`]: the server-to-client half of QoS 1/2: packet-id allocation, the inflight window
+//!   (bounded by the client's Receive Maximum and `--max-inflight`) and the bounded queue behind
+//!   it, which is also the offline queue of a persistent session.
+//! - [`InboundQos2`]: packet ids of QoS 2 PUBLISHes received but not yet released by PUBREL, so a
+//!   retransmitted PUBLISH is not routed twice [MQTT-4.3.3-9].
+//! - [`Session`]: what survives a disconnect for a persistent session.
+
+use bytes::Bytes;
+use ringmq_codec::{ByteStr, LastWill, PacketId, Properties, ProtocolVersion, QoS, SubscriptionOptions};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+/// An application message routed between sessions and shards.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub topic: ByteStr,
+    pub payload: Bytes,
+    /// The QoS it was published with; each delivery is capped by the subscription's.
+    pub qos: QoS,
+    pub retain: bool,
+    /// MQTT 5 properties forwarded to subscribers (never the Topic Alias or Subscription
+    /// Identifiers of the incoming packet: those are per hop).
+    pub properties: Option<Arc<Properties>>,
+    /// Global id of the publishing session (`shard << 48 | local id`), for No Local.
+    pub origin: u64,
+}
+
+impl Message {
+    /// A copy whose buffers are exactly as large as its content. Messages held for long
+    /// (retained, queued for an offline session) would otherwise pin the whole read buffer
+    /// their bytes were sliced from.
+    pub fn compacted(&self) -> Message {
+        Message {
+            topic: ByteStr::from(self.topic.as_str()),
+            payload: Bytes::copy_from_slice(&self.payload),
+            ..self.clone()
+        }
+    }
+}
+
+/// Where a QoS 1/2 delivery stands in its acknowledgement flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InflightState {
+    /// QoS 1 PUBLISH sent, waiting for PUBACK.
+    AwaitPubAck,
+    /// QoS 2 PUBLISH sent, waiting for PUBREC.
+    AwaitPubRec,
+    /// PUBREL sent, waiting for PUBCOMP.
+    AwaitPubComp,
+}
+
+#[derive(Clone, Debug)]
+pub struct Inflight {
+    pub packet_id: PacketId,
+    pub qos: QoS,
+    pub state: InflightState,
+    pub message: Message,
+    /// Retain flag as it is to be sent to this subscriber.
+    pub retain: bool,
+    /// Subscription identifiers to attach (MQTT 5).
+    pub subscription_ids: Vec<u32>,
+}
+
+/// A message waiting for room in the inflight window.
+#[derive(Clone, Debug)]
+pub struct Queued {
+    pub qos: QoS,
+    pub message: Message,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+}
+
+/// What became of a message handed to [`Outbound::offer`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offer {
+    /// Send it now with this packet id (already recorded as inflight).
+    Send(PacketId),
+    /// Queued behind a full window or for an offline session.
+    Queued,
+    /// The queue is full: the message is dropped for this session and must be counted.
+    Dropped,
+}
+
+/// The outgoing QoS 1/2 state of one session.
+#[derive(Debug)]
+pub struct Outbound {
+    next_id: u16,
+    /// In send order: acknowledgements mostly arrive in that order, so lookups find the front.
+    inflight: VecDeque<Inflight>,
+    queue: VecDeque<Queued>,
+    /// Largest number of unacknowledged QoS 1/2 PUBLISHes: min(client Receive Maximum, server).
+    window: usize,
+    queue_max: usize,
+}
+
+impl Outbound {
+    pub fn new(window: usize, queue_max: usize) -> Outbound {
+        assert!(window > 0 && window <= u16::MAX as usize);
+        Outbound {
+            next_id: 1,
+            inflight: VecDeque::new(),
+            queue: VecDeque::new(),
+            window,
+            queue_max,
+        }
+    }
+
+    /// A reconnect may bring another Receive Maximum.
+    pub fn set_window(&mut self, window: usize) {
+        assert!(window > 0 && window <= u16::MAX as usize);
+        self.window = window;
+    }
+
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    pub fn queued_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn inflight(&self) -> impl Iterator<Item = &Inflight> {
+        self.inflight.iter()
+    }
+
+    fn id_in_use(&self, id: u16) -> bool {
+        self.inflight.iter().any(|i| i.packet_id.get() == id)
+    }
+
+    fn allocate_id(&mut self) -> PacketId {
+        // The window is at most 65,535 and full windows never allocate, so a free id exists.
+        loop {
+            let id = self.next_id;
+            self.next_id = if id == u16::MAX { 1 } else { id + 1 };
+            if !self.id_in_use(id) {
+                return PacketId::new(id).expect("ids start at 1");
+            }
+        }
+    }
+
+    /// Hands a QoS 1/2 message to the session. `online` is false for a disconnected persistent
+    /// session, whose messages always queue.
+    pub fn offer(&mut self, q: Queued, online: bool) -> Offer {
+        debug_assert!(q.qos != QoS::AtMostOnce);
+        if online && self.inflight.len() < self.window && self.queue.is_empty() {
+            let id = self.push_inflight(q);
+            return Offer::Send(id);
+        }
+        if self.queue.len() >= self.queue_max {
+            return Offer::Dropped;
+        }
+        self.queue.push_back(q);
+        Offer::Queued
+    }
+
+    fn push_inflight(&mut self, q: Queued) -> PacketId {
+        let packet_id = self.allocate_id();
+        let state = if q.qos == QoS::ExactlyOnce {
+            InflightState::AwaitPubRec
+        } else {
+            InflightState::AwaitPubAck
+        };
+        self.inflight.push_back(Inflight {
+            packet_id,
+            qos: q.qos,
+            state,
+            message: q.message,
+            retain: q.retain,
+            subscription_ids: q.subscription_ids,
+        });
+        packet_id
+    }
+
+    /// Moves queued messages into free window slots; returns the ids to send now, oldest first.
+    pub fn refill(&mut self) -> Vec<PacketId> {
+        let mut ids = Vec::new();
+        while self.inflight.len() < self.window {
+            let Some(q) = self.queue.pop_front() else { break };
+            ids.push(self.push_inflight(q));
+        }
+        ids
+    }
+
+    pub fn get(&self, id: PacketId) -> Option<&Inflight> {
+        self.inflight.iter().find(|i| i.packet_id == id)
+    }
+
+    fn position(&self, id: PacketId, state: InflightState) -> Option<usize> {
+        self.inflight
+            .iter()
+            .position(|i| i.packet_id == id && i.state == state)
+    }
+
+    /// PUBACK for a QoS 1 delivery. False if no such delivery awaited it.
+    pub fn on_puback(&mut self, id: PacketId) -> bool {
+        match self.position(id, InflightState::AwaitPubAck) {
+            Some(p) => {
+                self.inflight.remove(p);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// PUBREC for a QoS 2 delivery: the message is now the client's; what remains is PUBREL.
+    /// A PUBREC with a failure reason code ends the flow instead [MQTT-4.3.3-?] (`failed`).
+    pub fn on_pubrec(&mut self, id: PacketId, failed: bool) -> bool {
+        match self.position(id, InflightState::AwaitPubRec) {
+            Some(p) if failed => {
+                self.inflight.remove(p);
+                true
+            }
+            Some(p) => {
+                self.inflight[p].state = InflightState::AwaitPubComp;
+                true
+            }
+            // A retransmitted PUBREC for a flow already at PUBREL: answer PUBREL again.
+            None => self.position(id, InflightState::AwaitPubComp).is_some(),
+        }
+    }
+
+    pub fn on_pubcomp(&mut self, id: PacketId) -> bool {
+        match self.position(id, InflightState::AwaitPubComp) {
+            Some(p) => {
+                self.inflight.remove(p);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops everything (Clean Start, or the session ended).
+    pub fn clear(&mut self) {
+        self.inflight.clear();
+        self.queue.clear();
+    }
+
+    /// Removes queued (not inflight) messages the predicate rejects, e.g. expired ones.
+    pub fn retain_queued(&mut self, f: impl FnMut(&Queued) -> bool) {
+        self.queue.retain(f);
+    }
+}
+
+/// QoS 2 PUBLISHes received and answered with PUBREC, awaiting PUBREL.
+#[derive(Debug, Default)]
+pub struct InboundQos2 {
+    ids: HashSet<u16>,
+}
+
+impl InboundQos2 {
+    /// True the first time an id is seen: route the message. False for a retransmission
+    /// of a message already routed [MQTT-4.3.3-9].
+    pub fn on_publish(&mut self, id: PacketId) -> bool {
+        self.ids.insert(id.get())
+    }
+
+    /// True if the id was pending.
+    pub fn on_pubrel(&mut self, id: PacketId) -> bool {
+        self.ids.remove(&id.get())
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.ids.clear();
+    }
+}
+
+/// One subscription of a session, as the session remembers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subscription {
+    pub options: SubscriptionOptions,
+    pub subscription_id: Option<u32>,
+}
+
+/// The state of one client id that outlives its connections when the session is persistent.
+#[derive(Debug)]
+pub struct Session {
+    /// Unique on this shard for the life of the process; never reused, so a late reply about an
+    /// ended session cannot reach its successor.
+    pub id: u64,
+    pub client_id: ByteStr,
+    pub protocol: ProtocolVersion,
+    /// Seconds the session outlives its connection; `u32::MAX` never expires, 0 ends with it.
+    pub expiry_interval: u32,
+    pub subscriptions: HashMap<ByteStr, Subscription>,
+    pub outbound: Outbound,
+    pub inbound_qos2: InboundQos2,
+    pub will: Option<LastWill>,
+    /// The connection currently attached, by its key on the shard.
+    pub connection: Option<usize>,
+    /// Seconds on the shard's clock when the last connection ended.
+    pub disconnected_at: Option<u64>,
+    /// Largest packet the client accepts (MQTT 5 Maximum Packet Size); u32::MAX if unlimited.
+    pub max_packet_size: u32,
+    /// Request Problem Information (MQTT 5): reason strings allowed on acknowledgements.
+    pub problem_information: bool,
+}
+
+impl Session {
+    pub fn new(id: u64, client_id: ByteStr, protocol: ProtocolVersion, window: usize, queue_max: usize) -> Session {
+        Session {
+            id,
+            client_id,
+            protocol,
+            expiry_interval: 0,
+            subscriptions: HashMap::new(),
+            outbound: Outbound::new(window, queue_max),
+            inbound_qos2: InboundQos2::default(),
+            will: None,
+            connection: None,
+            disconnected_at: None,
+            max_packet_size: u32::MAX,
+            problem_information: true,
+        }
+    }
+
+    pub fn is_online(&self) -> bool {
+        self.connection.is_some()
+    }
+
+    /// True once an offline session has outlived its expiry interval at `now_s`.
+    pub fn expired(&self, now_s: u64) -> bool {
+        match self.disconnected_at {
+            Some(_) if self.expiry_interval == u32::MAX => false,
+            Some(t) => now_s >= t.saturating_add(self.expiry_interval as u64),
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(qos: QoS) -> Queued {
+        Queued {
+            qos,
+            message: Message {
+                topic: ByteStr::from("a/b"),
+                payload: Bytes::from_static(b"x"),
+                qos,
+                retain: false,
+                properties: None,
+                origin: 0,
+            },
+            retain: false,
+            subscription_ids: Vec::new(),
+        }
+    }
+
+    fn pid(v: u16) -> PacketId {
+        PacketId::new(v).unwrap()
+    }
+
+    #[test]
+    fn window_bounds_inflight_and_queue_bounds_the_rest() {
+        let mut o = Outbound::new(2, 3);
+        assert_eq!(o.offer(msg(QoS::AtLeastOnce), true), Offer::Send(pid(1)));
+        assert_eq!(o.offer(msg(QoS::AtLeastOnce), true), Offer::Send(pid(2)));
+        assert_eq!(o.offer(msg(QoS::AtLeastOnce), true), Offer::Queued);
+        assert_eq!(o.offer(msg(QoS::AtLeastOnce), true), Offer::Queued);
+        assert_eq!(o.offer(msg(QoS::AtLeastOnce), true), Offer::Queued);
+        assert_eq!(o.offer(msg(QoS::AtLeastOnce), true), Offer::Dropped);
+        assert!(o.on_puback(pid(1)));
+        assert!(!o.on_puback(pid(1)), "a second PUBACK for the same id finds nothing");
+        assert_eq!(o.refill(), vec![pid(3)]);
+        assert_eq!(o.inflight_len(), 2);
+        assert_eq!(o.queued_len(), 2);
+    }
+
+    #[test]
+    fn offline_messages_queue_even_with_room_in_the_window() {
+        let mut o = Outbound::new(10, 10);
+        assert_eq!(o.offer(msg(QoS::AtLeastOnce), false), Offer::Queued);
+        assert_eq!(o.inflight_len(), 0);
+        assert_eq!(o.refill(), vec![pid(1)]);
+    }
+
+    #[test]
+    fn queued_messages_keep_order_behind_the_window() {
+        // A new message must not overtake queued ones when a slot frees [MQTT-4.6.0-6].
+        let mut o = Outbound::new(1, 10);
+        assert_eq!(o.offer(msg(QoS::AtLeastOnce), true), Offer::Send(pid(1)));
+        assert_eq!(o.offer(msg(QoS::AtLeastOnce), true), Offer::Queued);
+        o.on_puback(pid(1));
+        // The window has room but the queue is not empty: the new message queues behind.
+        assert_eq!(o.offer(msg(QoS::AtLeastOnce), true), Offer::Queued);
+        assert_eq!(o.refill(), vec![pid(2)]);
+    }
+
+    #[test]
+    fn packet_ids_skip_those_in_use_and_wrap() {
+        // [MQTT-2.2.1-3] a new PUBLISH uses an id not in use.
+        let mut o = Outbound::new(3, 0);
+        o.next_id = u16::MAX;
+        assert_eq!(o.offer(msg(QoS::AtLeastOnce), true), Offer::Send(pid(u16::MAX)));
+        assert_eq!(o.offer(msg(QoS::AtLeastOnce), true), Offer::Send(pid(1)));
+        o.next_id = u16::MAX;
+        assert_eq!(o.offer(msg(QoS::AtLeastOnce), true), Offer::Send(pid(2)));
+    }
+
+    #[test]
+    fn qos2_flow_pubrec_then_pubcomp() {
+        let mut o = Outbound::new(4, 4);
+        assert_eq!(o.offer(msg(QoS::ExactlyOnce), true), Offer::Send(pid(1)));
+        assert!(!o.on_pubcomp(pid(1)), "PUBCOMP before PUBREC is not accepted");
+        assert!(o.on_pubrec(pid(1), false));
+        assert_eq!(o.get(pid(1)).unwrap().state, InflightState::AwaitPubComp);
+        assert!(o.on_pubrec(pid(1), false), "a repeated PUBREC is answered again");
+        assert!(o.on_pubcomp(pid(1)));
+        assert_eq!(o.inflight_len(), 0);
+    }
+
+    #[test]
+    fn qos2_pubrec_with_error_ends_the_flow() {
+        let mut o = Outbound::new(4, 4);
+        o.offer(msg(QoS::ExactlyOnce), true);
+        assert!(o.on_pubrec(pid(1), true));
+        assert_eq!(o.inflight_len(), 0);
+    }
+
+    #[test]
+    fn inbound_qos2_routes_once() {
+        // [MQTT-4.3.3-9] a retransmitted QoS 2 PUBLISH is not delivered onwards twice.
+        let mut i = InboundQos2::default();
+        assert!(i.on_publish(pid(7)));
+        assert!(!i.on_publish(pid(7)));
+        assert!(i.on_pubrel(pid(7)));
+        assert!(!i.on_pubrel(pid(7)));
+        assert!(i.on_publish(pid(7)), "after PUBREL the id is free again");
+    }
+
+    #[test]
+    fn session_expiry() {
+        let mut s = Session::new(1, ByteStr::from("c"), ProtocolVersion::V5, 10, 10);
+        s.expiry_interval = 5;
+        assert!(!s.expired(100));
+        s.disconnected_at = Some(100);
+        assert!(!s.expired(104));
+        assert!(s.expired(105));
+        s.expiry_interval = u32::MAX;
+        assert!(!s.expired(u64::MAX));
+    }
+
+    #[test]
+    fn compacted_message_owns_exact_buffers() {
+        let big = Bytes::from(vec![7u8; 4096]);
+        let m = Message {
+            topic: ByteStr::from("t"),
+            payload: big.slice(10..20),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: None,
+            origin: 3,
+        };
+        let c = m.compacted();
+        assert_eq!(c, m);
+        drop(m);
+        drop(big);
+        assert_eq!(c.payload.len(), 10);
+    }
+}

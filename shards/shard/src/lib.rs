@@ -1,1 +1,25 @@
-//! Shard runtime.
+//! The shard runtime: the only crate that touches glommio.
+//!
+//! # Layout
+//! - [`runtime`]: one pinned glommio executor per shard; every shard listens on every address with
+//!   SO_REUSEPORT; a channel mesh joins the shards. Tasks here only wait for I/O, peers and timers.
+//! - [`state`]: [`state::ShardState`], the shard's connections, sessions, subscriptions, route table
+//!   and retained messages, and every protocol decision, as synchronous code.
+//! - [`mesh`]: the messages shards exchange, batched per peer per event.
+//! - [`io`]: the socket calls made directly: `recv` into a shared scratch buffer, vectored `sendmsg`.
+//! - [`config`]: settings, and the home-shard hash of client ids.
+//!
+//! A client's session lives on its home shard, `fnv1a_64(client_id) % shards`. A connection
+//! accepted elsewhere is handed over after its CONNECT is read: the socket's descriptor and the
+//! bytes read past CONNECT travel in one mesh message. Retained messages live on the shard
+//! `fnv1a_64(topic) % shards`.
+
+pub mod config;
+pub mod io;
+pub mod mesh;
+pub mod metrics;
+pub mod runtime;
+pub mod state;
+
+pub use config::Config;
+pub use runtime::{check_fd_limit, run};

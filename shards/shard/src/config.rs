@@ -1,0 +1,90 @@
+//! The settings a shard runs with. Built once by the binary from flags; read-only afterwards.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Every shard accepts on each of these with SO_REUSEPORT.
+    pub listen: Vec<SocketAddr>,
+    pub shards: usize,
+    pub data_dir: PathBuf,
+    /// Connections held by the whole process; more are refused at accept.
+    pub max_connections: usize,
+    /// Largest packet accepted from a client, fixed header included; advertised in CONNACK.
+    pub max_packet_size: usize,
+    /// Unacknowledged QoS 1/2 PUBLISHes per direction per client; advertised as Receive Maximum.
+    pub max_inflight: u16,
+    /// QoS 1/2 messages queued per session behind a full window or while offline.
+    pub max_queued_messages: usize,
+    /// Bytes of QoS 0 output buffered for one connection before further QoS 0 messages are dropped.
+    pub max_outgoing_bytes: usize,
+    /// A connection must complete CONNECT within this time.
+    pub connect_timeout: Duration,
+    /// Keep-alive in seconds imposed when a client asks for 0; 0 imposes none.
+    pub default_keep_alive: u16,
+    /// Largest keep-alive in seconds the server accepts.
+    pub max_keep_alive: u16,
+    /// Largest number of topic levels in a topic name or filter.
+    pub max_topic_levels: usize,
+    /// Subscriptions one session may hold.
+    pub max_subscriptions_per_client: usize,
+    /// Bytes of pinned io_uring buffer memory per shard (glommio's io_memory); counts against
+    /// RLIMIT_MEMLOCK.
+    pub io_memory: usize,
+    /// Busy-poll before parking, for machines the broker has to itself.
+    pub spin: Option<Duration>,
+    /// Batches that one shard may have in flight to another before senders wait.
+    pub mesh_channel_batches: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: vec!["0.0.0.0:1883".parse().expect("valid literal")],
+            shards: 1,
+            data_dir: PathBuf::from("./data"),
+            max_connections: 1_000_000,
+            max_packet_size: 1024 * 1024,
+            max_inflight: 32,
+            max_queued_messages: 1000,
+            max_outgoing_bytes: 1024 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            default_keep_alive: 60,
+            max_keep_alive: u16::MAX,
+            max_topic_levels: 128,
+            max_subscriptions_per_client: 1000,
+            io_memory: 512 * 1024,
+            spin: None,
+            mesh_channel_batches: 1024,
+        }
+    }
+}
+
+/// FNV-1a, 64-bit: the home shard of a client id is `fnv1a_64(id) % shards`. Stable across
+/// releases so that operators and tests can place clients on chosen shards.
+pub fn fnv1a_64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+pub fn home_shard(client_id: &[u8], shards: usize) -> usize {
+    (fnv1a_64(client_id) % shards as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv_known_values() {
+        assert_eq!(fnv1a_64(b""), 0xcbf29ce484222325);
+        assert_eq!(fnv1a_64(b"a"), 0xaf63dc4c8601ec8c);
+        assert_eq!(fnv1a_64(b"foobar"), 0x85944171f73967e8);
+    }
+}

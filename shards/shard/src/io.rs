@@ -1,0 +1,160 @@
+//! The few socket system calls the shard makes itself. glommio is used to wait for readiness;
+//! the data moves with non-blocking `recv` into the shard's scratch buffer and vectored
+//! `sendmsg` of queued chunks, so no buffer is ever lent to the kernel while a connection idles.
+
+use bytes::{Buf, Bytes, BytesMut};
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::RawFd;
+
+/// Reads what the socket has, up to the buffer's spare capacity (after reserving `want`).
+/// Returns Ok(0) at end of stream; WouldBlock when nothing is there.
+pub fn recv_into(fd: RawFd, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
+    buf.reserve(want);
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: recv writes at most `spare.len()` bytes into memory we own; set_len covers only
+    // what it reported written.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            spare.as_mut_ptr().cast::<libc::c_void>(),
+            spare.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
+/// Chunks gathered into one `sendmsg`; IOV_MAX is 1024, and a few dozen already fill a
+/// socket buffer with small messages.
+const IOV_BATCH: usize = 64;
+
+/// Writes as much of `out` as the socket takes now, dropping written chunks. Returns the bytes
+/// written; WouldBlock only when nothing could be written.
+pub fn send_chunks(fd: RawFd, out: &mut VecDeque<Bytes>) -> io::Result<usize> {
+    let mut total = 0;
+    while !out.is_empty() {
+        let mut iov: [libc::iovec; IOV_BATCH] = unsafe { std::mem::zeroed() };
+        let mut cnt = 0;
+        let mut batch_len = 0;
+        for chunk in out.iter().take(IOV_BATCH) {
+            iov[cnt] = libc::iovec {
+                iov_base: chunk.as_ptr() as *mut libc::c_void,
+                iov_len: chunk.len(),
+            };
+            batch_len += chunk.len();
+            cnt += 1;
+        }
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = cnt as _;
+        // SAFETY: the iovecs point into chunks that `out` keeps alive for the call.
+        let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::WouldBlock && total > 0 {
+                return Ok(total);
+            }
+            return Err(e);
+        }
+        let n = n as usize;
+        total += n;
+        consume(out, n);
+        if n < batch_len {
+            // The socket buffer is full; the caller waits for writability.
+            break;
+        }
+    }
+    Ok(total)
+}
+
+/// Drops `n` written bytes from the front of the queue.
+pub fn consume(out: &mut VecDeque<Bytes>, mut n: usize) {
+    while n > 0 {
+        let front = out.front_mut().expect("wrote more than was queued");
+        if front.len() <= n {
+            n -= front.len();
+            out.pop_front();
+        } else {
+            front.advance(n);
+            n = 0;
+        }
+    }
+}
+
+/// A second descriptor for the socket, so that the shard handing a connection over can drop its
+/// stream (closing its descriptor) while the home shard adopts the duplicate.
+pub fn dup_fd(fd: RawFd) -> io::Result<RawFd> {
+    let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if d < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(d)
+    }
+}
+
+pub fn close_fd(fd: RawFd) {
+    unsafe {
+        libc::close(fd);
+    }
+}
+
+/// Raises the soft open-file limit to the hard limit and returns the new soft limit.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(lim.rlim_cur as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn send_chunks_and_recv_into_move_bytes_in_order() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let mut out: VecDeque<Bytes> = (0..200)
+            .map(|i| Bytes::from(format!("chunk{i};")))
+            .collect();
+        let expected: Vec<u8> = out.iter().flat_map(|c| c.to_vec()).collect();
+        let n = send_chunks(a.as_raw_fd(), &mut out).unwrap();
+        assert_eq!(n, expected.len());
+        assert!(out.is_empty());
+        let mut got = vec![0u8; expected.len()];
+        b.read_exact(&mut got).unwrap();
+        assert_eq!(got, expected);
+
+        let mut buf = BytesMut::new();
+        assert_eq!(
+            recv_into(b.as_raw_fd(), &mut buf, 64).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        drop(a);
+        assert_eq!(recv_into(b.as_raw_fd(), &mut buf, 64).unwrap(), 0);
+    }
+
+    #[test]
+    fn consume_splits_a_chunk() {
+        let mut out: VecDeque<Bytes> =
+            vec![Bytes::from_static(b"abc"), Bytes::from_static(b"def")].into();
+        consume(&mut out, 4);
+        assert_eq!(out.len(), 1);
+        assert_eq!(&out[0][..], b"ef");
+    }
+}

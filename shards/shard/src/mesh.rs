@@ -1,0 +1,67 @@
+//! Messages between shards. Everything here is `Send`; payloads travel as `Bytes`, so a fan-out
+//! to other cores shares the publisher's buffer by reference count.
+//!
+//! Shards exchange `Vec<ShardMsg>` batches over glommio's channel mesh: one bounded SPSC channel
+//! per ordered pair of shards. A shard collects what it sends while it handles one event (a read,
+//! a batch from a peer, a timer tick) and sends at most one batch per peer at the end of it.
+
+use bytes::Bytes;
+use ringmq_codec::{ByteStr, Connect, SubscriptionOptions};
+use ringmq_session::Message;
+use std::os::fd::RawFd;
+
+pub type Batch = Vec<ShardMsg>;
+
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// A connection whose CONNECT named a client homed on the receiving shard.
+    Handoff(Box<Handoff>),
+    /// Deliver to the receiving shard's local subscribers.
+    Publish(Message),
+    /// The sender now has a local subscriber for `filter`; answer with `RouteAck { token }`.
+    RouteAdd {
+        filter: ByteStr,
+        from: u16,
+        token: u64,
+    },
+    RouteAck {
+        token: u64,
+    },
+    /// The sender's last local subscriber for `filter` is gone.
+    RouteRemove {
+        filter: ByteStr,
+        from: u16,
+    },
+    /// Store (or, with an empty payload, delete) a retained message on its owner shard.
+    RetainSet(Message),
+    /// Ask the owner of retained messages for those matching `filter`.
+    RetainQuery(Box<RetainQuery>),
+    /// The answer to a `RetainQuery`, sent to the subscriber's shard.
+    RetainReply(Box<RetainReply>),
+}
+
+#[derive(Debug)]
+pub struct Handoff {
+    /// A duplicate of the accepted socket's descriptor; the receiver owns it.
+    pub fd: RawFd,
+    pub connect: Box<Connect>,
+    /// Bytes read after the CONNECT packet.
+    pub leftover: Bytes,
+}
+
+#[derive(Debug, Clone)]
+pub struct RetainQuery {
+    pub filter: ByteStr,
+    pub from: u16,
+    pub session: u64,
+    pub options: SubscriptionOptions,
+    pub subscription_id: Option<u32>,
+}
+
+#[derive(Debug)]
+pub struct RetainReply {
+    pub session: u64,
+    pub options: SubscriptionOptions,
+    pub subscription_id: Option<u32>,
+    pub messages: Vec<Message>,
+}

@@ -1,0 +1,219 @@
+//! The executors: one glommio `LocalExecutor` per shard, pinned to a core, joined by a channel
+//! mesh. Tasks here only wait; all decisions are made in [`ShardState`].
+
+use crate::config::Config;
+use crate::io;
+use crate::mesh::Batch;
+use crate::state::ShardState;
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::net::{TcpListener, TcpStream};
+use glommio::{LocalExecutorBuilder, Placement};
+use std::cell::RefCell;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often a shard checks connect timeouts, keep-alives and session expiry.
+const TICK: Duration = Duration::from_millis(250);
+
+pub struct Shard {
+    pub state: RefCell<ShardState>,
+}
+
+thread_local! {
+    static SHARD: RefCell<Option<Rc<Shard>>> = const { RefCell::new(None) };
+}
+
+/// The shard of the calling executor thread.
+fn current() -> Rc<Shard> {
+    SHARD.with(|s| s.borrow().clone().expect("called on a shard thread"))
+}
+
+/// Starts every shard and blocks until they all end.
+pub fn run(cfg: Config) -> std::io::Result<()> {
+    assert!(cfg.shards >= 1 && cfg.shards <= 256, "1..=256 shards");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cfg = Arc::new(cfg);
+    let conn_count = Arc::new(AtomicUsize::new(0));
+    let mesh = (cfg.shards > 1).then(|| MeshBuilder::<Batch, _>::full(cfg.shards, cfg.mesh_channel_batches));
+    let mut handles = Vec::new();
+    for i in 0..cfg.shards {
+        let cfg = cfg.clone();
+        let mesh = mesh.clone();
+        let conn_count = conn_count.clone();
+        let mut b = LocalExecutorBuilder::new(Placement::Fixed(i % cpus))
+            .name(&format!("ringmq-shard-{i}"))
+            .io_memory(cfg.io_memory);
+        if let Some(spin) = cfg.spin {
+            b = b.spin_before_park(spin);
+        }
+        let h = b
+            .spawn(move || async move { shard_main(cfg, mesh, conn_count).await })
+            .map_err(|e| std::io::Error::other(format!("cannot start shard {i}: {e}")))?;
+        handles.push(h);
+    }
+    let mut result = Ok(());
+    for h in handles {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(e),
+            Err(e) => result = Err(std::io::Error::other(format!("shard failed: {e}"))),
+        }
+    }
+    result
+}
+
+async fn shard_main(
+    cfg: Arc<Config>,
+    mesh: Option<MeshBuilder<Batch, glommio::channels::channel_mesh::Full>>,
+    conn_count: Arc<AtomicUsize>,
+) -> std::io::Result<()> {
+    let (senders, receivers, id) = match mesh {
+        Some(m) => {
+            let (s, r) = m
+                .join()
+                .await
+                .map_err(|_| std::io::Error::other("channel mesh join failed"))?;
+            let id = s.peer_id();
+            (Some(Rc::new(s)), Some(r), id)
+        }
+        None => (None, None, 0),
+    };
+    let mut state = ShardState::new(id, cfg.shards, Rc::new((*cfg).clone()), conn_count);
+    state.senders = senders;
+    let shard = Rc::new(Shard {
+        state: RefCell::new(state),
+    });
+    SHARD.with(|s| *s.borrow_mut() = Some(shard.clone()));
+    start_flushers(&shard);
+
+    if let Some(mut r) = receivers {
+        for (_peer, rx) in r.streams() {
+            glommio::spawn_local(async move {
+                while let Some(batch) = rx.recv().await {
+                    let shard = current();
+                    let adopted = {
+                        let mut st = shard.state.borrow_mut();
+                        st.on_batch(batch);
+                        std::mem::take(&mut st.adopted)
+                    };
+                    // Spawned tasks run at once in glommio: never spawn inside a borrow.
+                    start_adopted(adopted);
+                }
+            })
+            .detach();
+        }
+    }
+
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(TICK).await;
+            current().state.borrow_mut().tick();
+        }
+    })
+    .detach();
+
+    let mut accepts = Vec::new();
+    for addr in &cfg.listen {
+        let listener = TcpListener::bind(addr).map_err(|e| {
+            std::io::Error::other(format!("cannot listen on {addr}: {e}"))
+        })?;
+        tracing::info!(shard = id, %addr, "listening");
+        accepts.push(glommio::spawn_local(accept_loop(listener)));
+    }
+    for a in accepts {
+        a.await;
+    }
+    Ok(())
+}
+
+async fn accept_loop(listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let shard = current();
+                let mut st = shard.state.borrow_mut();
+                let max = st.cfg.max_connections;
+                if st.conn_count.fetch_add(1, Ordering::Relaxed) >= max {
+                    st.conn_count.fetch_sub(1, Ordering::Relaxed);
+                    st.counters.connections_refused += 1;
+                    tracing::debug!("connection refused: --max-connections reached");
+                    continue;
+                }
+                let _ = stream.set_nodelay(true);
+                let key = st.add_conn(stream.as_raw_fd());
+                drop(st);
+                glommio::spawn_local(conn_task(key, stream)).detach();
+            }
+            Err(e) => {
+                // Out of descriptors or memory: back off rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Spawns tasks for connections another shard handed over during the last event.
+fn start_adopted(adopted: Vec<crate::state::Adopted>) {
+    for a in adopted {
+        // SAFETY: the descriptor was duplicated for us by the sending shard and nothing else
+        // owns it.
+        let stream = unsafe { TcpStream::from_raw_fd(a.fd) };
+        glommio::spawn_local(conn_task(a.key, stream)).detach();
+    }
+}
+
+async fn conn_task(key: usize, mut stream: TcpStream) {
+    let shard = current();
+    futures_lite::future::poll_fn(|cx| shard.state.borrow_mut().poll_conn(key, cx, &mut stream))
+        .await;
+    shard.state.borrow_mut().finish_conn(key);
+    drop(stream);
+}
+
+/// One task per peer shard sends, in order, the batches its channel could not take at once,
+/// waiting for room. Started with the shard, so nothing is spawned on the message path.
+fn start_flushers(shard: &Shard) {
+    let mut st = shard.state.borrow_mut();
+    let Some(senders) = st.senders.clone() else { return };
+    for peer in 0..st.nshards {
+        if peer == st.id {
+            continue;
+        }
+        let (tx, rx) = glommio::channels::local_channel::new_unbounded::<Batch>();
+        st.spill[peer] = Some(tx);
+        let spilled = st.spilled[peer].clone();
+        let senders = senders.clone();
+        glommio::spawn_local(async move {
+            while let Some(batch) = rx.recv().await {
+                if senders.send_to(peer, batch).await.is_err() {
+                    tracing::warn!(peer, "shard channel closed; dropping batch");
+                }
+                spilled.set(spilled.get() - 1);
+            }
+        })
+        .detach();
+    }
+}
+
+/// Raises the open-file limit and says whether it can hold `--max-connections`.
+pub fn check_fd_limit(max_connections: usize) {
+    match io::raise_nofile_limit() {
+        Ok(limit) => {
+            // A few descriptors go to listeners, io_uring rings, the journal and stdio.
+            let usable = limit.saturating_sub(64) as usize;
+            if usable < max_connections {
+                tracing::warn!(
+                    open_file_limit = limit,
+                    max_connections,
+                    "the open-file limit allows about {usable} connections, below --max-connections; \
+                     raise it (ulimit -n / LimitNOFILE=) to hold more"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+    }
+}

@@ -1,0 +1,1449 @@
+//! Everything one shard knows, and every protocol decision it makes, as synchronous code.
+//!
+//! The async tasks in `runtime` only wait (for a readable socket, a writable socket, a batch from
+//! another shard, a timer) and then call into [`ShardState`] with a single `borrow_mut` that never
+//! lives across an await. So a packet is handled start to finish without yielding, and the
+//! output it causes — on any connection of this shard, and to other shards — is flushed once at
+//! the end of the event in a few vectored writes and at most one batch per peer shard.
+
+use crate::config::{home_shard, Config};
+use crate::io;
+use crate::mesh::{Batch, Handoff, RetainQuery, RetainReply, ShardMsg};
+use crate::metrics::Counters;
+use bytes::{Bytes, BytesMut};
+use glommio::channels::channel_mesh::Senders;
+use ringmq_codec::{
+    decode_packet, encode, encode_publish_header, encoded_len, publish_header_len, ByteStr,
+    ConnAck, Connect, DecodeError, Disconnect, LastWill, Packet, PacketId, Properties,
+    ProtocolVersion, PubResp, Publish, QoS, ReasonCode, SubAck, Subscribe, SubscriptionOptions,
+    UnsubAck, Unsubscribe,
+};
+use ringmq_router::{
+    has_wildcards, parse_shared, validate_topic_filter, validate_topic_name, LocalInterest,
+    RetainedStore, RouteTable, SubscriptionTree,
+};
+use ringmq_session::{InflightState, Message, Offer, Queued, Session, Subscription};
+use slab::Slab;
+use std::cell::Cell;
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::Instant;
+
+/// Spare room the read path asks for before each `recv`.
+const READ_CHUNK: usize = 64 * 1024;
+/// Payloads up to this size are copied behind their header into one chunk: a copy of a few
+/// hundred bytes is cheaper than a separate iovec and a reference count.
+const INLINE_PAYLOAD_MAX: usize = 512;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Accepted; nothing but CONNECT is allowed yet.
+    AwaitConnect,
+    /// CONNACK sent.
+    Active,
+}
+
+/// Why a connection ends; decides the will, the DISCONNECT sent, and the counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Close {
+    /// DISCONNECT with reason 0x00: the will is discarded [MQTT-3.1.2-10].
+    Normal,
+    /// MQTT 5 DISCONNECT 0x04: publish the will anyway.
+    NormalWithWill,
+    /// The peer closed or reset the socket without DISCONNECT.
+    Eof,
+    /// A protocol violation; MQTT 5 clients past CONNECT are told why.
+    Error(ReasonCode),
+    /// Nothing received for 1.5 times the keep-alive [MQTT-3.1.2-24].
+    KeepAlive,
+    /// No complete CONNECT within `--connect-timeout`.
+    ConnectTimeout,
+    /// Another connection took the client id [MQTT-3.1.4-3].
+    TakenOver,
+    /// CONNECT refused with a CONNACK failure code.
+    Rejected,
+    /// Handed to the client's home shard.
+    Handoff,
+}
+
+impl Close {
+    fn publishes_will(self) -> bool {
+        matches!(
+            self,
+            Close::NormalWithWill | Close::Eof | Close::Error(_) | Close::KeepAlive
+        )
+    }
+}
+
+/// One socket. Deliberately small and without buffers while idle: `partial` holds only the
+/// unfinished tail of a frame and `out` only unwritten output.
+pub struct Conn {
+    pub fd: RawFd,
+    pub phase: Phase,
+    pub version: ProtocolVersion,
+    pub session: Option<u64>,
+    pub partial: BytesMut,
+    pub out: VecDeque<Bytes>,
+    pub out_bytes: usize,
+    pub write_blocked: bool,
+    pub dirty: bool,
+    pub waker: Option<Waker>,
+    pub close: Option<Close>,
+    pub keep_alive_s: u16,
+    pub last_rx_ms: u64,
+    pub opened_ms: u64,
+    handoff: Option<Box<Connect>>,
+}
+
+impl Conn {
+    fn new(fd: RawFd, now_ms: u64) -> Conn {
+        Conn {
+            fd,
+            phase: Phase::AwaitConnect,
+            version: ProtocolVersion::V311,
+            session: None,
+            partial: BytesMut::new(),
+            out: VecDeque::new(),
+            out_bytes: 0,
+            write_blocked: false,
+            dirty: false,
+            waker: None,
+            close: None,
+            keep_alive_s: 0,
+            last_rx_ms: now_ms,
+            opened_ms: now_ms,
+            handoff: None,
+        }
+    }
+
+    fn wake(&mut self) {
+        if let Some(w) = &self.waker {
+            w.wake_by_ref();
+        }
+    }
+}
+
+/// A subscription as the matching tree stores it: small and `Copy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubEntry {
+    pub options: SubscriptionOptions,
+    pub subscription_id: Option<u32>,
+}
+
+/// A SUBACK held back until every other shard has acknowledged the new routes, so that a
+/// message published anywhere after the client saw its SUBACK reaches it.
+struct PendingSubAck {
+    session: u64,
+    remaining: usize,
+    suback: SubAck,
+    retained: Vec<RetainQuery>,
+}
+
+/// A connection adopted from another shard, waiting for its task to be spawned by the runtime.
+pub struct Adopted {
+    pub key: usize,
+    pub fd: RawFd,
+}
+
+pub struct ShardState {
+    pub id: usize,
+    pub nshards: usize,
+    pub cfg: Rc<Config>,
+    pub conns: Slab<Conn>,
+    pub sessions: HashMap<u64, Session>,
+    by_client: HashMap<ByteStr, u64>,
+    next_session: u64,
+    subs: SubscriptionTree<u64, SubEntry>,
+    interest: LocalInterest,
+    routes: RouteTable,
+    retained: RetainedStore<Message>,
+    /// Per peer shard: what this event sends there.
+    outbox: Vec<Batch>,
+    /// Per peer shard: where batches go that the channel could not take at once; a flusher
+    /// task sends them in order. `spilled` counts those not yet sent: while it is above zero,
+    /// later batches must queue behind them to keep the order.
+    pub spill: Vec<Option<glommio::channels::local_channel::LocalSender<Batch>>>,
+    pub spilled: Vec<Rc<Cell<usize>>>,
+    pub senders: Option<Rc<Senders<Batch>>>,
+    dirty: Vec<usize>,
+    /// Shared read buffer: frames are split off it zero-copy; only partial tails are copied.
+    scratch: BytesMut,
+    /// Arena for encoded packets; each is split off as a `Bytes` without its own allocation.
+    arena: BytesMut,
+    match_buf: Vec<(u64, SubEntry)>,
+    pending_subacks: HashMap<u64, PendingSubAck>,
+    next_token: u64,
+    start: Instant,
+    pub conn_count: Arc<AtomicUsize>,
+    pub adopted: Vec<Adopted>,
+    pub counters: Counters,
+    assigned_ids: u64,
+}
+
+impl ShardState {
+    pub fn new(id: usize, nshards: usize, cfg: Rc<Config>, conn_count: Arc<AtomicUsize>) -> Self {
+        ShardState {
+            id,
+            nshards,
+            cfg,
+            conns: Slab::new(),
+            sessions: HashMap::new(),
+            by_client: HashMap::new(),
+            next_session: 1,
+            subs: SubscriptionTree::new(),
+            interest: LocalInterest::new(),
+            routes: RouteTable::new(),
+            retained: RetainedStore::new(),
+            outbox: (0..nshards).map(|_| Vec::new()).collect(),
+            spill: (0..nshards).map(|_| None).collect(),
+            spilled: (0..nshards).map(|_| Rc::default()).collect(),
+            senders: None,
+            dirty: Vec::new(),
+            scratch: BytesMut::new(),
+            arena: BytesMut::new(),
+            match_buf: Vec::new(),
+            pending_subacks: HashMap::new(),
+            next_token: 1,
+            start: Instant::now(),
+            conn_count,
+            adopted: Vec::new(),
+            counters: Counters::default(),
+            assigned_ids: 0,
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn now_s(&self) -> u64 {
+        self.start.elapsed().as_secs()
+    }
+
+    fn global_id(&self, session: u64) -> u64 {
+        ((self.id as u64) << 48) | session
+    }
+
+    // ---------------------------------------------------------------- connections
+
+    /// Registers an accepted socket; the runtime spawns its task.
+    pub fn add_conn(&mut self, fd: RawFd) -> usize {
+        let now = self.now_ms();
+        self.counters.connections_accepted += 1;
+        self.conns.insert(Conn::new(fd, now))
+    }
+
+    /// Called by the connection's task once `close` is set and the task is about to drop the
+    /// socket: detach the session, publish the will, release what the connection held.
+    pub fn finish_conn(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let close = conn.close.unwrap_or(Close::Eof);
+        // Best effort: a final DISCONNECT or CONNACK still queued.
+        if !conn.out.is_empty() && !conn.write_blocked {
+            let _ = io::send_chunks(conn.fd, &mut conn.out);
+        }
+        let conn = self.conns.remove(key);
+        if close == Close::Handoff {
+            return;
+        }
+        self.conn_count.fetch_sub(1, Ordering::Relaxed);
+        self.counters.connections_closed += 1;
+        let Some(sid) = conn.session else { return };
+        let now_s = self.now_s();
+        let origin = self.global_id(sid);
+        let Some(s) = self.sessions.get_mut(&sid) else { return };
+        if s.connection != Some(key) {
+            return; // taken over: the session already belongs to another connection
+        }
+        s.connection = None;
+        s.disconnected_at = Some(now_s);
+        let will = s.will.take();
+        let ends = s.expiry_interval == 0;
+        if close.publishes_will() {
+            if let Some(w) = will {
+                self.publish_will(w, origin);
+            }
+        }
+        if ends {
+            self.remove_session(sid);
+        }
+        self.flush();
+    }
+
+    /// Decides that a connection ends; its task notices, flushes and closes.
+    pub fn close_conn(&mut self, key: usize, why: Close) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        if conn.close.is_some() {
+            return;
+        }
+        let reason = match why {
+            Close::Error(r) => Some(r),
+            Close::KeepAlive => Some(ReasonCode::KEEP_ALIVE_TIMEOUT),
+            Close::TakenOver => Some(ReasonCode::SESSION_TAKEN_OVER),
+            _ => None,
+        };
+        if let Close::Error(r) = why {
+            self.counters.protocol_errors += 1;
+            tracing::debug!(shard = self.id, conn = key, reason = r.0, "closing on protocol error");
+        }
+        // The server sends DISCONNECT only to MQTT 5 clients, only after CONNACK [MQTT-3.14.0-1].
+        if let Some(r) = reason {
+            if conn.version.is_v5() && conn.phase == Phase::Active {
+                let d = Packet::Disconnect(Box::new(Disconnect {
+                    reason: r,
+                    properties: Properties::default(),
+                }));
+                self.send(key, &d);
+            }
+        }
+        let conn = &mut self.conns[key];
+        conn.close = Some(why);
+        conn.wake();
+    }
+
+    /// One turn of a connection's task: write what is pending, read and handle what arrived.
+    /// Returns Ready when the connection must end.
+    pub fn poll_conn(
+        &mut self,
+        key: usize,
+        cx: &mut std::task::Context<'_>,
+        stream: &mut glommio::net::TcpStream,
+    ) -> std::task::Poll<()> {
+        use futures_lite::{AsyncRead, AsyncWrite};
+        use std::pin::Pin;
+        use std::task::Poll;
+        let mut budget = 16;
+        loop {
+            let conn = &mut self.conns[key];
+            if conn.close.is_some() {
+                return Poll::Ready(());
+            }
+            if !conn.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                conn.waker = Some(cx.waker().clone());
+            }
+            if conn.write_blocked {
+                let front = conn.out.front().cloned();
+                match front {
+                    None => conn.write_blocked = false,
+                    Some(chunk) => match Pin::new(&mut *stream).poll_write(cx, &chunk) {
+                        Poll::Ready(Ok(n)) => {
+                            io::consume(&mut conn.out, n);
+                            conn.out_bytes -= n;
+                            conn.write_blocked = false;
+                            self.flush_conn(key);
+                            continue;
+                        }
+                        Poll::Ready(Err(_)) => {
+                            self.close_conn(key, Close::Eof);
+                            continue;
+                        }
+                        Poll::Pending => {}
+                    },
+                }
+            }
+            if budget == 0 {
+                // Let other connections run; come back at once.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            budget -= 1;
+            let mut one = [0u8; 1];
+            match Pin::new(&mut *stream).poll_read(cx, &mut one) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    self.close_conn(key, Close::Eof);
+                }
+                Poll::Ready(Ok(_)) => self.on_readable(key, one[0]),
+            }
+        }
+    }
+
+    /// The socket had data; `first` is the byte glommio's readiness probe consumed.
+    fn on_readable(&mut self, key: usize, first: u8) {
+        let now = self.now_ms();
+        let conn = &mut self.conns[key];
+        conn.last_rx_ms = now;
+        let fd = conn.fd;
+        let partial = std::mem::take(&mut conn.partial);
+        let use_scratch = partial.is_empty();
+        let mut buf = if use_scratch {
+            std::mem::take(&mut self.scratch)
+        } else {
+            partial
+        };
+        buf.reserve(READ_CHUNK);
+        buf.extend_from_slice(&[first]);
+        let mut eof = false;
+        match io::recv_into(fd, &mut buf, READ_CHUNK) {
+            Ok(0) => eof = true,
+            Ok(n) => self.counters.bytes_in += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => eof = true,
+        }
+        self.counters.bytes_in += 1;
+        self.process_frames(key, &mut buf);
+        if let Some(conn) = self.conns.get_mut(key) {
+            if conn.close.is_none() && !buf.is_empty() {
+                conn.partial = if use_scratch {
+                    BytesMut::from(&buf[..])
+                } else {
+                    std::mem::take(&mut buf)
+                };
+            }
+            if eof {
+                self.close_conn(key, Close::Eof);
+            }
+        }
+        if use_scratch {
+            buf.clear();
+            self.scratch = buf;
+        }
+        self.flush();
+    }
+
+    /// Parses and handles every complete frame in `buf`, leaving a partial tail.
+    fn process_frames(&mut self, key: usize, buf: &mut BytesMut) {
+        loop {
+            let Some(conn) = self.conns.get(key) else { return };
+            if conn.close.is_some() {
+                return;
+            }
+            let version = conn.version;
+            match decode_packet(buf, version, self.cfg.max_packet_size) {
+                Ok(Some(p)) => {
+                    self.counters.packets_in += 1;
+                    self.on_packet(key, p);
+                    if let Some(connect) = self.conns.get_mut(key).and_then(|c| c.handoff.take()) {
+                        let leftover = buf.split().freeze();
+                        self.hand_off(key, connect, leftover);
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    self.on_decode_error(key, e);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_decode_error(&mut self, key: usize, e: DecodeError) {
+        let conn = &self.conns[key];
+        tracing::debug!(shard = self.id, conn = key, error = %e, "bad packet");
+        if conn.phase == Phase::AwaitConnect {
+            if let DecodeError::UnsupportedProtocolVersion(_) = e {
+                // [MQTT-3.1.2-2] CONNACK return code 1 (0x84 in MQTT 5), then close. The
+                // client's version is unknown, so answer in the 3.1.1 format both understand.
+                let mut b = BytesMut::new();
+                let _ = encode(
+                    &Packet::ConnAck(Box::new(ConnAck {
+                        session_present: false,
+                        reason: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+                        properties: Properties::default(),
+                    })),
+                    ProtocolVersion::V311,
+                    &mut b,
+                );
+                self.push_chunk(key, b.freeze());
+                self.close_conn(key, Close::Rejected);
+                return;
+            }
+        }
+        self.close_conn(key, Close::Error(e.reason_code()));
+    }
+
+    fn on_packet(&mut self, key: usize, p: Packet) {
+        let phase = self.conns[key].phase;
+        if phase == Phase::AwaitConnect {
+            match p {
+                Packet::Connect(c) => self.on_connect(key, c),
+                // [MQTT-3.1.0-1] the first packet must be CONNECT.
+                _ => self.close_conn(key, Close::Error(ReasonCode::PROTOCOL_ERROR)),
+            }
+            return;
+        }
+        let Some(sid) = self.conns[key].session else {
+            self.close_conn(key, Close::Error(ReasonCode::PROTOCOL_ERROR));
+            return;
+        };
+        match p {
+            Packet::Publish(p) => self.on_publish(key, sid, p),
+            Packet::PubAck(r) => {
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    if s.outbound.on_puback(r.packet_id) {
+                        self.refill(sid);
+                    }
+                }
+            }
+            Packet::PubRec(r) => self.on_pubrec(key, sid, r),
+            Packet::PubRel(r) => {
+                let found = self
+                    .sessions
+                    .get_mut(&sid)
+                    .is_some_and(|s| s.inbound_qos2.on_pubrel(r.packet_id));
+                let reason = if found {
+                    ReasonCode::SUCCESS
+                } else {
+                    ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+                };
+                self.send(key, &Packet::PubComp(PubResp::with_reason(r.packet_id, reason)));
+            }
+            Packet::PubComp(r) => {
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    if s.outbound.on_pubcomp(r.packet_id) {
+                        self.refill(sid);
+                    }
+                }
+            }
+            Packet::Subscribe(s) => self.on_subscribe(key, sid, *s),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(key, sid, *u),
+            Packet::PingReq => self.send(key, &Packet::PingResp),
+            Packet::Disconnect(d) => self.on_disconnect(key, sid, *d),
+            // [MQTT-3.1.0-2] a second CONNECT is a protocol error; so is AUTH without an
+            // authentication method, and any packet only a server sends.
+            _ => self.close_conn(key, Close::Error(ReasonCode::PROTOCOL_ERROR)),
+        }
+    }
+
+    // ---------------------------------------------------------------- CONNECT
+
+    fn reject(&mut self, key: usize, reason: ReasonCode) {
+        let ack = Packet::ConnAck(Box::new(ConnAck {
+            session_present: false,
+            reason,
+            properties: Properties::default(),
+        }));
+        self.send(key, &ack);
+        self.counters.connections_rejected += 1;
+        self.close_conn(key, Close::Rejected);
+    }
+
+    fn on_connect(&mut self, key: usize, mut c: Box<Connect>) {
+        self.conns[key].version = c.protocol;
+        let v5 = c.protocol.is_v5();
+        if v5 && c.properties.authentication_method.is_some() {
+            // No enhanced authentication method is configured [MQTT-4.12.0-1].
+            return self.reject(key, ReasonCode::BAD_AUTHENTICATION_METHOD);
+        }
+        if let Some(w) = &c.will {
+            if validate_topic_name(&w.topic, self.cfg.max_topic_levels).is_err() {
+                return self.reject(key, ReasonCode::TOPIC_NAME_INVALID);
+            }
+        }
+        let mut assigned = None;
+        if c.client_id.is_empty() {
+            // [MQTT-3.1.3-8] 3.1.1 refuses an empty id with Clean Session 0; 3.1 always needs one.
+            if c.protocol == ProtocolVersion::V31 || (!v5 && !c.clean_start) {
+                return self.reject(key, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+            }
+            let id = self.assign_client_id();
+            c.client_id = id.clone();
+            assigned = Some(id);
+        }
+        let home = home_shard(c.client_id.as_bytes(), self.nshards);
+        if home != self.id {
+            self.conns[key].handoff = Some(c);
+            return;
+        }
+        self.accept_connect(key, c, assigned);
+    }
+
+    /// An id unique in this process whose home is this shard, so the session needs no handoff.
+    fn assign_client_id(&mut self) -> ByteStr {
+        loop {
+            self.assigned_ids += 1;
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let id = format!("ringmq-{:x}-{}-{}", nanos, self.id, self.assigned_ids);
+            if home_shard(id.as_bytes(), self.nshards) == self.id {
+                return ByteStr::from(id);
+            }
+        }
+    }
+
+    fn hand_off(&mut self, key: usize, connect: Box<Connect>, leftover: Bytes) {
+        let home = home_shard(connect.client_id.as_bytes(), self.nshards);
+        let fd = self.conns[key].fd;
+        match io::dup_fd(fd) {
+            Ok(dup) => {
+                self.outbox[home].push(ShardMsg::Handoff(Box::new(Handoff {
+                    fd: dup,
+                    connect,
+                    leftover,
+                })));
+                self.counters.handoffs += 1;
+                let conn = &mut self.conns[key];
+                conn.close = Some(Close::Handoff);
+                conn.wake();
+            }
+            Err(_) => self.reject(key, ReasonCode::SERVER_UNAVAILABLE),
+        }
+    }
+
+    /// A connection from another shard: register it, answer its CONNECT, handle what followed.
+    fn adopt(&mut self, h: Box<Handoff>) {
+        let now = self.now_ms();
+        let key = self.conns.insert(Conn::new(h.fd, now));
+        self.adopted.push(Adopted { key, fd: h.fd });
+        self.accept_connect(key, h.connect, None);
+        if !h.leftover.is_empty() {
+            let mut buf = BytesMut::from(&h.leftover[..]);
+            self.process_frames(key, &mut buf);
+            if let Some(conn) = self.conns.get_mut(key) {
+                if conn.close.is_none() && !buf.is_empty() {
+                    conn.partial = buf;
+                }
+            }
+        }
+    }
+
+    fn accept_connect(&mut self, key: usize, c: Box<Connect>, assigned: Option<ByteStr>) {
+        let cfg = self.cfg.clone();
+        let v5 = c.protocol.is_v5();
+        let now_ms = self.now_ms();
+        let mut session_present = false;
+        if let Some(&sid) = self.by_client.get(&c.client_id) {
+            let old = self.sessions.get(&sid).and_then(|s| s.connection);
+            if let Some(old_key) = old {
+                self.take_over(old_key, sid);
+            }
+            if c.clean_start {
+                self.remove_session(sid);
+            } else {
+                session_present = true;
+            }
+        }
+        let window = c
+            .properties
+            .receive_maximum
+            .unwrap_or(u16::MAX)
+            .min(cfg.max_inflight)
+            .max(1) as usize;
+        let sid = if session_present {
+            self.by_client[&c.client_id]
+        } else {
+            let sid = self.next_session;
+            self.next_session += 1;
+            let s = Session::new(
+                sid,
+                c.client_id.clone(),
+                c.protocol,
+                window,
+                cfg.max_queued_messages,
+            );
+            self.sessions.insert(sid, s);
+            self.by_client.insert(c.client_id.clone(), sid);
+            sid
+        };
+        let s = self.sessions.get_mut(&sid).expect("just ensured");
+        s.protocol = c.protocol;
+        s.outbound.set_window(window);
+        s.expiry_interval = if v5 {
+            c.properties.session_expiry_interval.unwrap_or(0)
+        } else if c.clean_start {
+            0
+        } else {
+            u32::MAX
+        };
+        s.max_packet_size = c.properties.maximum_packet_size.unwrap_or(u32::MAX);
+        s.problem_information = c.properties.request_problem_information != Some(0);
+        s.will = c.will.clone();
+        s.connection = Some(key);
+        s.disconnected_at = None;
+
+        // Keep-alive: the server's default for 0 and its maximum; MQTT 5 clients are told
+        // through Server Keep Alive [MQTT-3.2.2-21].
+        let mut keep_alive = c.keep_alive;
+        let mut server_keep_alive = None;
+        if keep_alive == 0 && cfg.default_keep_alive > 0 {
+            keep_alive = cfg.default_keep_alive;
+            server_keep_alive = Some(keep_alive);
+        }
+        if keep_alive > cfg.max_keep_alive {
+            keep_alive = cfg.max_keep_alive;
+            server_keep_alive = Some(keep_alive);
+        }
+        let conn = &mut self.conns[key];
+        conn.phase = Phase::Active;
+        conn.session = Some(sid);
+        conn.keep_alive_s = keep_alive;
+        conn.last_rx_ms = now_ms;
+
+        let mut props = Properties::default();
+        if v5 {
+            props.receive_maximum = Some(cfg.max_inflight);
+            props.maximum_packet_size = Some(cfg.max_packet_size as u32);
+            props.shared_subscription_available = Some(0);
+            props.server_keep_alive = server_keep_alive;
+            props.assigned_client_identifier = assigned;
+            props.topic_alias_maximum = None;
+        }
+        let ack = Packet::ConnAck(Box::new(ConnAck {
+            session_present,
+            reason: ReasonCode::SUCCESS,
+            properties: props,
+        }));
+        self.send(key, &ack);
+        self.counters.connects += 1;
+        tracing::debug!(shard = self.id, conn = key, client = %c.client_id, session_present, "connected");
+        if session_present {
+            self.resend_inflight(sid);
+        }
+        self.refill(sid);
+    }
+
+    /// Detaches a session from its old connection and closes that connection.
+    fn take_over(&mut self, old_key: usize, sid: u64) {
+        let origin = self.global_id(sid);
+        let s = self.sessions.get_mut(&sid).expect("caller checked");
+        s.connection = None;
+        // The old connection ends without DISCONNECT from its client: its will is due.
+        let will = s.will.take();
+        if let Some(w) = will {
+            self.publish_will(w, origin);
+        }
+        self.counters.takeovers += 1;
+        self.close_conn(old_key, Close::TakenOver);
+    }
+
+    fn remove_session(&mut self, sid: u64) {
+        let Some(s) = self.sessions.remove(&sid) else { return };
+        self.by_client.remove(&s.client_id);
+        for filter in s.subscriptions.keys() {
+            self.subs.remove(filter, sid);
+            self.drop_interest(filter);
+        }
+    }
+
+    fn on_disconnect(&mut self, key: usize, sid: u64, d: Disconnect) {
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            if let Some(e) = d.properties.session_expiry_interval {
+                // [MQTT-3.14.2-2] a session that ended with the connection cannot be revived.
+                if s.expiry_interval == 0 && e != 0 {
+                    return self.close_conn(key, Close::Error(ReasonCode::PROTOCOL_ERROR));
+                }
+                s.expiry_interval = e;
+            }
+        }
+        let why = if d.reason == ReasonCode::DISCONNECT_WITH_WILL {
+            Close::NormalWithWill
+        } else {
+            Close::Normal
+        };
+        if why == Close::Normal {
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                s.will = None;
+            }
+        }
+        self.close_conn(key, why);
+    }
+
+    // ---------------------------------------------------------------- PUBLISH in
+
+    fn on_publish(&mut self, key: usize, sid: u64, p: Publish) {
+        if p.properties.as_ref().is_some_and(|pr| pr.topic_alias.is_some()) {
+            // Topic Alias Maximum is 0: any alias is invalid [MQTT-3.3.2-8].
+            return self.close_conn(key, Close::Error(ReasonCode::TOPIC_ALIAS_INVALID));
+        }
+        if validate_topic_name(&p.topic, self.cfg.max_topic_levels).is_err() {
+            return self.close_conn(key, Close::Error(ReasonCode::TOPIC_NAME_INVALID));
+        }
+        self.counters.msgs_in[p.qos as usize] += 1;
+        let origin = self.global_id(sid);
+        let durable = p.qos != QoS::AtMostOnce || p.retain;
+        let properties = p.properties.and_then(|mut pr| {
+            pr.topic_alias = None;
+            pr.subscription_identifiers.clear();
+            (!pr.is_empty()).then(|| Arc::new(*pr))
+        });
+        let mut msg = Message {
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties,
+            origin,
+        };
+        if durable {
+            // Held beyond this event: do not pin the shared read buffer.
+            msg = msg.compacted();
+        }
+        match p.qos {
+            QoS::AtMostOnce => {
+                self.route(msg);
+            }
+            QoS::AtLeastOnce => {
+                let id = p.packet_id.expect("codec guarantees an id for QoS 1");
+                let any = self.route(msg);
+                let reason = self.no_subscribers_reason(key, any);
+                self.send(key, &Packet::PubAck(PubResp::with_reason(id, reason)));
+            }
+            QoS::ExactlyOnce => {
+                let id = p.packet_id.expect("codec guarantees an id for QoS 2");
+                let max = self.cfg.max_inflight as usize;
+                let Some(s) = self.sessions.get_mut(&sid) else { return };
+                let first = s.inbound_qos2.on_publish(id);
+                if first && s.inbound_qos2.len() > max {
+                    // [MQTT-3.3.4-9] more unacknowledged QoS 2 PUBLISHes than Receive Maximum.
+                    return self.close_conn(key, Close::Error(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
+                }
+                let mut reason = ReasonCode::SUCCESS;
+                if first {
+                    let any = self.route(msg);
+                    reason = self.no_subscribers_reason(key, any);
+                }
+                self.send(key, &Packet::PubRec(PubResp::with_reason(id, reason)));
+            }
+        }
+    }
+
+    fn no_subscribers_reason(&self, key: usize, any: bool) -> ReasonCode {
+        if !any && self.conns[key].version.is_v5() {
+            ReasonCode::NO_MATCHING_SUBSCRIBERS
+        } else {
+            ReasonCode::SUCCESS
+        }
+    }
+
+    /// Sends a message to every shard with a matching subscription and stores it if retained.
+    /// Returns whether any subscription matched anywhere (as far as the route table knows).
+    fn route(&mut self, msg: Message) -> bool {
+        if msg.retain {
+            let owner = home_shard(msg.topic.as_bytes(), self.nshards);
+            if owner == self.id {
+                self.retain_set(msg.clone());
+            } else {
+                self.outbox[owner].push(ShardMsg::RetainSet(msg.clone()));
+            }
+        }
+        let shards = self.routes.shards_for(&msg.topic);
+        let mut any = false;
+        for s in shards.iter() {
+            let s = s as usize;
+            if s == self.id {
+                any |= self.deliver_local(&msg);
+            } else {
+                self.outbox[s].push(ShardMsg::Publish(msg.clone()));
+                self.counters.cross_shard_out += 1;
+                any = true;
+            }
+        }
+        if !any {
+            self.counters.dropped_no_subscriber += 1;
+        }
+        any
+    }
+
+    fn retain_set(&mut self, msg: Message) {
+        // [MQTT-3.3.1-10] an empty payload deletes; [MQTT-3.3.1-5] otherwise it replaces.
+        if msg.payload.is_empty() {
+            self.retained.remove(&msg.topic);
+        } else {
+            let topic = msg.topic.clone();
+            self.retained.insert(&topic, msg);
+        }
+    }
+
+    fn publish_will(&mut self, w: LastWill, origin: u64) {
+        let mut props = w.properties;
+        props.will_delay_interval = None;
+        let msg = Message {
+            topic: w.topic,
+            payload: w.payload,
+            qos: w.qos,
+            retain: w.retain,
+            properties: (!props.is_empty()).then(|| Arc::new(props)),
+            origin,
+        }
+        .compacted();
+        self.counters.wills += 1;
+        self.route(msg);
+    }
+
+    // ---------------------------------------------------------------- delivery
+
+    /// Delivers to this shard's subscribers. One delivery per session, at the highest QoS of its
+    /// matching subscriptions, with all their identifiers [MQTT-3.3.4-2] [MQTT-3.3.4-3].
+    fn deliver_local(&mut self, msg: &Message) -> bool {
+        let mut m = std::mem::take(&mut self.match_buf);
+        m.clear();
+        self.subs.for_each_match(&msg.topic, |sid, e| m.push((sid, *e)));
+        if m.len() > 1 {
+            m.sort_unstable_by_key(|x| x.0);
+        }
+        let mut delivered = false;
+        let mut i = 0;
+        while i < m.len() {
+            let sid = m[i].0;
+            let mut qos: Option<QoS> = None;
+            let mut rap = false;
+            let mut ids = Vec::new();
+            while i < m.len() && m[i].0 == sid {
+                let e = m[i].1;
+                i += 1;
+                // [MQTT-3.8.3-3] No Local: not back to the publishing session.
+                if e.options.no_local && msg.origin == self.global_id(sid) {
+                    continue;
+                }
+                qos = Some(qos.map_or(e.options.qos, |q| q.max(e.options.qos)));
+                rap |= e.options.retain_as_published;
+                if let Some(id) = e.subscription_id {
+                    ids.push(id);
+                }
+            }
+            if let Some(q) = qos {
+                delivered = true;
+                // [MQTT-3.3.1-12] live deliveries clear the retain flag unless Retain As Published.
+                self.deliver_to_session(sid, msg, q.min(msg.qos), rap && msg.retain, ids);
+            }
+        }
+        self.match_buf = m;
+        delivered
+    }
+
+    fn deliver_to_session(&mut self, sid: u64, msg: &Message, qos: QoS, retain: bool, ids: Vec<u32>) {
+        let Some(s) = self.sessions.get_mut(&sid) else { return };
+        let conn = s.connection;
+        let v = s.protocol;
+        // [MQTT-3.1.2-24] never send a packet larger than the client's Maximum Packet Size.
+        if s.max_packet_size != u32::MAX {
+            let p = make_publish(msg, qos, retain, &ids, Some(PacketId::MIN), false, v);
+            let size = publish_header_len(&p, v) + p.payload.len();
+            if size > s.max_packet_size as usize {
+                self.counters.dropped_too_large += 1;
+                return;
+            }
+        }
+        if qos == QoS::AtMostOnce {
+            match conn {
+                Some(key) => {
+                    let p = make_publish(msg, qos, retain, &ids, None, false, v);
+                    self.write_publish(key, &p);
+                }
+                None => self.counters.dropped_offline_qos0 += 1,
+            }
+            return;
+        }
+        let q = Queued {
+            qos,
+            message: msg.clone(),
+            retain,
+            subscription_ids: ids,
+        };
+        match s.outbound.offer(q, conn.is_some()) {
+            Offer::Send(id) => {
+                let p = make_publish(msg, qos, retain, &s.outbound.get(id).expect("just added").subscription_ids, Some(id), false, v);
+                if let Some(key) = conn {
+                    self.write_publish(key, &p);
+                }
+            }
+            Offer::Queued => self.counters.queued += 1,
+            Offer::Dropped => self.counters.dropped_queue_full += 1,
+        }
+    }
+
+    /// Moves queued messages into free inflight slots and sends them.
+    fn refill(&mut self, sid: u64) {
+        let Some(s) = self.sessions.get_mut(&sid) else { return };
+        let Some(key) = s.connection else { return };
+        let ids = s.outbound.refill();
+        if ids.is_empty() {
+            return;
+        }
+        let v = s.protocol;
+        let packets: Vec<Publish> = ids
+            .iter()
+            .filter_map(|id| s.outbound.get(*id))
+            .map(|i| make_publish(&i.message, i.qos, i.retain, &i.subscription_ids, Some(i.packet_id), false, v))
+            .collect();
+        for p in &packets {
+            self.write_publish(key, p);
+        }
+    }
+
+    /// After a reconnect, every unacknowledged delivery goes again: PUBLISH with DUP, or PUBREL
+    /// where PUBREC already arrived [MQTT-4.4.0-1].
+    fn resend_inflight(&mut self, sid: u64) {
+        let Some(s) = self.sessions.get(&sid) else { return };
+        let Some(key) = s.connection else { return };
+        let v = s.protocol;
+        let mut packets = Vec::new();
+        for i in s.outbound.inflight() {
+            if i.state == InflightState::AwaitPubComp {
+                packets.push(Packet::PubRel(PubResp::new(i.packet_id)));
+            } else {
+                packets.push(Packet::Publish(make_publish(
+                    &i.message,
+                    i.qos,
+                    i.retain,
+                    &i.subscription_ids,
+                    Some(i.packet_id),
+                    true,
+                    v,
+                )));
+            }
+        }
+        for p in &packets {
+            match p {
+                Packet::Publish(p) => self.write_publish(key, p),
+                other => self.send(key, other),
+            }
+        }
+    }
+
+    fn on_pubrec(&mut self, key: usize, sid: u64, r: PubResp) {
+        let Some(s) = self.sessions.get_mut(&sid) else { return };
+        let failed = r.reason.is_error();
+        if s.outbound.on_pubrec(r.packet_id, failed) {
+            if failed {
+                self.refill(sid);
+            } else {
+                self.send(key, &Packet::PubRel(PubResp::new(r.packet_id)));
+            }
+        } else if self.conns[key].version.is_v5() {
+            let rel = PubResp::with_reason(r.packet_id, ReasonCode::PACKET_IDENTIFIER_NOT_FOUND);
+            self.send(key, &Packet::PubRel(rel));
+        }
+    }
+
+    // ---------------------------------------------------------------- SUBSCRIBE
+
+    fn on_subscribe(&mut self, key: usize, sid: u64, sub: Subscribe) {
+        let v5 = self.conns[key].version.is_v5();
+        let levels = self.cfg.max_topic_levels;
+        let max_subs = self.cfg.max_subscriptions_per_client;
+        let subscription_id = sub.properties.subscription_identifiers.first().copied();
+        let token = self.next_token;
+        self.next_token += 1;
+        let mut awaiting = 0;
+        let mut codes = Vec::with_capacity(sub.filters.len());
+        let mut retained = Vec::new();
+        for f in sub.filters {
+            let code = match parse_shared(&f.filter, levels) {
+                Err(_) => ReasonCode::TOPIC_FILTER_INVALID,
+                Ok(Some(_)) => ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
+                Ok(None) => match validate_topic_filter(&f.filter, levels) {
+                    Err(_) => ReasonCode::TOPIC_FILTER_INVALID,
+                    Ok(()) => ReasonCode(f.options.qos as u8),
+                },
+            };
+            if code.is_error() {
+                codes.push(code);
+                continue;
+            }
+            let s = self.sessions.get_mut(&sid).expect("connected session");
+            let existed = s.subscriptions.contains_key(&f.filter);
+            if !existed && s.subscriptions.len() >= max_subs {
+                codes.push(ReasonCode::QUOTA_EXCEEDED);
+                continue;
+            }
+            s.subscriptions.insert(
+                f.filter.clone(),
+                Subscription {
+                    options: f.options,
+                    subscription_id,
+                },
+            );
+            let entry = SubEntry {
+                options: f.options,
+                subscription_id,
+            };
+            self.subs.insert(&f.filter, sid, entry);
+            if !existed && self.interest.incr(&f.filter) {
+                self.routes.add(&f.filter, self.id as u16);
+                for peer in 0..self.nshards {
+                    if peer != self.id {
+                        self.outbox[peer].push(ShardMsg::RouteAdd {
+                            filter: f.filter.clone(),
+                            from: self.id as u16,
+                            token,
+                        });
+                        awaiting += 1;
+                    }
+                }
+            }
+            use ringmq_codec::RetainHandling::*;
+            let send_retained = match f.options.retain_handling {
+                SendAtSubscribe => true,
+                SendIfNew => !existed,
+                DoNotSend => false,
+            };
+            if send_retained {
+                retained.push(RetainQuery {
+                    filter: f.filter,
+                    from: self.id as u16,
+                    session: sid,
+                    options: f.options,
+                    subscription_id,
+                });
+            }
+            codes.push(code);
+        }
+        if !v5 {
+            // 3.1.x knows only 0x80 for a refused filter; the encoder maps, this keeps intent.
+        }
+        let suback = SubAck {
+            packet_id: sub.packet_id,
+            reason_codes: codes,
+            properties: Properties::default(),
+        };
+        if awaiting == 0 {
+            self.send(key, &Packet::SubAck(Box::new(suback)));
+            self.query_retained(retained);
+        } else {
+            self.pending_subacks.insert(
+                token,
+                PendingSubAck {
+                    session: sid,
+                    remaining: awaiting,
+                    suback,
+                    retained,
+                },
+            );
+        }
+    }
+
+    fn on_route_ack(&mut self, token: u64) {
+        let Some(p) = self.pending_subacks.get_mut(&token) else { return };
+        p.remaining -= 1;
+        if p.remaining > 0 {
+            return;
+        }
+        let p = self.pending_subacks.remove(&token).expect("present");
+        let conn = self.sessions.get(&p.session).and_then(|s| s.connection);
+        if let Some(key) = conn {
+            self.send(key, &Packet::SubAck(Box::new(p.suback)));
+            self.query_retained(p.retained);
+        }
+    }
+
+    /// Asks the owners of retained messages matching each new subscription: the one owner of
+    /// an exact filter, every shard for a wildcard filter.
+    fn query_retained(&mut self, queries: Vec<RetainQuery>) {
+        for q in queries {
+            if has_wildcards(&q.filter) {
+                for peer in 0..self.nshards {
+                    if peer != self.id {
+                        self.outbox[peer].push(ShardMsg::RetainQuery(Box::new(q.clone())));
+                    }
+                }
+                self.answer_retained(q);
+            } else {
+                let owner = home_shard(q.filter.as_bytes(), self.nshards);
+                if owner == self.id {
+                    self.answer_retained(q);
+                } else {
+                    self.outbox[owner].push(ShardMsg::RetainQuery(Box::new(q)));
+                }
+            }
+        }
+    }
+
+    fn answer_retained(&mut self, q: RetainQuery) {
+        let mut messages = Vec::new();
+        self.retained
+            .for_each_match(&q.filter, |_, m| messages.push(m.clone()));
+        if messages.is_empty() {
+            return;
+        }
+        let reply = RetainReply {
+            session: q.session,
+            options: q.options,
+            subscription_id: q.subscription_id,
+            messages,
+        };
+        if q.from as usize == self.id {
+            self.deliver_retained(reply);
+        } else {
+            self.outbox[q.from as usize].push(ShardMsg::RetainReply(Box::new(reply)));
+        }
+    }
+
+    /// Retained messages go out with the retain flag set [MQTT-3.3.1-8].
+    fn deliver_retained(&mut self, r: RetainReply) {
+        let ids: Vec<u32> = r.subscription_id.into_iter().collect();
+        for m in &r.messages {
+            let qos = m.qos.min(r.options.qos);
+            self.deliver_to_session(r.session, m, qos, true, ids.clone());
+        }
+    }
+
+    fn on_unsubscribe(&mut self, key: usize, sid: u64, u: Unsubscribe) {
+        let mut codes = Vec::with_capacity(u.filters.len());
+        for f in &u.filters {
+            let removed = self
+                .sessions
+                .get_mut(&sid)
+                .is_some_and(|s| s.subscriptions.remove(f).is_some());
+            if removed {
+                self.subs.remove(f, sid);
+                self.drop_interest(f);
+                codes.push(ReasonCode::SUCCESS);
+            } else {
+                codes.push(ReasonCode::NO_SUBSCRIPTION_EXISTED);
+            }
+        }
+        let ack = UnsubAck {
+            packet_id: u.packet_id,
+            reason_codes: codes,
+            properties: Properties::default(),
+        };
+        self.send(key, &Packet::UnsubAck(Box::new(ack)));
+    }
+
+    fn drop_interest(&mut self, filter: &ByteStr) {
+        if self.interest.decr(filter) {
+            self.routes.remove(filter, self.id as u16);
+            for peer in 0..self.nshards {
+                if peer != self.id {
+                    self.outbox[peer].push(ShardMsg::RouteRemove {
+                        filter: filter.clone(),
+                        from: self.id as u16,
+                    });
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- mesh in
+
+    pub fn on_batch(&mut self, batch: Batch) {
+        for msg in batch {
+            match msg {
+                ShardMsg::Handoff(h) => self.adopt(h),
+                ShardMsg::Publish(m) => {
+                    self.counters.cross_shard_in += 1;
+                    self.deliver_local(&m);
+                }
+                ShardMsg::RouteAdd { filter, from, token } => {
+                    self.routes.add(&filter, from);
+                    self.outbox[from as usize].push(ShardMsg::RouteAck { token });
+                }
+                ShardMsg::RouteAck { token } => self.on_route_ack(token),
+                ShardMsg::RouteRemove { filter, from } => self.routes.remove(&filter, from),
+                ShardMsg::RetainSet(m) => self.retain_set(m),
+                ShardMsg::RetainQuery(q) => self.answer_retained(*q),
+                ShardMsg::RetainReply(r) => self.deliver_retained(*r),
+            }
+        }
+        self.flush();
+    }
+
+    // ---------------------------------------------------------------- timers
+
+    /// Periodic: connect timeouts, keep-alive, session expiry.
+    pub fn tick(&mut self) {
+        let now = self.now_ms();
+        let connect_timeout = self.cfg.connect_timeout.as_millis() as u64;
+        let mut expired = Vec::new();
+        for (key, c) in self.conns.iter() {
+            if c.close.is_some() {
+                continue;
+            }
+            match c.phase {
+                Phase::AwaitConnect if now.saturating_sub(c.opened_ms) >= connect_timeout => {
+                    expired.push((key, Close::ConnectTimeout));
+                }
+                Phase::Active
+                    if c.keep_alive_s > 0
+                        && now.saturating_sub(c.last_rx_ms) > u64::from(c.keep_alive_s) * 1500 =>
+                {
+                    expired.push((key, Close::KeepAlive));
+                }
+                _ => {}
+            }
+        }
+        for (key, why) in expired {
+            self.close_conn(key, why);
+        }
+        let now_s = self.now_s();
+        let ended: Vec<u64> = self
+            .sessions
+            .values()
+            .filter(|s| s.expired(now_s))
+            .map(|s| s.id)
+            .collect();
+        for sid in ended {
+            self.remove_session(sid);
+        }
+        self.flush();
+    }
+
+    // ---------------------------------------------------------------- output
+
+    /// Encodes a control packet into the arena and queues it on the connection.
+    pub fn send(&mut self, key: usize, p: &Packet) {
+        let Some(conn) = self.conns.get(key) else { return };
+        let v = conn.version;
+        let len = encoded_len(p, v);
+        self.reserve_arena(len);
+        if encode(p, v, &mut self.arena).is_err() {
+            self.arena.clear();
+            return;
+        }
+        let chunk = self.arena.split().freeze();
+        self.counters.packets_out += 1;
+        self.push_chunk(key, chunk);
+    }
+
+    fn reserve_arena(&mut self, len: usize) {
+        if self.arena.capacity() < len {
+            self.arena.reserve(len.max(64 * 1024));
+        }
+    }
+
+    fn write_publish(&mut self, key: usize, p: &Publish) {
+        let Some(conn) = self.conns.get(key) else { return };
+        if conn.close.is_some() {
+            return;
+        }
+        if p.qos == QoS::AtMostOnce && conn.out_bytes > self.cfg.max_outgoing_bytes {
+            self.counters.dropped_slow_consumer += 1;
+            return;
+        }
+        let v = conn.version;
+        let hl = publish_header_len(p, v);
+        self.reserve_arena(hl + INLINE_PAYLOAD_MAX);
+        if encode_publish_header(p, v, &mut self.arena).is_err() {
+            self.arena.clear();
+            return;
+        }
+        self.counters.msgs_out[p.qos as usize] += 1;
+        if p.payload.len() <= INLINE_PAYLOAD_MAX {
+            self.arena.extend_from_slice(&p.payload);
+            let chunk = self.arena.split().freeze();
+            self.push_chunk(key, chunk);
+        } else {
+            let header = self.arena.split().freeze();
+            self.push_chunk(key, header);
+            self.push_chunk(key, p.payload.clone());
+        }
+    }
+
+    fn push_chunk(&mut self, key: usize, chunk: Bytes) {
+        let conn = &mut self.conns[key];
+        conn.out_bytes += chunk.len();
+        conn.out.push_back(chunk);
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    /// Writes what a connection has queued, without waiting.
+    fn flush_conn(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        if conn.write_blocked || conn.out.is_empty() {
+            return;
+        }
+        match io::send_chunks(conn.fd, &mut conn.out) {
+            Ok(n) => {
+                conn.out_bytes -= n;
+                self.counters.bytes_out += n as u64;
+                if !conn.out.is_empty() {
+                    conn.write_blocked = true;
+                    conn.wake();
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                conn.write_blocked = true;
+                conn.wake();
+            }
+            Err(_) => {
+                conn.out.clear();
+                conn.out_bytes = 0;
+                self.close_conn(key, Close::Eof);
+            }
+        }
+        if let Some(conn) = self.conns.get_mut(key) {
+            if conn.out.is_empty() {
+                // An idle connection keeps no output buffer.
+                conn.out = VecDeque::new();
+            }
+        }
+    }
+
+    /// End of an event: write every connection that got output, send every peer its batch.
+    pub fn flush(&mut self) {
+        while !self.dirty.is_empty() {
+            let dirty = std::mem::take(&mut self.dirty);
+            for key in dirty {
+                if let Some(c) = self.conns.get_mut(key) {
+                    c.dirty = false;
+                    self.flush_conn(key);
+                }
+            }
+        }
+        self.flush_outbox();
+    }
+
+    fn flush_outbox(&mut self) {
+        let Some(senders) = self.senders.clone() else { return };
+        for peer in 0..self.nshards {
+            if self.outbox[peer].is_empty() {
+                continue;
+            }
+            let batch = std::mem::take(&mut self.outbox[peer]);
+            let spilled = &self.spilled[peer];
+            let batch = if spilled.get() > 0 {
+                batch
+            } else {
+                match senders.try_send_to(peer, batch) {
+                    Ok(()) => continue,
+                    Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(b))) => {
+                        self.counters.mesh_backpressure += 1;
+                        b
+                    }
+                    Err(_) => {
+                        self.counters.mesh_send_failed += 1;
+                        continue;
+                    }
+                }
+            };
+            let spill = self.spill[peer].as_ref().expect("flushers start with the shard");
+            if spill.try_send(batch).is_ok() {
+                spilled.set(spilled.get() + 1);
+            } else {
+                self.counters.mesh_send_failed += 1;
+            }
+        }
+    }
+}
+
+/// The PUBLISH a subscriber receives. Properties are forwarded as published, plus this
+/// subscriber's Subscription Identifiers.
+fn make_publish(
+    msg: &Message,
+    qos: QoS,
+    retain: bool,
+    ids: &[u32],
+    packet_id: Option<PacketId>,
+    dup: bool,
+    v: ProtocolVersion,
+) -> Publish {
+    let properties = if !v.is_v5() {
+        None
+    } else if ids.is_empty() {
+        msg.properties.as_ref().map(|p| Box::new((**p).clone()))
+    } else {
+        let mut p = msg.properties.as_ref().map(|p| (**p).clone()).unwrap_or_default();
+        p.subscription_identifiers = ids.to_vec();
+        Some(Box::new(p))
+    };
+    Publish {
+        dup,
+        qos,
+        retain,
+        topic: msg.topic.clone(),
+        packet_id: if qos == QoS::AtMostOnce { None } else { packet_id },
+        payload: msg.payload.clone(),
+        properties,
+    }
+}
