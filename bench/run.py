@@ -161,9 +161,9 @@ def thread_affinities(pid: int) -> dict[str, str]:
     return res
 
 
-def read_cpu_stat(cpus: list[int]) -> dict[int, tuple[int, int]]:
-    """Per CPU from /proc/stat: (busy ticks of all processes, steal ticks).
-    busy = user+nice+system+irq+softirq; idle, iowait and steal excluded."""
+def read_cpu_stat(cpus: list[int]) -> dict[int, tuple[int, int, int]]:
+    """Per CPU from /proc/stat: (process ticks = user+nice+system,
+    irq+softirq ticks, steal ticks)."""
     out = {}
     try:
         with open("/proc/stat") as f:
@@ -174,7 +174,7 @@ def read_cpu_stat(cpus: list[int]) -> dict[int, tuple[int, int]]:
                 n = int(parts[0][3:])
                 if n in cpus:
                     v = [int(x) for x in parts[1:9]]
-                    out[n] = (v[0] + v[1] + v[2] + v[5] + v[6], v[7])
+                    out[n] = (v[0] + v[1] + v[2], v[5] + v[6], v[7])
     except OSError:
         pass
     return out
@@ -191,6 +191,7 @@ class Sampler(threading.Thread):
         self.pids: dict[str, int] = {}
         self.series: dict[str, list[dict]] = {f"cpu{c}": [] for c in self.cpus}
         self.series.update({f"steal{c}": [] for c in self.cpus})
+        self.series.update({f"irq{c}": [] for c in self.cpus})
         self._stop_ev = threading.Event()
         self._lock = threading.Lock()
 
@@ -204,8 +205,9 @@ class Sampler(threading.Thread):
         with self._lock:
             if self.cpus:
                 t = time.monotonic()
-                for c, (busy, steal) in read_cpu_stat(self.cpus).items():
+                for c, (busy, irq, steal) in read_cpu_stat(self.cpus).items():
                     self.series[f"cpu{c}"].append({"t": t, "ticks": busy, "rss_kb": 0})
+                    self.series[f"irq{c}"].append({"t": t, "ticks": irq, "rss_kb": 0})
                     self.series[f"steal{c}"].append({"t": t, "ticks": steal, "rss_kb": 0})
             for name, pid in self.pids.items():
                 s = read_proc(pid)
@@ -550,6 +552,10 @@ METRICS: list[tuple[str, str, str | None, callable, tuple, callable]] = [
      lambda r: r["h"].get("broker_cpus_other_pct")),
     ("other_on_loadgen_cpu", "other processes' CPU % on the loadgen's CPU", None, f_1, ALL,
      lambda r: r["h"].get("loadgen_cpus_other_pct")),
+    ("irq_on_broker_cpu", "irq+softirq % on the broker's CPU", None, f_1, ALL,
+     lambda r: r["h"].get("broker_cpus_irq_pct")),
+    ("irq_on_loadgen_cpu", "irq+softirq % on the loadgen's CPU", None, f_1, ALL,
+     lambda r: r["h"].get("loadgen_cpus_irq_pct")),
     ("steal", "hypervisor steal % (both CPUs)", None, f_1, ALL, lambda r: r["h"].get("steal_pct")),
     ("loadgen_rss_per_dev", "loadgen bytes/device", None, f_int, (I,),
      lambda r: num(jget(r["lg"], "loadgen.rss_bytes_per_device"))),
@@ -770,9 +776,13 @@ def run_one(cfg: Config, scn: Scenario, spec: BrokerSpec, rep: int, outdir: Path
         if spec.pinned and bcpu and rec["h"]["broker_cpu_pct"] is not None:
             busy = sum(cpu_pct(sampler.series.get(f"cpu{c}", []), w0, w1) or 0 for c in bcpu)
             rec["h"]["broker_cpus_other_pct"] = r1(max(0.0, busy - rec["h"]["broker_cpu_pct"]))
+            rec["h"]["broker_cpus_irq_pct"] = r1(sum(cpu_pct(sampler.series.get(f"irq{c}", []), w0, w1) or 0
+                                                     for c in bcpu))
         if lcpu and rec["h"]["loadgen_cpu_pct"] is not None and (spec.pinned or not bcpu):
             busy = sum(cpu_pct(sampler.series.get(f"cpu{c}", []), w0, w1) or 0 for c in lcpu)
             rec["h"]["loadgen_cpus_other_pct"] = r1(max(0.0, busy - rec["h"]["loadgen_cpu_pct"]))
+            rec["h"]["loadgen_cpus_irq_pct"] = r1(sum(cpu_pct(sampler.series.get(f"irq{c}", []), w0, w1) or 0
+                                                      for c in lcpu))
         rec["h"]["steal_pct"] = r1(sum(cpu_pct(sampler.series.get(f"steal{c}", []), w0, w1) or 0
                                        for c in bcpu + lcpu))
         if ramp_s:  # the connect phase: which side limited the connect rate?
@@ -1108,10 +1118,24 @@ def write_report(cfg: Config, info: dict, records: list[dict], brokers: list[str
             if bc is None or lc is None:
                 continue
             cap = 100.0 * (BROKERS[b].shards or 1)
+            bo = lo = bi = li = 0.0
+            if scn.kind != I:
+                bo = jget(sd, f"{b}.median.other_on_broker_cpu") or 0.0
+                lo = jget(sd, f"{b}.median.other_on_loadgen_cpu") or 0.0
+                bi = jget(sd, f"{b}.median.irq_on_broker_cpu") or 0.0
+                li = jget(sd, f"{b}.median.irq_on_loadgen_cpu") or 0.0
             if bc >= 0.9 * cap:
                 lim = "broker-bound"
+            elif bc + bi >= 0.9 * cap:
+                lim = f"broker-bound (plus {bi:.0f} % irq/softirq on its CPU: network processing)"
+            elif bc + bo + bi >= 0.9 * cap:
+                lim = (f"broker-bound on a shared core: other processes took {bo:.0f} % of the broker's CPU "
+                       f"(noise; alone it would do more)")
             elif lc >= 90:
                 lim = "loadgen-bound (the broker had room: this number is a lower bound)"
+            elif lc + lo + li >= 90:
+                lim = (f"loadgen-bound on a shared core: other processes took {lo:.0f} % of the loadgen's CPU "
+                       f"(this number is a lower bound)")
             elif scn.kind == L:
                 lim = "neither saturated, as an open-loop latency run should be"
             elif scn.kind == I:
@@ -1122,7 +1146,7 @@ def write_report(cfg: Config, info: dict, records: list[dict], brokers: list[str
         L_.append("")
         L_.append("Raw repeats:\n")
         raw_keys = [k for k in HEADLINE[scn.kind] if k in METRIC_BY_KEY]
-        extra = [k for k in ("lost", "errors", "other_on_broker_cpu", "steal")
+        extra = [k for k in ("lost", "errors", "other_on_broker_cpu", "irq_on_broker_cpu", "steal")
                  if scn.kind in METRIC_BY_KEY[k][4] and k not in raw_keys]
         raw_keys += extra
         rh = ["run", "status", "load avg"] + [METRIC_BY_KEY[k][1] for k in raw_keys]

@@ -116,7 +116,10 @@ fn main() {
         mesh_channel_batches: 1024,
     };
     if let Err(e) = std::fs::create_dir_all(&cfg.data_dir) {
-        eprintln!("ringmq: cannot create data directory {}: {e}", cfg.data_dir.display());
+        eprintln!(
+            "ringmq: cannot create data directory {}: {e}",
+            cfg.data_dir.display()
+        );
         std::process::exit(1);
     }
     ringmq_shard::check_fd_limit(cfg.max_connections);

@@ -168,8 +168,19 @@ class Broker:
             self._log = None
 
     def restart(self):
-        """Stop and start again on the same port and data dir."""
+        """Stop and start again on the same port and data dir.
+
+        Waits until the old listening socket is really gone first: with io_uring the kernel
+        may release a dead process's sockets asynchronously, and a SO_REUSEPORT listener that
+        lingers would accept (then reset) connections meant for the new process."""
         self.stop()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.2).close()
+            except OSError:
+                break
+            time.sleep(0.01)
         self.start()
 
     def alive(self):

@@ -71,7 +71,7 @@ def test_paho_keepalive_maintains_connection(broker, clients):
 
 
 def test_keepalive_zero_accepted(broker, clients):
-    """[MQTT-3.1.2-10?] keep-alive 0 (v3.1.1) is accepted"""
+    """[3.1.2.10] keep-alive 0 (v3.1.1) is accepted (it switches the client-side mechanism off)"""
     c = clients.raw(broker)
     assert c.connect("ka0", keepalive=0) == (False, 0, {})
     c.ping()

@@ -234,3 +234,13 @@ def test_v5_paho_session_expiry(broker, clients):
     c2 = clients.paho(broker, cid, version=5)
     sp, rc, _ = c2.connect(clean_start=False, properties=connect_props(SessionExpiryInterval=30))
     assert sp is True
+
+
+def test_broker_restart_serves_again(broker, clients):
+    """[ops] after a stop/start on the same port and data dir the broker accepts clients again and
+    routes messages (sessions are in memory today, so nothing about session state is asserted)"""
+    c = clients.raw(broker)
+    c.connect("before-restart", clean=False)
+    broker.restart()
+    from helpers import assert_broker_healthy
+    assert_broker_healthy(broker)

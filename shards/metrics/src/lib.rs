@@ -29,6 +29,7 @@ pub struct Counters {
     pub dropped_too_large: u64,
     pub dropped_slow_consumer: u64,
     pub dropped_offline_qos0: u64,
+    pub dropped_expired: u64,
     pub mesh_backpressure: u64,
     pub mesh_send_failed: u64,
 }
@@ -40,11 +41,30 @@ impl Counters {
             ($($f:ident),*) => { $( self.$f += o.$f; )* };
         }
         add!(
-            connections_accepted, connections_refused, connections_closed, connections_rejected,
-            connects, handoffs, takeovers, wills, protocol_errors, packets_in, packets_out,
-            bytes_in, bytes_out, cross_shard_out, cross_shard_in, queued, dropped_no_subscriber,
-            dropped_queue_full, dropped_too_large, dropped_slow_consumer, dropped_offline_qos0,
-            mesh_backpressure, mesh_send_failed
+            connections_accepted,
+            connections_refused,
+            connections_closed,
+            connections_rejected,
+            connects,
+            handoffs,
+            takeovers,
+            wills,
+            protocol_errors,
+            packets_in,
+            packets_out,
+            bytes_in,
+            bytes_out,
+            cross_shard_out,
+            cross_shard_in,
+            queued,
+            dropped_no_subscriber,
+            dropped_queue_full,
+            dropped_too_large,
+            dropped_slow_consumer,
+            dropped_offline_qos0,
+            dropped_expired,
+            mesh_backpressure,
+            mesh_send_failed
         );
         for i in 0..3 {
             self.msgs_in[i] += o.msgs_in[i];
@@ -59,8 +79,17 @@ mod tests {
 
     #[test]
     fn merge_adds_every_field() {
-        let mut a = Counters { bytes_in: 3, msgs_in: [1, 2, 3], ..Default::default() };
-        let b = Counters { bytes_in: 4, msgs_in: [1, 1, 1], wills: 2, ..Default::default() };
+        let mut a = Counters {
+            bytes_in: 3,
+            msgs_in: [1, 2, 3],
+            ..Default::default()
+        };
+        let b = Counters {
+            bytes_in: 4,
+            msgs_in: [1, 1, 1],
+            wills: 2,
+            ..Default::default()
+        };
         a.merge(&b);
         assert_eq!(a.bytes_in, 7);
         assert_eq!(a.msgs_in, [2, 3, 4]);

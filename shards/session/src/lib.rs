@@ -12,9 +12,12 @@
 //! - [`Session`]: what survives a disconnect for a persistent session.
 
 use bytes::Bytes;
-use ringmq_codec::{ByteStr, LastWill, PacketId, Properties, ProtocolVersion, QoS, SubscriptionOptions};
+use ringmq_codec::{
+    ByteStr, LastWill, PacketId, Properties, ProtocolVersion, QoS, SubscriptionOptions,
+};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// An application message routed between sessions and shards.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,12 +32,27 @@ pub struct Message {
     pub properties: Option<Arc<Properties>>,
     /// Global id of the publishing session (`shard << 48 | local id`), for No Local.
     pub origin: u64,
+    /// When the Message Expiry Interval (MQTT 5) runs out; the interval sent onwards is what
+    /// remains of it [MQTT-3.3.2-6].
+    pub expires_at: Option<Instant>,
 }
 
 impl Message {
     /// A copy whose buffers are exactly as large as its content. Messages held for long
     /// (retained, queued for an offline session) would otherwise pin the whole read buffer
     /// their bytes were sliced from.
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|t| now >= t)
+    }
+
+    /// Whole seconds of the expiry interval left at `now`, rounded up.
+    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+        self.expires_at.map(|t| {
+            let d = t.saturating_duration_since(now);
+            (d.as_secs() + u64::from(d.subsec_nanos() > 0)).min(u64::from(u32::MAX)) as u32
+        })
+    }
+
     pub fn compacted(&self) -> Message {
         Message {
             topic: ByteStr::from(self.topic.as_str()),
@@ -178,13 +196,21 @@ impl Outbound {
     }
 
     /// Moves queued messages into free window slots; returns the ids to send now, oldest first.
-    pub fn refill(&mut self) -> Vec<PacketId> {
+    /// Messages `alive` rejects (expired ones) are dropped on the way; their count is returned.
+    pub fn refill(&mut self, mut alive: impl FnMut(&Queued) -> bool) -> (Vec<PacketId>, usize) {
         let mut ids = Vec::new();
+        let mut dropped = 0;
         while self.inflight.len() < self.window {
-            let Some(q) = self.queue.pop_front() else { break };
+            let Some(q) = self.queue.pop_front() else {
+                break;
+            };
+            if !alive(&q) {
+                dropped += 1;
+                continue;
+            }
             ids.push(self.push_inflight(q));
         }
-        ids
+        (ids, dropped)
     }
 
     pub fn get(&self, id: PacketId) -> Option<&Inflight> {
@@ -310,7 +336,13 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(id: u64, client_id: ByteStr, protocol: ProtocolVersion, window: usize, queue_max: usize) -> Session {
+    pub fn new(
+        id: u64,
+        client_id: ByteStr,
+        protocol: ProtocolVersion,
+        window: usize,
+        queue_max: usize,
+    ) -> Session {
         Session {
             id,
             client_id,
@@ -355,6 +387,7 @@ mod tests {
                 retain: false,
                 properties: None,
                 origin: 0,
+                expires_at: None,
             },
             retain: false,
             subscription_ids: Vec::new(),
@@ -375,8 +408,11 @@ mod tests {
         assert_eq!(o.offer(msg(QoS::AtLeastOnce), true), Offer::Queued);
         assert_eq!(o.offer(msg(QoS::AtLeastOnce), true), Offer::Dropped);
         assert!(o.on_puback(pid(1)));
-        assert!(!o.on_puback(pid(1)), "a second PUBACK for the same id finds nothing");
-        assert_eq!(o.refill(), vec![pid(3)]);
+        assert!(
+            !o.on_puback(pid(1)),
+            "a second PUBACK for the same id finds nothing"
+        );
+        assert_eq!(o.refill(|_| true).0, vec![pid(3)]);
         assert_eq!(o.inflight_len(), 2);
         assert_eq!(o.queued_len(), 2);
     }
@@ -386,7 +422,7 @@ mod tests {
         let mut o = Outbound::new(10, 10);
         assert_eq!(o.offer(msg(QoS::AtLeastOnce), false), Offer::Queued);
         assert_eq!(o.inflight_len(), 0);
-        assert_eq!(o.refill(), vec![pid(1)]);
+        assert_eq!(o.refill(|_| true).0, vec![pid(1)]);
     }
 
     #[test]
@@ -398,7 +434,7 @@ mod tests {
         o.on_puback(pid(1));
         // The window has room but the queue is not empty: the new message queues behind.
         assert_eq!(o.offer(msg(QoS::AtLeastOnce), true), Offer::Queued);
-        assert_eq!(o.refill(), vec![pid(2)]);
+        assert_eq!(o.refill(|_| true).0, vec![pid(2)]);
     }
 
     #[test]
@@ -406,7 +442,10 @@ mod tests {
         // [MQTT-2.2.1-3] a new PUBLISH uses an id not in use.
         let mut o = Outbound::new(3, 0);
         o.next_id = u16::MAX;
-        assert_eq!(o.offer(msg(QoS::AtLeastOnce), true), Offer::Send(pid(u16::MAX)));
+        assert_eq!(
+            o.offer(msg(QoS::AtLeastOnce), true),
+            Offer::Send(pid(u16::MAX))
+        );
         assert_eq!(o.offer(msg(QoS::AtLeastOnce), true), Offer::Send(pid(1)));
         o.next_id = u16::MAX;
         assert_eq!(o.offer(msg(QoS::AtLeastOnce), true), Offer::Send(pid(2)));
@@ -416,10 +455,16 @@ mod tests {
     fn qos2_flow_pubrec_then_pubcomp() {
         let mut o = Outbound::new(4, 4);
         assert_eq!(o.offer(msg(QoS::ExactlyOnce), true), Offer::Send(pid(1)));
-        assert!(!o.on_pubcomp(pid(1)), "PUBCOMP before PUBREC is not accepted");
+        assert!(
+            !o.on_pubcomp(pid(1)),
+            "PUBCOMP before PUBREC is not accepted"
+        );
         assert!(o.on_pubrec(pid(1), false));
         assert_eq!(o.get(pid(1)).unwrap().state, InflightState::AwaitPubComp);
-        assert!(o.on_pubrec(pid(1), false), "a repeated PUBREC is answered again");
+        assert!(
+            o.on_pubrec(pid(1), false),
+            "a repeated PUBREC is answered again"
+        );
         assert!(o.on_pubcomp(pid(1)));
         assert_eq!(o.inflight_len(), 0);
     }
@@ -444,6 +489,38 @@ mod tests {
     }
 
     #[test]
+    fn refill_drops_what_is_no_longer_alive() {
+        // [MQTT-3.3.2-5] an expired message not yet sent is deleted for that subscriber.
+        let mut o = Outbound::new(2, 10);
+        for _ in 0..4 {
+            o.offer(msg(QoS::AtLeastOnce), false);
+        }
+        let mut n = 0;
+        let (ids, dropped) = o.refill(|_| {
+            n += 1;
+            n % 2 == 0
+        });
+        assert_eq!(ids, vec![pid(1), pid(2)]);
+        assert_eq!(dropped, 2);
+        assert_eq!(o.queued_len(), 0);
+    }
+
+    #[test]
+    fn remaining_expiry_rounds_up() {
+        let now = Instant::now();
+        let mut m = msg(QoS::AtLeastOnce).message;
+        assert_eq!(m.remaining_expiry(now), None);
+        m.expires_at = Some(now + std::time::Duration::from_millis(98_800));
+        assert_eq!(m.remaining_expiry(now), Some(99));
+        assert!(!m.is_expired(now));
+        assert!(m.is_expired(now + std::time::Duration::from_secs(99)));
+        assert_eq!(
+            m.remaining_expiry(now + std::time::Duration::from_secs(200)),
+            Some(0)
+        );
+    }
+
+    #[test]
     fn session_expiry() {
         let mut s = Session::new(1, ByteStr::from("c"), ProtocolVersion::V5, 10, 10);
         s.expiry_interval = 5;
@@ -465,6 +542,7 @@ mod tests {
             retain: true,
             properties: None,
             origin: 3,
+            expires_at: None,
         };
         let c = m.compacted();
         assert_eq!(c, m);

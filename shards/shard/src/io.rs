@@ -104,6 +104,29 @@ pub fn close_fd(fd: RawFd) {
     }
 }
 
+/// A listening socket every shard can bind (SO_REUSEPORT: the kernel spreads connections
+/// over the shards), with a deep accept queue for connect storms.
+pub fn listen_socket(addr: std::net::SocketAddr, backlog: i32) -> io::Result<RawFd> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::os::fd::IntoRawFd;
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nodelay(true)?;
+    s.bind(&addr.into())?;
+    s.listen(backlog)?;
+    Ok(s.into_raw_fd())
+}
+
+/// Stops a listening socket from taking connections at once, before the process exits: a
+/// closed descriptor can outlive the process inside io_uring's teardown and keep its place in
+/// the SO_REUSEPORT group, where new connections would be reset.
+pub fn shutdown_listener(fd: RawFd) {
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+}
+
 /// Raises the soft open-file limit to the hard limit and returns the new soft limit.
 pub fn raise_nofile_limit() -> io::Result<u64> {
     let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };

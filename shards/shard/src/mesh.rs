@@ -16,8 +16,19 @@ pub type Batch = Vec<ShardMsg>;
 pub enum ShardMsg {
     /// A connection whose CONNECT named a client homed on the receiving shard.
     Handoff(Box<Handoff>),
-    /// Deliver to the receiving shard's local subscribers.
-    Publish(Message),
+    /// Deliver to the receiving shard's local subscribers. With `ack`, answer
+    /// `PublishAck { token: ack }` once the message is in every matching session: the
+    /// publisher's PUBACK/PUBREC waits for that.
+    Publish {
+        msg: Message,
+        ack: Option<u64>,
+    },
+    /// The answer to an acknowledged `Publish` or `RetainSet`; `matched` tells whether any
+    /// subscription matched there (MQTT 5 reason 0x10 otherwise).
+    PublishAck {
+        token: u64,
+        matched: bool,
+    },
     /// The sender now has a local subscriber for `filter`; answer with `RouteAck { token }`.
     RouteAdd {
         filter: ByteStr,
@@ -33,7 +44,10 @@ pub enum ShardMsg {
         from: u16,
     },
     /// Store (or, with an empty payload, delete) a retained message on its owner shard.
-    RetainSet(Message),
+    RetainSet {
+        msg: Message,
+        ack: Option<u64>,
+    },
     /// Ask the owner of retained messages for those matching `filter`.
     RetainQuery(Box<RetainQuery>),
     /// The answer to a `RetainQuery`, sent to the subscriber's shard.

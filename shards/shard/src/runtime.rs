@@ -11,12 +11,21 @@ use glommio::{LocalExecutorBuilder, Placement};
 use std::cell::RefCell;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often a shard checks connect timeouts, keep-alives and session expiry.
+/// How often a shard checks connect timeouts, keep-alives, session expiry and shutdown.
 const TICK: Duration = Duration::from_millis(250);
+/// Accept queue depth per listening socket (the kernel caps it at net.core.somaxconn).
+const LISTEN_BACKLOG: i32 = 4096;
+/// How long shutdown waits for the shards to say goodbye to their clients.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Set by SIGTERM/SIGINT; every shard notices at its next tick.
+static SHUTDOWN: AtomicBool = AtomicBool::new(false);
+/// Shards that have closed their listeners and connections.
+static SHARDS_DONE: AtomicUsize = AtomicUsize::new(0);
 
 pub struct Shard {
     pub state: RefCell<ShardState>,
@@ -37,7 +46,9 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cfg = Arc::new(cfg);
     let conn_count = Arc::new(AtomicUsize::new(0));
-    let mesh = (cfg.shards > 1).then(|| MeshBuilder::<Batch, _>::full(cfg.shards, cfg.mesh_channel_batches));
+    let mesh = (cfg.shards > 1)
+        .then(|| MeshBuilder::<Batch, _>::full(cfg.shards, cfg.mesh_channel_batches));
+    watch_signals(cfg.shards)?;
     let mut handles = Vec::new();
     for i in 0..cfg.shards {
         let cfg = cfg.clone();
@@ -107,25 +118,55 @@ async fn shard_main(
         }
     }
 
-    glommio::spawn_local(async move {
-        loop {
-            glommio::timer::sleep(TICK).await;
-            current().state.borrow_mut().tick();
-        }
-    })
-    .detach();
-
-    let mut accepts = Vec::new();
+    let mut listen_fds = Vec::new();
     for addr in &cfg.listen {
-        let listener = TcpListener::bind(addr).map_err(|e| {
-            std::io::Error::other(format!("cannot listen on {addr}: {e}"))
-        })?;
+        let fd = io::listen_socket(*addr, LISTEN_BACKLOG)
+            .map_err(|e| std::io::Error::other(format!("cannot listen on {addr}: {e}")))?;
+        listen_fds.push(fd);
+        // SAFETY: a fresh listening socket that nothing else owns.
+        let listener = unsafe { TcpListener::from_raw_fd(fd) };
         tracing::info!(shard = id, %addr, "listening");
-        accepts.push(glommio::spawn_local(accept_loop(listener)));
+        glommio::spawn_local(accept_loop(listener)).detach();
     }
-    for a in accepts {
-        a.await;
+
+    loop {
+        glommio::timer::sleep(TICK).await;
+        if SHUTDOWN.load(Ordering::Relaxed) {
+            for fd in &listen_fds {
+                io::shutdown_listener(*fd);
+            }
+            shard.state.borrow_mut().shutdown();
+            // Give the connection tasks a turn to write their DISCONNECT and close.
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+            SHARDS_DONE.fetch_add(1, Ordering::SeqCst);
+            tracing::info!(shard = id, "shard stopped");
+            return Ok(());
+        }
+        shard.state.borrow_mut().tick();
     }
+}
+
+/// SIGTERM or SIGINT start a graceful shutdown: every shard stops accepting, tells MQTT 5
+/// clients why (DISCONNECT 0x8B) and closes its connections; the process exits 0 when all
+/// shards are done, or after a bounded grace period.
+fn watch_signals(shards: usize) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    std::thread::Builder::new()
+        .name("ringmq-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                tracing::info!(signal = sig, "shutting down");
+                SHUTDOWN.store(true, Ordering::SeqCst);
+                let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
+                while SHARDS_DONE.load(Ordering::SeqCst) < shards
+                    && std::time::Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                std::process::exit(0);
+            }
+        })?;
     Ok(())
 }
 
@@ -147,6 +188,7 @@ async fn accept_loop(listener: TcpListener) {
                 drop(st);
                 glommio::spawn_local(conn_task(key, stream)).detach();
             }
+            Err(_) if SHUTDOWN.load(Ordering::Relaxed) => return,
             Err(e) => {
                 // Out of descriptors or memory: back off rather than spin.
                 tracing::warn!(error = %e, "accept failed");
@@ -178,7 +220,9 @@ async fn conn_task(key: usize, mut stream: TcpStream) {
 /// waiting for room. Started with the shard, so nothing is spawned on the message path.
 fn start_flushers(shard: &Shard) {
     let mut st = shard.state.borrow_mut();
-    let Some(senders) = st.senders.clone() else { return };
+    let Some(senders) = st.senders.clone() else {
+        return;
+    };
     for peer in 0..st.nshards {
         if peer == st.id {
             continue;

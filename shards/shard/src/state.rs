@@ -68,6 +68,8 @@ pub enum Close {
     Rejected,
     /// Handed to the client's home shard.
     Handoff,
+    /// The server is shutting down (MQTT 5: DISCONNECT 0x8B).
+    Shutdown,
 }
 
 impl Close {
@@ -143,6 +145,22 @@ struct PendingSubAck {
     retained: Vec<RetainQuery>,
 }
 
+/// A PUBACK or PUBREC waiting for other shards to take the message.
+struct AckSlot {
+    token: u64,
+    packet_id: PacketId,
+    qos: QoS,
+    remaining: usize,
+    matched: bool,
+}
+
+/// Where `route` sent a message.
+struct Routed {
+    matched_here: bool,
+    /// Other shards that will answer with `PublishAck`.
+    awaiting: usize,
+}
+
 /// A connection adopted from another shard, waiting for its task to be spawned by the runtime.
 pub struct Adopted {
     pub key: usize,
@@ -176,6 +194,11 @@ pub struct ShardState {
     arena: BytesMut,
     match_buf: Vec<(u64, SubEntry)>,
     pending_subacks: HashMap<u64, PendingSubAck>,
+    /// Per publishing session, its PUBACK/PUBREC answers in the order the PUBLISHes arrived
+    /// [MQTT-4.6.0-2]; each is released once every shard it went to has taken it.
+    acks: HashMap<u64, VecDeque<AckSlot>>,
+    /// Token of an acknowledged cross-shard publish -> publishing session.
+    ack_owner: HashMap<u64, u64>,
     next_token: u64,
     start: Instant,
     pub conn_count: Arc<AtomicUsize>,
@@ -207,6 +230,8 @@ impl ShardState {
             arena: BytesMut::new(),
             match_buf: Vec::new(),
             pending_subacks: HashMap::new(),
+            acks: HashMap::new(),
+            ack_owner: HashMap::new(),
             next_token: 1,
             start: Instant::now(),
             conn_count,
@@ -240,7 +265,9 @@ impl ShardState {
     /// Called by the connection's task once `close` is set and the task is about to drop the
     /// socket: detach the session, publish the will, release what the connection held.
     pub fn finish_conn(&mut self, key: usize) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         let close = conn.close.unwrap_or(Close::Eof);
         // Best effort: a final DISCONNECT or CONNACK still queued.
         if !conn.out.is_empty() && !conn.write_blocked {
@@ -255,12 +282,16 @@ impl ShardState {
         let Some(sid) = conn.session else { return };
         let now_s = self.now_s();
         let origin = self.global_id(sid);
-        let Some(s) = self.sessions.get_mut(&sid) else { return };
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
         if s.connection != Some(key) {
             return; // taken over: the session already belongs to another connection
         }
         s.connection = None;
         s.disconnected_at = Some(now_s);
+        // Unsent acknowledgements die with the connection; the client resends those PUBLISHes.
+        self.acks.remove(&sid);
         let will = s.will.take();
         let ends = s.expiry_interval == 0;
         if close.publishes_will() {
@@ -276,7 +307,9 @@ impl ShardState {
 
     /// Decides that a connection ends; its task notices, flushes and closes.
     pub fn close_conn(&mut self, key: usize, why: Close) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         if conn.close.is_some() {
             return;
         }
@@ -284,11 +317,17 @@ impl ShardState {
             Close::Error(r) => Some(r),
             Close::KeepAlive => Some(ReasonCode::KEEP_ALIVE_TIMEOUT),
             Close::TakenOver => Some(ReasonCode::SESSION_TAKEN_OVER),
+            Close::Shutdown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
             _ => None,
         };
         if let Close::Error(r) = why {
             self.counters.protocol_errors += 1;
-            tracing::debug!(shard = self.id, conn = key, reason = r.0, "closing on protocol error");
+            tracing::debug!(
+                shard = self.id,
+                conn = key,
+                reason = r.0,
+                "closing on protocol error"
+            );
         }
         // The server sends DISCONNECT only to MQTT 5 clients, only after CONNACK [MQTT-3.14.0-1].
         if let Some(r) = reason {
@@ -408,7 +447,9 @@ impl ShardState {
     /// Parses and handles every complete frame in `buf`, leaving a partial tail.
     fn process_frames(&mut self, key: usize, buf: &mut BytesMut) {
         loop {
-            let Some(conn) = self.conns.get(key) else { return };
+            let Some(conn) = self.conns.get(key) else {
+                return;
+            };
             if conn.close.is_some() {
                 return;
             }
@@ -491,7 +532,10 @@ impl ShardState {
                 } else {
                     ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
                 };
-                self.send(key, &Packet::PubComp(PubResp::with_reason(r.packet_id, reason)));
+                self.send(
+                    key,
+                    &Packet::PubComp(PubResp::with_reason(r.packet_id, reason)),
+                );
             }
             Packet::PubComp(r) => {
                 if let Some(s) = self.sessions.get_mut(&sid) {
@@ -588,7 +632,7 @@ impl ShardState {
     }
 
     /// A connection from another shard: register it, answer its CONNECT, handle what followed.
-    fn adopt(&mut self, h: Box<Handoff>) {
+    fn adopt(&mut self, h: Handoff) {
         let now = self.now_ms();
         let key = self.conns.insert(Conn::new(h.fd, now));
         self.adopted.push(Adopted { key, fd: h.fd });
@@ -671,6 +715,7 @@ impl ShardState {
             server_keep_alive = Some(keep_alive);
         }
         let conn = &mut self.conns[key];
+        conn.version = c.protocol;
         conn.phase = Phase::Active;
         conn.session = Some(sid);
         conn.keep_alive_s = keep_alive;
@@ -714,7 +759,9 @@ impl ShardState {
     }
 
     fn remove_session(&mut self, sid: u64) {
-        let Some(s) = self.sessions.remove(&sid) else { return };
+        let Some(s) = self.sessions.remove(&sid) else {
+            return;
+        };
         self.by_client.remove(&s.client_id);
         for filter in s.subscriptions.keys() {
             self.subs.remove(filter, sid);
@@ -748,7 +795,10 @@ impl ShardState {
     // ---------------------------------------------------------------- PUBLISH in
 
     fn on_publish(&mut self, key: usize, sid: u64, p: Publish) {
-        if p.properties.as_ref().is_some_and(|pr| pr.topic_alias.is_some()) {
+        if p.properties
+            .as_ref()
+            .is_some_and(|pr| pr.topic_alias.is_some())
+        {
             // Topic Alias Maximum is 0: any alias is invalid [MQTT-3.3.2-8].
             return self.close_conn(key, Close::Error(ReasonCode::TOPIC_ALIAS_INVALID));
         }
@@ -758,9 +808,13 @@ impl ShardState {
         self.counters.msgs_in[p.qos as usize] += 1;
         let origin = self.global_id(sid);
         let durable = p.qos != QoS::AtMostOnce || p.retain;
+        let mut expires_at = None;
         let properties = p.properties.and_then(|mut pr| {
             pr.topic_alias = None;
             pr.subscription_identifiers.clear();
+            if let Some(secs) = pr.message_expiry_interval {
+                expires_at = Some(Instant::now() + std::time::Duration::from_secs(secs.into()));
+            }
             (!pr.is_empty()).then(|| Arc::new(*pr))
         });
         let mut msg = Message {
@@ -770,42 +824,108 @@ impl ShardState {
             retain: p.retain,
             properties,
             origin,
+            expires_at,
         };
         if durable {
             // Held beyond this event: do not pin the shared read buffer.
             msg = msg.compacted();
         }
-        match p.qos {
-            QoS::AtMostOnce => {
-                self.route(msg);
+        let Some(id) = p.packet_id else {
+            self.route(msg, None);
+            return;
+        };
+        if p.qos == QoS::ExactlyOnce {
+            let max = self.cfg.max_inflight as usize;
+            let Some(s) = self.sessions.get_mut(&sid) else {
+                return;
+            };
+            if !s.inbound_qos2.on_publish(id) {
+                // A retransmission of a message already routed [MQTT-4.3.3-9]: answer again.
+                return self.queue_ack(sid, id, p.qos, None, true);
             }
-            QoS::AtLeastOnce => {
-                let id = p.packet_id.expect("codec guarantees an id for QoS 1");
-                let any = self.route(msg);
-                let reason = self.no_subscribers_reason(key, any);
-                self.send(key, &Packet::PubAck(PubResp::with_reason(id, reason)));
+            if s.inbound_qos2.len() > max {
+                // [MQTT-3.3.4-9] more unacknowledged QoS 2 PUBLISHes than Receive Maximum.
+                return self.close_conn(key, Close::Error(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
             }
-            QoS::ExactlyOnce => {
-                let id = p.packet_id.expect("codec guarantees an id for QoS 2");
-                let max = self.cfg.max_inflight as usize;
-                let Some(s) = self.sessions.get_mut(&sid) else { return };
-                let first = s.inbound_qos2.on_publish(id);
-                if first && s.inbound_qos2.len() > max {
-                    // [MQTT-3.3.4-9] more unacknowledged QoS 2 PUBLISHes than Receive Maximum.
-                    return self.close_conn(key, Close::Error(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
-                }
-                let mut reason = ReasonCode::SUCCESS;
-                if first {
-                    let any = self.route(msg);
-                    reason = self.no_subscribers_reason(key, any);
-                }
-                self.send(key, &Packet::PubRec(PubResp::with_reason(id, reason)));
-            }
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        let routed = self.route(msg, Some(token));
+        let pending = (routed.awaiting > 0).then_some((token, routed.awaiting));
+        self.queue_ack(sid, id, p.qos, pending, routed.matched_here);
+    }
+
+    /// Queues the PUBACK/PUBREC of a PUBLISH behind those of earlier PUBLISHes of the session,
+    /// and sends every answer at the front that no longer waits for another shard.
+    fn queue_ack(
+        &mut self,
+        sid: u64,
+        packet_id: PacketId,
+        qos: QoS,
+        pending: Option<(u64, usize)>,
+        matched: bool,
+    ) {
+        let (token, remaining) = pending.unwrap_or((0, 0));
+        if remaining > 0 {
+            self.ack_owner.insert(token, sid);
+        }
+        self.acks.entry(sid).or_default().push_back(AckSlot {
+            token,
+            packet_id,
+            qos,
+            remaining,
+            matched,
+        });
+        self.release_acks(sid);
+    }
+
+    fn on_publish_ack(&mut self, token: u64, matched: bool) {
+        let Some(&sid) = self.ack_owner.get(&token) else {
+            return;
+        };
+        let Some(slot) = self
+            .acks
+            .get_mut(&sid)
+            .and_then(|q| q.iter_mut().find(|a| a.token == token && a.remaining > 0))
+        else {
+            self.ack_owner.remove(&token);
+            return;
+        };
+        slot.remaining -= 1;
+        slot.matched |= matched;
+        if slot.remaining == 0 {
+            self.ack_owner.remove(&token);
+            self.release_acks(sid);
+        }
+    }
+
+    fn release_acks(&mut self, sid: u64) {
+        let key = self.sessions.get(&sid).and_then(|s| s.connection);
+        let Some(q) = self.acks.get_mut(&sid) else {
+            return;
+        };
+        let mut ready = Vec::new();
+        while q.front().is_some_and(|a| a.remaining == 0) {
+            ready.push(q.pop_front().expect("front exists"));
+        }
+        if q.is_empty() {
+            self.acks.remove(&sid);
+        }
+        let Some(key) = key else { return };
+        for a in ready {
+            let reason = self.no_subscribers_reason(key, a.matched);
+            let r = PubResp::with_reason(a.packet_id, reason);
+            let packet = if a.qos == QoS::ExactlyOnce {
+                Packet::PubRec(r)
+            } else {
+                Packet::PubAck(r)
+            };
+            self.send(key, &packet);
         }
     }
 
     fn no_subscribers_reason(&self, key: usize, any: bool) -> ReasonCode {
-        if !any && self.conns[key].version.is_v5() {
+        if !any && self.conns.get(key).is_some_and(|c| c.version.is_v5()) {
             ReasonCode::NO_MATCHING_SUBSCRIBERS
         } else {
             ReasonCode::SUCCESS
@@ -813,37 +933,47 @@ impl ShardState {
     }
 
     /// Sends a message to every shard with a matching subscription and stores it if retained.
-    /// Returns whether any subscription matched anywhere (as far as the route table knows).
-    fn route(&mut self, msg: Message) -> bool {
+    /// With `ack`, the other shards it goes to answer `PublishAck`; their number is returned.
+    fn route(&mut self, msg: Message, ack: Option<u64>) -> Routed {
+        let mut routed = Routed {
+            matched_here: false,
+            awaiting: 0,
+        };
         if msg.retain {
             let owner = home_shard(msg.topic.as_bytes(), self.nshards);
             if owner == self.id {
                 self.retain_set(msg.clone());
             } else {
-                self.outbox[owner].push(ShardMsg::RetainSet(msg.clone()));
+                self.outbox[owner].push(ShardMsg::RetainSet {
+                    msg: msg.clone(),
+                    ack,
+                });
+                routed.awaiting += usize::from(ack.is_some());
             }
         }
         let shards = self.routes.shards_for(&msg.topic);
-        let mut any = false;
         for s in shards.iter() {
             let s = s as usize;
             if s == self.id {
-                any |= self.deliver_local(&msg);
+                routed.matched_here |= self.deliver_local(&msg);
             } else {
-                self.outbox[s].push(ShardMsg::Publish(msg.clone()));
+                self.outbox[s].push(ShardMsg::Publish {
+                    msg: msg.clone(),
+                    ack,
+                });
                 self.counters.cross_shard_out += 1;
-                any = true;
+                routed.awaiting += usize::from(ack.is_some());
             }
         }
-        if !any {
+        if shards.is_empty() {
             self.counters.dropped_no_subscriber += 1;
         }
-        any
+        routed
     }
 
     fn retain_set(&mut self, msg: Message) {
         // [MQTT-3.3.1-10] an empty payload deletes; [MQTT-3.3.1-5] otherwise it replaces.
-        if msg.payload.is_empty() {
+        if msg.payload.is_empty() || msg.is_expired(Instant::now()) {
             self.retained.remove(&msg.topic);
         } else {
             let topic = msg.topic.clone();
@@ -854,7 +984,11 @@ impl ShardState {
     fn publish_will(&mut self, w: LastWill, origin: u64) {
         let mut props = w.properties;
         props.will_delay_interval = None;
+        let expires_at = props
+            .message_expiry_interval
+            .map(|secs| Instant::now() + std::time::Duration::from_secs(secs.into()));
         let msg = Message {
+            expires_at,
             topic: w.topic,
             payload: w.payload,
             qos: w.qos,
@@ -864,7 +998,7 @@ impl ShardState {
         }
         .compacted();
         self.counters.wills += 1;
-        self.route(msg);
+        self.route(msg, None);
     }
 
     // ---------------------------------------------------------------- delivery
@@ -874,7 +1008,8 @@ impl ShardState {
     fn deliver_local(&mut self, msg: &Message) -> bool {
         let mut m = std::mem::take(&mut self.match_buf);
         m.clear();
-        self.subs.for_each_match(&msg.topic, |sid, e| m.push((sid, *e)));
+        self.subs
+            .for_each_match(&msg.topic, |sid, e| m.push((sid, *e)));
         if m.len() > 1 {
             m.sort_unstable_by_key(|x| x.0);
         }
@@ -908,8 +1043,21 @@ impl ShardState {
         delivered
     }
 
-    fn deliver_to_session(&mut self, sid: u64, msg: &Message, qos: QoS, retain: bool, ids: Vec<u32>) {
-        let Some(s) = self.sessions.get_mut(&sid) else { return };
+    fn deliver_to_session(
+        &mut self,
+        sid: u64,
+        msg: &Message,
+        qos: QoS,
+        retain: bool,
+        ids: Vec<u32>,
+    ) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if msg.is_expired(Instant::now()) {
+            self.counters.dropped_expired += 1;
+            return;
+        }
         let conn = s.connection;
         let v = s.protocol;
         // [MQTT-3.1.2-24] never send a packet larger than the client's Maximum Packet Size.
@@ -939,7 +1087,15 @@ impl ShardState {
         };
         match s.outbound.offer(q, conn.is_some()) {
             Offer::Send(id) => {
-                let p = make_publish(msg, qos, retain, &s.outbound.get(id).expect("just added").subscription_ids, Some(id), false, v);
+                let p = make_publish(
+                    msg,
+                    qos,
+                    retain,
+                    &s.outbound.get(id).expect("just added").subscription_ids,
+                    Some(id),
+                    false,
+                    v,
+                );
                 if let Some(key) = conn {
                     self.write_publish(key, &p);
                 }
@@ -951,9 +1107,13 @@ impl ShardState {
 
     /// Moves queued messages into free inflight slots and sends them.
     fn refill(&mut self, sid: u64) {
-        let Some(s) = self.sessions.get_mut(&sid) else { return };
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
         let Some(key) = s.connection else { return };
-        let ids = s.outbound.refill();
+        let now = Instant::now();
+        let (ids, expired) = s.outbound.refill(|q| !q.message.is_expired(now));
+        self.counters.dropped_expired += expired as u64;
         if ids.is_empty() {
             return;
         }
@@ -961,7 +1121,17 @@ impl ShardState {
         let packets: Vec<Publish> = ids
             .iter()
             .filter_map(|id| s.outbound.get(*id))
-            .map(|i| make_publish(&i.message, i.qos, i.retain, &i.subscription_ids, Some(i.packet_id), false, v))
+            .map(|i| {
+                make_publish(
+                    &i.message,
+                    i.qos,
+                    i.retain,
+                    &i.subscription_ids,
+                    Some(i.packet_id),
+                    false,
+                    v,
+                )
+            })
             .collect();
         for p in &packets {
             self.write_publish(key, p);
@@ -971,7 +1141,9 @@ impl ShardState {
     /// After a reconnect, every unacknowledged delivery goes again: PUBLISH with DUP, or PUBREL
     /// where PUBREC already arrived [MQTT-4.4.0-1].
     fn resend_inflight(&mut self, sid: u64) {
-        let Some(s) = self.sessions.get(&sid) else { return };
+        let Some(s) = self.sessions.get(&sid) else {
+            return;
+        };
         let Some(key) = s.connection else { return };
         let v = s.protocol;
         let mut packets = Vec::new();
@@ -999,7 +1171,9 @@ impl ShardState {
     }
 
     fn on_pubrec(&mut self, key: usize, sid: u64, r: PubResp) {
-        let Some(s) = self.sessions.get_mut(&sid) else { return };
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
         let failed = r.reason.is_error();
         if s.outbound.on_pubrec(r.packet_id, failed) {
             if failed {
@@ -1111,7 +1285,9 @@ impl ShardState {
     }
 
     fn on_route_ack(&mut self, token: u64) {
-        let Some(p) = self.pending_subacks.get_mut(&token) else { return };
+        let Some(p) = self.pending_subacks.get_mut(&token) else {
+            return;
+        };
         p.remaining -= 1;
         if p.remaining > 0 {
             return;
@@ -1148,8 +1324,12 @@ impl ShardState {
 
     fn answer_retained(&mut self, q: RetainQuery) {
         let mut messages = Vec::new();
-        self.retained
-            .for_each_match(&q.filter, |_, m| messages.push(m.clone()));
+        let now = Instant::now();
+        self.retained.for_each_match(&q.filter, |_, m| {
+            if !m.is_expired(now) {
+                messages.push(m.clone());
+            }
+        });
         if messages.is_empty() {
             return;
         }
@@ -1217,18 +1397,36 @@ impl ShardState {
     pub fn on_batch(&mut self, batch: Batch) {
         for msg in batch {
             match msg {
-                ShardMsg::Handoff(h) => self.adopt(h),
-                ShardMsg::Publish(m) => {
+                ShardMsg::Handoff(h) => self.adopt(*h),
+                ShardMsg::Publish { msg, ack } => {
                     self.counters.cross_shard_in += 1;
-                    self.deliver_local(&m);
+                    let matched = self.deliver_local(&msg);
+                    if let Some(token) = ack {
+                        let origin = (msg.origin >> 48) as usize;
+                        self.outbox[origin].push(ShardMsg::PublishAck { token, matched });
+                    }
                 }
-                ShardMsg::RouteAdd { filter, from, token } => {
+                ShardMsg::PublishAck { token, matched } => self.on_publish_ack(token, matched),
+                ShardMsg::RouteAdd {
+                    filter,
+                    from,
+                    token,
+                } => {
                     self.routes.add(&filter, from);
                     self.outbox[from as usize].push(ShardMsg::RouteAck { token });
                 }
                 ShardMsg::RouteAck { token } => self.on_route_ack(token),
                 ShardMsg::RouteRemove { filter, from } => self.routes.remove(&filter, from),
-                ShardMsg::RetainSet(m) => self.retain_set(m),
+                ShardMsg::RetainSet { msg, ack } => {
+                    let origin = (msg.origin >> 48) as usize;
+                    self.retain_set(msg);
+                    if let Some(token) = ack {
+                        self.outbox[origin].push(ShardMsg::PublishAck {
+                            token,
+                            matched: false,
+                        });
+                    }
+                }
                 ShardMsg::RetainQuery(q) => self.answer_retained(*q),
                 ShardMsg::RetainReply(r) => self.deliver_retained(*r),
             }
@@ -1276,11 +1474,23 @@ impl ShardState {
         self.flush();
     }
 
+    /// Graceful shutdown: every connection is told and closed; wills are not published,
+    /// since the clients did nothing wrong and the subscribers are leaving too.
+    pub fn shutdown(&mut self) {
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.close_conn(key, Close::Shutdown);
+        }
+        self.flush();
+    }
+
     // ---------------------------------------------------------------- output
 
     /// Encodes a control packet into the arena and queues it on the connection.
     pub fn send(&mut self, key: usize, p: &Packet) {
-        let Some(conn) = self.conns.get(key) else { return };
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
         let v = conn.version;
         let len = encoded_len(p, v);
         self.reserve_arena(len);
@@ -1300,7 +1510,9 @@ impl ShardState {
     }
 
     fn write_publish(&mut self, key: usize, p: &Publish) {
-        let Some(conn) = self.conns.get(key) else { return };
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
         if conn.close.is_some() {
             return;
         }
@@ -1339,7 +1551,9 @@ impl ShardState {
 
     /// Writes what a connection has queued, without waiting.
     fn flush_conn(&mut self, key: usize) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         if conn.write_blocked || conn.out.is_empty() {
             return;
         }
@@ -1385,7 +1599,9 @@ impl ShardState {
     }
 
     fn flush_outbox(&mut self) {
-        let Some(senders) = self.senders.clone() else { return };
+        let Some(senders) = self.senders.clone() else {
+            return;
+        };
         for peer in 0..self.nshards {
             if self.outbox[peer].is_empty() {
                 continue;
@@ -1407,7 +1623,9 @@ impl ShardState {
                     }
                 }
             };
-            let spill = self.spill[peer].as_ref().expect("flushers start with the shard");
+            let spill = self.spill[peer]
+                .as_ref()
+                .expect("flushers start with the shard");
             if spill.try_send(batch).is_ok() {
                 spilled.set(spilled.get() + 1);
             } else {
@@ -1430,11 +1648,17 @@ fn make_publish(
 ) -> Publish {
     let properties = if !v.is_v5() {
         None
-    } else if ids.is_empty() {
+    } else if ids.is_empty() && msg.expires_at.is_none() {
         msg.properties.as_ref().map(|p| Box::new((**p).clone()))
     } else {
-        let mut p = msg.properties.as_ref().map(|p| (**p).clone()).unwrap_or_default();
+        let mut p = msg
+            .properties
+            .as_ref()
+            .map(|p| (**p).clone())
+            .unwrap_or_default();
         p.subscription_identifiers = ids.to_vec();
+        // [MQTT-3.3.2-6] what is left of the interval after waiting in the server.
+        p.message_expiry_interval = msg.remaining_expiry(Instant::now());
         Some(Box::new(p))
     };
     Publish {
@@ -1442,7 +1666,11 @@ fn make_publish(
         qos,
         retain,
         topic: msg.topic.clone(),
-        packet_id: if qos == QoS::AtMostOnce { None } else { packet_id },
+        packet_id: if qos == QoS::AtMostOnce {
+            None
+        } else {
+            packet_id
+        },
         payload: msg.payload.clone(),
         properties,
     }
