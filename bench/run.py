@@ -1128,6 +1128,9 @@ def write_report(cfg: Config, info: dict, records: list[dict], brokers: list[str
                 lim = "broker-bound"
             elif bc + bi >= 0.9 * cap:
                 lim = f"broker-bound (plus {bi:.0f} % irq/softirq on its CPU: network processing)"
+            elif bc + bo + bi >= 0.9 * cap and scn.kind == L:
+                lim = (f"the broker's CPU was full: other processes took {bo:.0f} % of it "
+                       f"(noise: the latencies include waiting for the CPU)")
             elif bc + bo + bi >= 0.9 * cap:
                 lim = (f"broker-bound on a shared core: other processes took {bo:.0f} % of the broker's CPU "
                        f"(noise; alone it would do more)")

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use ringmq_codec::{
     ByteStr, LastWill, PacketId, Properties, ProtocolVersion, QoS, SubscriptionOptions,
 };
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -311,6 +311,52 @@ pub struct Subscription {
     pub subscription_id: Option<u32>,
 }
 
+/// A session's subscriptions by filter. A plain vector: most devices hold one or a few, a map
+/// would cost more than it saves, and the count is bounded by `--max-subscriptions-per-client`.
+#[derive(Debug, Default)]
+pub struct Subscriptions(Vec<(ByteStr, Subscription)>);
+
+impl Subscriptions {
+    pub fn get(&self, filter: &str) -> Option<&Subscription> {
+        self.0
+            .iter()
+            .find(|(f, _)| f.as_str() == filter)
+            .map(|(_, s)| s)
+    }
+
+    pub fn contains_key(&self, filter: &str) -> bool {
+        self.get(filter).is_some()
+    }
+
+    /// Inserts or replaces; returns the replaced subscription.
+    pub fn insert(&mut self, filter: ByteStr, sub: Subscription) -> Option<Subscription> {
+        match self.0.iter_mut().find(|(f, _)| *f == filter) {
+            Some((_, s)) => Some(std::mem::replace(s, sub)),
+            None => {
+                self.0.push((filter, sub));
+                None
+            }
+        }
+    }
+
+    pub fn remove(&mut self, filter: &str) -> Option<Subscription> {
+        let i = self.0.iter().position(|(f, _)| f.as_str() == filter)?;
+        Some(self.0.swap_remove(i).1)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &ByteStr> {
+        self.0.iter().map(|(f, _)| f)
+    }
+}
+
 /// The state of one client id that outlives its connections when the session is persistent.
 #[derive(Debug)]
 pub struct Session {
@@ -321,10 +367,11 @@ pub struct Session {
     pub protocol: ProtocolVersion,
     /// Seconds the session outlives its connection; `u32::MAX` never expires, 0 ends with it.
     pub expiry_interval: u32,
-    pub subscriptions: HashMap<ByteStr, Subscription>,
+    pub subscriptions: Subscriptions,
     pub outbound: Outbound,
     pub inbound_qos2: InboundQos2,
-    pub will: Option<LastWill>,
+    /// Boxed: a will carries a full property set, and most sessions have none.
+    pub will: Option<Box<LastWill>>,
     /// The connection currently attached, by its key on the shard.
     pub connection: Option<usize>,
     /// Seconds on the shard's clock when the last connection ended.
@@ -348,7 +395,7 @@ impl Session {
             client_id,
             protocol,
             expiry_interval: 0,
-            subscriptions: HashMap::new(),
+            subscriptions: Subscriptions::default(),
             outbound: Outbound::new(window, queue_max),
             inbound_qos2: InboundQos2::default(),
             will: None,
@@ -517,6 +564,38 @@ mod tests {
         assert_eq!(
             m.remaining_expiry(now + std::time::Duration::from_secs(200)),
             Some(0)
+        );
+    }
+
+    #[test]
+    fn subscriptions_insert_replace_remove() {
+        let mut subs = Subscriptions::default();
+        let sub = |q| Subscription {
+            options: SubscriptionOptions {
+                qos: q,
+                ..Default::default()
+            },
+            subscription_id: None,
+        };
+        assert!(subs
+            .insert(ByteStr::from("a/+"), sub(QoS::AtMostOnce))
+            .is_none());
+        assert!(
+            subs.insert(ByteStr::from("b"), sub(QoS::AtLeastOnce))
+                .is_some()
+                == false
+        );
+        let old = subs
+            .insert(ByteStr::from("a/+"), sub(QoS::ExactlyOnce))
+            .unwrap();
+        assert_eq!(old.options.qos, QoS::AtMostOnce);
+        assert_eq!(subs.len(), 2);
+        assert_eq!(subs.get("a/+").unwrap().options.qos, QoS::ExactlyOnce);
+        assert!(subs.remove("a/+").is_some());
+        assert!(subs.remove("a/+").is_none());
+        assert_eq!(
+            subs.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            vec!["b"]
         );
     }
 

@@ -19,8 +19,8 @@ use ringmq_codec::{
     UnsubAck, Unsubscribe,
 };
 use ringmq_router::{
-    has_wildcards, parse_shared, validate_topic_filter, validate_topic_name, LocalInterest,
-    RetainedStore, RouteTable, SubscriptionTree,
+    has_wildcards, parse_shared, validate_topic_filter, validate_topic_name, RetainedStore,
+    RouteTable, SubscriptionTree,
 };
 use ringmq_session::{InflightState, Message, Offer, Queued, Session, Subscription};
 use slab::Slab;
@@ -172,11 +172,12 @@ pub struct ShardState {
     pub nshards: usize,
     pub cfg: Rc<Config>,
     pub conns: Slab<Conn>,
-    pub sessions: HashMap<u64, Session>,
+    /// Boxed so that the map's spare capacity costs a pointer, not a session.
+    pub sessions: HashMap<u64, Box<Session>>,
     by_client: HashMap<ByteStr, u64>,
     next_session: u64,
     subs: SubscriptionTree<u64, SubEntry>,
-    interest: LocalInterest,
+    /// Which *other* shards have subscribers per filter; this shard's own are in `subs`.
     routes: RouteTable,
     retained: RetainedStore<Message>,
     /// Per peer shard: what this event sends there.
@@ -218,7 +219,6 @@ impl ShardState {
             by_client: HashMap::new(),
             next_session: 1,
             subs: SubscriptionTree::new(),
-            interest: LocalInterest::new(),
             routes: RouteTable::new(),
             retained: RetainedStore::new(),
             outbox: (0..nshards).map(|_| Vec::new()).collect(),
@@ -296,7 +296,7 @@ impl ShardState {
         let ends = s.expiry_interval == 0;
         if close.publishes_will() {
             if let Some(w) = will {
-                self.publish_will(w, origin);
+                self.publish_will(*w, origin);
             }
         }
         if ends {
@@ -648,8 +648,17 @@ impl ShardState {
         }
     }
 
-    fn accept_connect(&mut self, key: usize, c: Box<Connect>, assigned: Option<ByteStr>) {
+    fn accept_connect(&mut self, key: usize, mut c: Box<Connect>, assigned: Option<ByteStr>) {
         let cfg = self.cfg.clone();
+        // What the session keeps must not pin the shared read buffer it was sliced from.
+        c.client_id = ByteStr::from(c.client_id.as_str());
+        let will = c.will.take().map(|w| {
+            Box::new(LastWill {
+                topic: ByteStr::from(w.topic.as_str()),
+                payload: Bytes::copy_from_slice(&w.payload),
+                ..w
+            })
+        });
         let v5 = c.protocol.is_v5();
         let now_ms = self.now_ms();
         let mut session_present = false;
@@ -682,7 +691,7 @@ impl ShardState {
                 window,
                 cfg.max_queued_messages,
             );
-            self.sessions.insert(sid, s);
+            self.sessions.insert(sid, Box::new(s));
             self.by_client.insert(c.client_id.clone(), sid);
             sid
         };
@@ -698,7 +707,7 @@ impl ShardState {
         };
         s.max_packet_size = c.properties.maximum_packet_size.unwrap_or(u32::MAX);
         s.problem_information = c.properties.request_problem_information != Some(0);
-        s.will = c.will.clone();
+        s.will = will;
         s.connection = Some(key);
         s.disconnected_at = None;
 
@@ -752,7 +761,7 @@ impl ShardState {
         // The old connection ends without DISCONNECT from its client: its will is due.
         let will = s.will.take();
         if let Some(w) = will {
-            self.publish_will(w, origin);
+            self.publish_will(*w, origin);
         }
         self.counters.takeovers += 1;
         self.close_conn(old_key, Close::TakenOver);
@@ -951,21 +960,17 @@ impl ShardState {
                 routed.awaiting += usize::from(ack.is_some());
             }
         }
+        routed.matched_here = self.deliver_local(&msg);
         let shards = self.routes.shards_for(&msg.topic);
         for s in shards.iter() {
-            let s = s as usize;
-            if s == self.id {
-                routed.matched_here |= self.deliver_local(&msg);
-            } else {
-                self.outbox[s].push(ShardMsg::Publish {
-                    msg: msg.clone(),
-                    ack,
-                });
-                self.counters.cross_shard_out += 1;
-                routed.awaiting += usize::from(ack.is_some());
-            }
+            self.outbox[s as usize].push(ShardMsg::Publish {
+                msg: msg.clone(),
+                ack,
+            });
+            self.counters.cross_shard_out += 1;
+            routed.awaiting += usize::from(ack.is_some());
         }
-        if shards.is_empty() {
+        if shards.is_empty() && !routed.matched_here {
             self.counters.dropped_no_subscriber += 1;
         }
         routed
@@ -1218,8 +1223,10 @@ impl ShardState {
                 codes.push(ReasonCode::QUOTA_EXCEEDED);
                 continue;
             }
+            // Kept for the session's life: an owned copy, not a slice of the read buffer.
+            let filter = ByteStr::from(f.filter.as_str());
             s.subscriptions.insert(
-                f.filter.clone(),
+                filter.clone(),
                 Subscription {
                     options: f.options,
                     subscription_id,
@@ -1229,13 +1236,14 @@ impl ShardState {
                 options: f.options,
                 subscription_id,
             };
-            self.subs.insert(&f.filter, sid, entry);
-            if !existed && self.interest.incr(&f.filter) {
-                self.routes.add(&f.filter, self.id as u16);
+            // The first local subscriber of a filter is news for the other shards.
+            let first = self.subs.subscribers(&filter).next().is_none();
+            self.subs.insert(&filter, sid, entry);
+            if first {
                 for peer in 0..self.nshards {
                     if peer != self.id {
                         self.outbox[peer].push(ShardMsg::RouteAdd {
-                            filter: f.filter.clone(),
+                            filter: filter.clone(),
                             from: self.id as u16,
                             token,
                         });
@@ -1251,7 +1259,7 @@ impl ShardState {
             };
             if send_retained {
                 retained.push(RetainQuery {
-                    filter: f.filter,
+                    filter,
                     from: self.id as u16,
                     session: sid,
                     options: f.options,
@@ -1378,9 +1386,10 @@ impl ShardState {
         self.send(key, &Packet::UnsubAck(Box::new(ack)));
     }
 
+    /// After a local subscription to `filter` was removed: if it was the last one here, the
+    /// other shards stop sending matching messages.
     fn drop_interest(&mut self, filter: &ByteStr) {
-        if self.interest.decr(filter) {
-            self.routes.remove(filter, self.id as u16);
+        if self.subs.subscribers(filter).next().is_none() {
             for peer in 0..self.nshards {
                 if peer != self.id {
                     self.outbox[peer].push(ShardMsg::RouteRemove {
@@ -1673,5 +1682,22 @@ fn make_publish(
         },
         payload: msg.payload.clone(),
         properties,
+    }
+}
+#[cfg(test)]
+mod tests {
+    /// Per-connection memory is budgeted (target: 1 KiB per idle connection in all): these are
+    /// the broker's own parts of it, so growth is a deliberate decision, not an accident.
+    #[test]
+    fn per_connection_structs_stay_within_budget() {
+        assert!(std::mem::size_of::<super::Conn>() <= 144, "Conn grew");
+        assert!(
+            std::mem::size_of::<ringmq_session::Session>() <= 256,
+            "Session grew"
+        );
+        assert!(
+            std::mem::size_of::<super::SubEntry>() <= 12,
+            "SubEntry grew"
+        );
     }
 }
