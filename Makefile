@@ -12,7 +12,7 @@ run: build
 	$(RINGMQ_BIN)
 
 build:
-	$(CARGO) build --release --bin ringmq --bin ringmq-loadgen
+	$(CARGO) build --release -p ringmq -p ringmq-loadgen
 
 ## Everything CI runs: lints, unit and property tests, black-box tests with real clients.
 test: deps build lint unit integration

@@ -580,11 +580,9 @@ mod tests {
         assert!(subs
             .insert(ByteStr::from("a/+"), sub(QoS::AtMostOnce))
             .is_none());
-        assert!(
-            subs.insert(ByteStr::from("b"), sub(QoS::AtLeastOnce))
-                .is_some()
-                == false
-        );
+        assert!(subs
+            .insert(ByteStr::from("b"), sub(QoS::AtLeastOnce))
+            .is_none());
         let old = subs
             .insert(ByteStr::from("a/+"), sub(QoS::ExactlyOnce))
             .unwrap();
