@@ -1043,6 +1043,8 @@ def write_report(cfg: Config, info: dict, records: list[dict], brokers: list[str
     summary = summarize(records, brokers)
     has_s2 = "ringmq-s2" in brokers
     info["build_cmd"], info["finished"] = build_cmd, finished
+    if cfg.snapshot_dir:
+        info["snapshot_dir"] = cfg.snapshot_dir
     info.setdefault("loadavg_end", " ".join(Path("/proc/loadavg").read_text().split()[:3]))
     L_ = []
     title = "ringmq vs Mosquitto benchmark" + (" (QUICK smoke run, not a result)" if cfg.quick else "")
@@ -1497,7 +1499,10 @@ def report_from(outdir: Path) -> int:
     old = shlex.split(info["argv"])[2:]
     a = parse_args(old)
     cfg = make_cfg(a, old)
-    cfg.snapshot_dir = None
+    cfg.snapshot_dir = info.get("snapshot_dir")
+    if not cfg.snapshot_dir:
+        m = re.search(r"(/\S*ringmq-bench-bin-[^/\s]+)", " ".join(r.get("loadgen_cmd", "") for r in records))
+        cfg.snapshot_dir = m.group(1) if m else None
     md_path = outdir.parent / f"{outdir.name}.md"
     table = write_report(cfg, info, records, data["brokers"], data["scenarios"], outdir, md_path,
                          info.get("build_cmd"), info.get("finished", True))

@@ -77,6 +77,11 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = 512 * 1024)]
     io_memory: usize,
 
+    /// Entries of each io_uring ring per shard (a power of two). Every idle connection keeps a
+    /// poll armed in the kernel; deeper rings make finding one (on each cancel) cheaper.
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = parse_ring_depth)]
+    ring_depth: usize,
+
     /// Microseconds each executor busy-polls before sleeping when idle; 0 parks at once. Only
     /// for machines the broker has to itself.
     #[arg(long, value_name = "MICROS", default_value_t = 0)]
@@ -85,6 +90,15 @@ struct Args {
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long, value_name = "FILTER", default_value = "info")]
     log_level: String,
+}
+
+fn parse_ring_depth(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|e| format!("{e}"))?;
+    if n.is_power_of_two() && (128..=32768).contains(&n) {
+        Ok(n)
+    } else {
+        Err("a power of two from 128 to 32768".into())
+    }
 }
 
 fn main() {
@@ -112,6 +126,7 @@ fn main() {
         max_topic_levels: args.max_topic_levels,
         max_subscriptions_per_client: args.max_subscriptions_per_client,
         io_memory: args.io_memory,
+        ring_depth: args.ring_depth,
         spin: (args.spin_us > 0).then(|| Duration::from_micros(args.spin_us)),
         mesh_channel_batches: 1024,
     };

@@ -30,6 +30,8 @@ pub struct Counters {
     pub dropped_slow_consumer: u64,
     pub dropped_offline_qos0: u64,
     pub dropped_expired: u64,
+    /// QoS 0 publishes not sent to a peer shard that is too far behind.
+    pub dropped_mesh_backlog: u64,
     pub mesh_backpressure: u64,
     pub mesh_send_failed: u64,
 }
@@ -63,6 +65,7 @@ impl Counters {
             dropped_slow_consumer,
             dropped_offline_qos0,
             dropped_expired,
+            dropped_mesh_backlog,
             mesh_backpressure,
             mesh_send_failed
         );

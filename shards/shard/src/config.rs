@@ -33,6 +33,10 @@ pub struct Config {
     /// Bytes of pinned io_uring buffer memory per shard (glommio's io_memory); counts against
     /// RLIMIT_MEMLOCK.
     pub io_memory: usize,
+    /// Entries of each io_uring submission ring per shard. Deeper rings also give the kernel
+    /// more buckets to find an armed poll in when anything is cancelled, and every idle
+    /// connection keeps one poll armed.
+    pub ring_depth: usize,
     /// Busy-poll before parking, for machines the broker has to itself.
     pub spin: Option<Duration>,
     /// Batches that one shard may have in flight to another before senders wait.
@@ -56,6 +60,7 @@ impl Default for Config {
             max_topic_levels: 128,
             max_subscriptions_per_client: 1000,
             io_memory: 512 * 1024,
+            ring_depth: 4096,
             spin: None,
             mesh_channel_batches: 1024,
         }

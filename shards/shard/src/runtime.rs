@@ -56,7 +56,8 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
         let conn_count = conn_count.clone();
         let mut b = LocalExecutorBuilder::new(Placement::Fixed(i % cpus))
             .name(&format!("ringmq-shard-{i}"))
-            .io_memory(cfg.io_memory);
+            .io_memory(cfg.io_memory)
+            .ring_depth(cfg.ring_depth);
         if let Some(spin) = cfg.spin {
             b = b.spin_before_park(spin);
         }

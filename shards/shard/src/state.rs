@@ -33,6 +33,10 @@ use std::sync::Arc;
 use std::task::Waker;
 use std::time::Instant;
 
+/// Batches waiting for a slow peer shard beyond its channel, above which QoS 0 publishes to it
+/// are dropped (and counted) instead of queued. QoS 1/2 need no such bound: their PUBACK waits
+/// for the peer, so each publisher's inflight window caps what it can have outstanding.
+const SPILL_MAX_BATCHES: usize = 1024;
 /// Spare room the read path asks for before each `recv`.
 const READ_CHUNK: usize = 64 * 1024;
 /// Payloads up to this size are copied behind their header into one chunk: a copy of a few
@@ -963,6 +967,10 @@ impl ShardState {
         routed.matched_here = self.deliver_local(&msg);
         let shards = self.routes.shards_for(&msg.topic);
         for s in shards.iter() {
+            if msg.qos == QoS::AtMostOnce && self.spilled[s as usize].get() > SPILL_MAX_BATCHES {
+                self.counters.dropped_mesh_backlog += 1;
+                continue;
+            }
             self.outbox[s as usize].push(ShardMsg::Publish {
                 msg: msg.clone(),
                 ack,
