@@ -1,133 +1,183 @@
-//! `ringmq`: parse flags, prepare the process (open-file limit, data directory, logging), then
+//! `ringmq`: resolve the configuration (flags > environment > file > defaults, see
+//! [`config`]), prepare the process (open-file limit, data directory, logging), then
 //! hand over to the shard runtime, which runs one pinned executor per core until the end.
 
-use clap::Parser;
+mod config;
+
+use clap::{CommandFactory, Parser};
+use config::{ConfigError, LogFormat, Settings};
 use ringmq_shard::Config;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// Thread-per-core MQTT 3.1/3.1.1/5.0 broker on io_uring.
 #[derive(Parser, Debug)]
-#[command(name = "ringmq", version, about, max_term_width = 100)]
+#[command(name = "ringmq", version, about, long_about = None, max_term_width = 100)]
+#[command(
+    after_help = "Every option can also be set in a TOML file (--config; key = option \
+name with '-' -> '_') or an environment variable RINGMQ_<KEY> (e.g. RINGMQ_MAX_INFLIGHT=64; \
+RINGMQ_LISTEN is comma-separated). Precedence: flags > environment > file > defaults."
+)]
 struct Args {
+    /// TOML configuration file (keys are the option names with '-' -> '_'); also from
+    /// RINGMQ_CONFIG.
+    #[arg(long, value_name = "FILE", env = "RINGMQ_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// Print the effective configuration as TOML (a valid --config file) and exit.
+    #[arg(long)]
+    print_config: bool,
+
     /// Address to accept MQTT connections on (repeatable). Every shard listens on each with
-    /// SO_REUSEPORT.
-    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:1883")]
-    listen: Vec<SocketAddr>,
+    /// SO_REUSEPORT. [default: 0.0.0.0:1883]
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Vec<String>,
 
-    /// Number of shards: one pinned executor thread each [default: number of cores].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
-    shards: Option<u16>,
+    /// Number of shards (1 to 256): one pinned executor thread each [default: number of cores].
+    #[arg(long, value_name = "N")]
+    shards: Option<String>,
 
-    /// Directory for the broker's data.
-    #[arg(long, value_name = "DIR", default_value = "./data")]
-    data_dir: PathBuf,
+    /// Directory for the broker's data. [default: ./data]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<String>,
 
     /// Largest number of client connections held at once; more are refused at accept.
-    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
-    max_connections: usize,
+    /// [default: 1000000]
+    #[arg(long, value_name = "N")]
+    max_connections: Option<String>,
 
-    /// Largest MQTT packet accepted from a client, in bytes, fixed header included (advertised to
-    /// MQTT 5 clients as Maximum Packet Size). Larger packets close the connection (MQTT 5: 0x95).
-    #[arg(long, value_name = "BYTES", default_value_t = 1_048_576,
-          value_parser = clap::value_parser!(u32).range(64..=268_435_460))]
-    max_packet_size: u32,
+    /// Largest MQTT packet accepted from a client, in bytes (64 to 268435460), fixed header
+    /// included (advertised to MQTT 5 clients as Maximum Packet Size). Larger packets close the
+    /// connection (MQTT 5: 0x95). [default: 1048576]
+    #[arg(long, value_name = "BYTES")]
+    max_packet_size: Option<String>,
 
-    /// Unacknowledged QoS 1/2 PUBLISHes per client in each direction (advertised to MQTT 5
-    /// clients as Receive Maximum; a client's smaller Receive Maximum wins for delivery).
-    #[arg(long, value_name = "N", default_value_t = 32,
-          value_parser = clap::value_parser!(u16).range(1..))]
-    max_inflight: u16,
+    /// Unacknowledged QoS 1/2 PUBLISHes per client in each direction, 1 to 65535 (advertised to
+    /// MQTT 5 clients as Receive Maximum; a client's smaller Receive Maximum wins for delivery).
+    /// [default: 32]
+    #[arg(long, value_name = "N")]
+    max_inflight: Option<String>,
 
     /// QoS 1/2 messages queued per session behind a full inflight window or while a persistent
-    /// session is offline; further messages for it are dropped and counted.
-    #[arg(long, value_name = "N", default_value_t = 1000)]
-    max_queued_messages: usize,
+    /// session is offline; further messages for it are dropped and counted. [default: 1000]
+    #[arg(long, value_name = "N")]
+    max_queued_messages: Option<String>,
 
     /// Bytes of unwritten output per connection above which QoS 0 messages to it are dropped.
-    #[arg(long, value_name = "BYTES", default_value_t = 1_048_576)]
-    max_outgoing_bytes: usize,
+    /// [default: 1048576]
+    #[arg(long, value_name = "BYTES")]
+    max_outgoing_bytes: Option<String>,
 
-    /// Seconds a new connection has to send a complete CONNECT before it is closed.
-    #[arg(long, value_name = "SECS", default_value_t = 10,
-          value_parser = clap::value_parser!(u64).range(1..=3600))]
-    connect_timeout: u64,
+    /// Seconds (1 to 3600) a new connection has to send a complete CONNECT before it is closed.
+    /// [default: 10]
+    #[arg(long, value_name = "SECS")]
+    connect_timeout: Option<String>,
 
     /// Keep-alive in seconds imposed on clients that ask for 0 (sent to MQTT 5 clients as Server
-    /// Keep Alive); 0 imposes none.
-    #[arg(long, value_name = "SECS", default_value_t = 60)]
-    default_keep_alive: u16,
+    /// Keep Alive); 0 imposes none. [default: 60]
+    #[arg(long, value_name = "SECS")]
+    default_keep_alive: Option<String>,
 
-    /// Largest keep-alive in seconds a client may use; larger requests are lowered to it.
-    #[arg(long, value_name = "SECS", default_value_t = 65_535,
-          value_parser = clap::value_parser!(u16).range(1..))]
-    max_keep_alive: u16,
+    /// Largest keep-alive in seconds (1 to 65535) a client may use; larger requests are lowered
+    /// to it. [default: 65535]
+    #[arg(long, value_name = "SECS")]
+    max_keep_alive: Option<String>,
 
-    /// Largest number of levels in a topic name or filter.
-    #[arg(long, value_name = "N", default_value_t = 128)]
-    max_topic_levels: usize,
+    /// Largest number of levels in a topic name or filter. [default: 128]
+    #[arg(long, value_name = "N")]
+    max_topic_levels: Option<String>,
 
-    /// Largest number of subscriptions one session may hold.
-    #[arg(long, value_name = "N", default_value_t = 1000)]
-    max_subscriptions_per_client: usize,
+    /// Largest number of subscriptions one session may hold. [default: 1000]
+    #[arg(long, value_name = "N")]
+    max_subscriptions_per_client: Option<String>,
 
     /// Bytes of pinned io_uring buffer memory per shard; counts against the locked-memory limit
-    /// (ulimit -l).
-    #[arg(long, value_name = "BYTES", default_value_t = 512 * 1024)]
-    io_memory: usize,
+    /// (ulimit -l). [default: 524288]
+    #[arg(long, value_name = "BYTES")]
+    io_memory: Option<String>,
 
-    /// Entries of each io_uring ring per shard (a power of two). Every idle connection keeps a
-    /// poll armed in the kernel; deeper rings make finding one (on each cancel) cheaper.
-    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = parse_ring_depth)]
-    ring_depth: usize,
+    /// Entries of each io_uring ring per shard (a power of two from 128 to 32768). Every idle
+    /// connection keeps a poll armed in the kernel; deeper rings make finding one (on each
+    /// cancel) cheaper. [default: 4096]
+    #[arg(long, value_name = "N")]
+    ring_depth: Option<String>,
 
     /// Microseconds each executor busy-polls before sleeping when idle; 0 parks at once. Only
-    /// for machines the broker has to itself.
-    #[arg(long, value_name = "MICROS", default_value_t = 0)]
-    spin_us: u64,
+    /// for machines the broker has to itself. [default: 0]
+    #[arg(long, value_name = "MICROS")]
+    spin_us: Option<String>,
 
-    /// Log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.
-    #[arg(long, value_name = "FILTER", default_value = "info")]
-    log_level: String,
+    /// Log filter (tracing's EnvFilter syntax); RUST_LOG overrides it. [default: info]
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+
+    /// Log line format on stderr: plain or json. [default: plain]
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
 }
 
-fn parse_ring_depth(s: &str) -> Result<usize, String> {
-    let n: usize = s.parse().map_err(|e| format!("{e}"))?;
-    if n.is_power_of_two() && (128..=32768).contains(&n) {
-        Ok(n)
-    } else {
-        Err("a power of two from 128 to 32768".into())
-    }
+/// Reads every layer and merges them; any error is for the caller to print and exit 2.
+fn settings(matches: &clap::ArgMatches) -> Result<Settings, ConfigError> {
+    let given = config::SPECS.iter().filter_map(|s| {
+        let from_cli = matches.value_source(s.key) == Some(clap::parser::ValueSource::CommandLine);
+        let values = matches
+            .get_many::<String>(s.key)?
+            .cloned()
+            .collect::<Vec<_>>();
+        from_cli.then_some((s.key, values))
+    });
+    let flags = config::flag_layer(given);
+    let env = config::env_layer(|name| std::env::var(name).ok());
+    let file = match matches.get_one::<PathBuf>("config") {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError(format!("cannot read config file {}: {e}", path.display()))
+            })?;
+            config::file_layer(&text, path)?
+        }
+        None => config::Layer::new(),
+    };
+    config::resolve(&[&flags, &env, &file])
 }
 
 fn main() {
-    let args = Args::parse();
+    let matches = Args::command().get_matches();
+    let print_config = matches.get_flag("print_config");
+    let s = settings(&matches).unwrap_or_else(|e| {
+        eprintln!("ringmq: {e}");
+        std::process::exit(2);
+    });
+    if print_config {
+        print!("{}", s.to_toml());
+        return;
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log_level));
-    tracing_subscriber::fmt()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&s.log_level));
+    let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match s.log_format {
+        LogFormat::Plain => subscriber.init(),
+        LogFormat::Json => subscriber.json().init(),
+    }
 
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cfg = Config {
-        listen: args.listen,
-        shards: args.shards.map_or(cores, usize::from),
-        data_dir: args.data_dir,
-        max_connections: args.max_connections,
-        max_packet_size: args.max_packet_size as usize,
-        max_inflight: args.max_inflight,
-        max_queued_messages: args.max_queued_messages,
-        max_outgoing_bytes: args.max_outgoing_bytes,
-        connect_timeout: Duration::from_secs(args.connect_timeout),
-        default_keep_alive: args.default_keep_alive,
-        max_keep_alive: args.max_keep_alive,
-        max_topic_levels: args.max_topic_levels,
-        max_subscriptions_per_client: args.max_subscriptions_per_client,
-        io_memory: args.io_memory,
-        ring_depth: args.ring_depth,
-        spin: (args.spin_us > 0).then(|| Duration::from_micros(args.spin_us)),
+        listen: s.listen,
+        shards: usize::from(s.shards),
+        data_dir: s.data_dir,
+        max_connections: s.max_connections,
+        max_packet_size: s.max_packet_size as usize,
+        max_inflight: s.max_inflight,
+        max_queued_messages: s.max_queued_messages,
+        max_outgoing_bytes: s.max_outgoing_bytes,
+        connect_timeout: Duration::from_secs(s.connect_timeout),
+        default_keep_alive: s.default_keep_alive,
+        max_keep_alive: s.max_keep_alive,
+        max_topic_levels: s.max_topic_levels,
+        max_subscriptions_per_client: s.max_subscriptions_per_client,
+        io_memory: s.io_memory,
+        ring_depth: s.ring_depth,
+        spin: (s.spin_us > 0).then(|| Duration::from_micros(s.spin_us)),
         mesh_channel_batches: 1024,
     };
     if let Err(e) = std::fs::create_dir_all(&cfg.data_dir) {
@@ -148,5 +198,38 @@ fn main() {
     if let Err(e) = ringmq_shard::run(cfg) {
         eprintln!("ringmq: {e}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    /// Every setting has a flag whose help shows its built-in default.
+    #[test]
+    fn every_setting_has_a_flag_showing_its_default() {
+        let cmd = Args::command();
+        for spec in config::SPECS {
+            let arg = cmd
+                .get_arguments()
+                .find(|a| a.get_id() == spec.key)
+                .unwrap_or_else(|| panic!("no flag for {}", spec.key));
+            assert_eq!(
+                format!("--{}", arg.get_long().unwrap()),
+                config::flag_name(spec.key)
+            );
+            let help = arg.get_help().unwrap().to_string();
+            let default = spec.default.unwrap_or("number of cores");
+            assert!(
+                help.contains(&format!("[default: {default}]")),
+                "{}: {help}",
+                spec.key
+            );
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! kernel did not take is kept per device. Open-loop publishing runs off the loop's 1 ms tick
 //! (every publisher sends what is due by its intended times), not a timer per device.
 
+use crate::churn::{self, ChurnPlan};
 use crate::payload::{write_header, Header, Schedule, HEADER_LEN};
 use crate::stats::{new_hist, Counters, Seen, SeqTracker};
 use crate::sys::{self, now_ns};
@@ -72,7 +73,20 @@ pub struct RunCfg {
     pub client_prefix: String,
     /// Total publishers of the run (staggering of open-loop schedules).
     pub total_pubs: u64,
+    /// session-churn: subscribers are persistent-session devices that go offline and back.
+    pub churn: Option<ChurnCfg>,
 }
+
+/// session-churn settings: `devices` subscribers `bench/churn/<i>` cycling per `plan`;
+/// publishers send each message to a pseudo-random one of them.
+#[derive(Clone, Copy, Debug)]
+pub struct ChurnCfg {
+    pub devices: u32,
+    pub plan: ChurnPlan,
+}
+
+/// MQTT 5 Session Expiry Interval of churning devices (seconds).
+pub const CHURN_SESSION_EXPIRY: u32 = 300;
 
 /// Live numbers the coordinator reads for progress and the end of the drain.
 #[derive(Default)]
@@ -120,6 +134,10 @@ pub struct ExecResult {
     pub counters: Counters,
     pub latency: Histogram<u64>,
     pub connack: Histogram<u64>,
+    /// session-churn: latency of deliveries published while the device was offline.
+    pub queued: Histogram<u64>,
+    /// session-churn: CONNACK latency of reconnects.
+    pub reconnack: Histogram<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -164,6 +182,18 @@ struct SubSt {
     track: SeqTracker,
 }
 
+/// session-churn state of one device (indexed like `devs`).
+#[derive(Clone, Copy, Default)]
+struct ChurnDev {
+    /// Meant to be online (connected or reconnecting).
+    online: bool,
+    /// The current connection attempt is a reconnect (not part of the ramp-up).
+    reconnecting: bool,
+    /// When the current connection's CONNECT went out: deliveries stamped earlier were
+    /// queued by the broker while the device was offline.
+    t_online_ns: u64,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug, PartialOrd, Ord)]
 enum Phase {
     Ramp,
@@ -192,6 +222,14 @@ pub struct Exec {
     c: Counters,
     lat: Histogram<u64>,
     connack: Histogram<u64>,
+    queued: Histogram<u64>,
+    reconnack: Histogram<u64>,
+    churn: Vec<ChurnDev>,
+    /// session-churn: (next state check, device index), earliest first.
+    churn_heap: BinaryHeap<Reverse<(u64, u32)>>,
+    /// session-churn publishers: PUBLISH header and packet id offset per device topic.
+    topic_hdrs: Vec<(Vec<u8>, Option<usize>)>,
+    disc: Vec<u8>,
     next_connect: usize,
     pending_handshakes: usize,
     settled: usize,
@@ -220,6 +258,9 @@ impl Exec {
         }
         let mut ping = BytesMut::new();
         encode(&Packet::PingReq, cfg.version, &mut ping).expect("encode PINGREQ");
+        let mut disc = BytesMut::new();
+        encode(&Packet::Disconnect(Box::default()), cfg.version, &mut disc)
+            .expect("encode DISCONNECT");
         let c = Counters {
             devices: specs.len() as u64,
             ..Default::default()
@@ -244,6 +285,12 @@ impl Exec {
             c,
             lat: new_hist(),
             connack: new_hist(),
+            queued: new_hist(),
+            reconnack: new_hist(),
+            churn: Vec::new(),
+            churn_heap: BinaryHeap::new(),
+            topic_hdrs: Vec::new(),
+            disc: disc.to_vec(),
             next_connect: 0,
             pending_handshakes: 0,
             settled: 0,
@@ -317,7 +364,9 @@ impl Exec {
                     self.connect_more(now);
                     if self.settled == self.specs.len() || now >= self.cfg.ramp_deadline_ns {
                         self.abandon_handshakes();
-                        self.specs = Vec::new();
+                        if self.cfg.churn.is_none() {
+                            self.specs = Vec::new();
+                        }
                         self.phase = Phase::WaitGo;
                         self.shared.ready.fetch_add(1, Relaxed);
                     }
@@ -329,11 +378,16 @@ impl Exec {
                         self.t_end = go + self.cfg.duration_ns;
                         self.phase = Phase::Measure;
                         self.init_schedules();
+                        self.init_churn();
                     }
                 }
                 Phase::Measure | Phase::Drain => {
                     if self.phase == Phase::Measure && now >= self.t_end {
                         self.phase = Phase::Drain;
+                        self.churn_all_online(now);
+                    }
+                    if self.phase == Phase::Measure {
+                        self.churn_step(now);
                     }
                     if self.cfg.rate > 0.0 {
                         // Keeps going in the drain for messages intended before the end
@@ -371,6 +425,8 @@ impl Exec {
             counters: self.c,
             latency: self.lat,
             connack: self.connack,
+            queued: self.queued,
+            reconnack: self.reconnack,
         }
     }
 
@@ -421,6 +477,12 @@ impl Exec {
             tx: Vec::new(),
         };
         debug_assert_eq!(self.devs.len(), i);
+        if self.cfg.churn.is_some() {
+            self.churn.push(ChurnDev {
+                online: true,
+                ..Default::default()
+            });
+        }
         match sys::start_connect(self.cfg.addr, source) {
             Ok(fd) => {
                 let mut ev = libc::epoll_event {
@@ -479,10 +541,13 @@ impl Exec {
         d.rx = Vec::new();
         d.tx = Vec::new();
         match prev {
-            St::TcpConnecting | St::WaitConnAck | St::WaitSubAck => {
-                self.pending_handshakes -= 1;
-                self.settled += 1;
-            }
+            St::TcpConnecting | St::WaitConnAck | St::WaitSubAck => match self.churn.get_mut(i) {
+                Some(c) if c.reconnecting => c.reconnecting = false,
+                _ => {
+                    self.pending_handshakes -= 1;
+                    self.settled += 1;
+                }
+            },
             St::Ready => {
                 self.up -= 1;
                 if d.role == Role::Sub {
@@ -505,11 +570,21 @@ impl Exec {
             } else {
                 None
             },
+            session_expiry_interval: if self.cfg.version.is_v5() && self.cfg.churn.is_some() {
+                Some(CHURN_SESSION_EXPIRY)
+            } else {
+                None
+            },
             ..Default::default()
+        };
+        // session-churn keeps sessions: MQTT 5 starts clean once, 3.1.1 never is clean.
+        let clean_start = match self.churn.get(i) {
+            Some(c) => self.cfg.version.is_v5() && !c.reconnecting,
+            None => true,
         };
         let c = Connect {
             protocol: self.cfg.version,
-            clean_start: true,
+            clean_start,
             keep_alive: self.cfg.keep_alive,
             client_id: ByteStr::from(format!("{}{}", self.cfg.client_prefix, global)),
             will: None,
@@ -532,6 +607,28 @@ impl Exec {
             return self.fail(i, format!("CONNACK refused: {:?}", ack.reason));
         }
         let us = now.saturating_sub(self.devs[i].t_connect_ns) / 1000;
+        if let Some(c) = self.churn.get_mut(i) {
+            c.t_online_ns = self.devs[i].t_connect_ns;
+            if c.reconnecting {
+                c.reconnecting = false;
+                self.reconnack.saturating_record(us.max(1));
+                if self.phase == Phase::Measure {
+                    // The drain's final reconnects are not churn.
+                    self.c.reconnects += 1;
+                }
+                if !ack.session_present {
+                    self.c.session_lost += 1;
+                    self.error("CONNACK of a reconnect without session present".into());
+                }
+                let d = &mut self.devs[i];
+                d.st = St::Ready;
+                self.up += 1;
+                if d.role == Role::Sub {
+                    self.subs_up += 1;
+                }
+                return;
+            }
+        }
         self.connack.saturating_record(us.max(1));
         let spec = &self.specs[i];
         match spec.role {
@@ -559,6 +656,18 @@ impl Exec {
             }
             Role::Pub => {
                 let recv_max = ack.properties.receive_maximum.unwrap_or(u16::MAX) as u32;
+                if let (Some(ch), true) = (self.cfg.churn, self.topic_hdrs.is_empty()) {
+                    self.topic_hdrs = (0..ch.devices)
+                        .map(|d| {
+                            publish_header(
+                                &format!("bench/churn/{d}"),
+                                self.cfg.qos,
+                                self.cfg.version,
+                                self.payload_tpl.len(),
+                            )
+                        })
+                        .collect();
+                }
                 let (hdr, pid_off) = publish_header(
                     &spec.topic,
                     self.cfg.qos,
@@ -821,7 +930,13 @@ impl Exec {
                             }
                             if let Some(h) = h {
                                 let us = now.saturating_sub(h.ts_ns) / 1000;
-                                self.lat.saturating_record(us);
+                                match self.churn.get(i) {
+                                    Some(c) if h.ts_ns < c.t_online_ns => {
+                                        self.c.queued += 1;
+                                        self.queued.saturating_record(us);
+                                    }
+                                    _ => self.lat.saturating_record(us),
+                                }
                                 let sub = &mut self.subs[d.role_idx as usize];
                                 match sub.track.record(h.pub_id, h.seq) {
                                     Seen::New => self.c.unique += 1,
@@ -921,7 +1036,7 @@ impl Exec {
             let p = &mut self.pubs[pi];
             let mut n = 0u64;
             while n < w && p.inflight < p.max_inflight {
-                append_publish(&mut wbuf, p, &self.payload_tpl, now);
+                append_publish(&mut wbuf, p, &self.topic_hdrs, &self.payload_tpl, now);
                 n += 1;
             }
             if n > 0 {
@@ -966,7 +1081,7 @@ impl Exec {
             let mut n = 0u64;
             let mut next = s.intended(p.seq as u64);
             while n < MAX_BATCH && p.inflight < p.max_inflight && next <= now && next < end {
-                append_publish(&mut wbuf, p, &self.payload_tpl, next);
+                append_publish(&mut wbuf, p, &self.topic_hdrs, &self.payload_tpl, next);
                 n += 1;
                 next = s.intended(p.seq as u64);
             }
@@ -982,6 +1097,128 @@ impl Exec {
         }
         self.wbuf = wbuf;
         self.heap.peek().map(|r| r.0 .0)
+    }
+
+    // ---------------------------------------------------------------- session churn
+
+    fn init_churn(&mut self) {
+        if self.cfg.churn.is_none() {
+            return;
+        }
+        for i in 0..self.devs.len() {
+            if self.devs[i].role == Role::Sub {
+                self.churn_heap.push(Reverse((self.t_start, i as u32)));
+            }
+        }
+    }
+
+    /// Takes every device whose time has come offline or back online.
+    fn churn_step(&mut self, now: u64) {
+        let Some(ch) = self.cfg.churn else { return };
+        while let Some(&Reverse((t, i))) = self.churn_heap.peek() {
+            if t > now {
+                break;
+            }
+            self.churn_heap.pop();
+            let i = i as usize;
+            let global = self.specs[i].global as u64;
+            let (want_on, next_rel) =
+                ch.plan
+                    .state_at(now - self.t_start, global, ch.devices as u64);
+            let mut next = self.t_start + next_rel;
+            if want_on && !self.churn[i].online {
+                self.churn_online(i, now);
+            } else if !want_on && self.churn[i].online {
+                if self.devs[i].st == St::Ready {
+                    self.churn_offline(i);
+                } else if self.devs[i].st == St::Closed {
+                    // Lost its connection (counted as an error); back at the next online time.
+                    self.churn[i].online = false;
+                } else {
+                    // Still (re)connecting: try again shortly.
+                    next = now + 10_000_000;
+                }
+            }
+            self.churn_heap.push(Reverse((next, i as u32)));
+        }
+    }
+
+    /// A clean DISCONNECT; the broker keeps the session and queues for the device.
+    fn churn_offline(&mut self, i: usize) {
+        self.churn[i].online = false;
+        let disc = std::mem::take(&mut self.disc);
+        self.send(i, &disc);
+        self.disc = disc;
+        let d = &mut self.devs[i];
+        if d.fd < 0 {
+            return;
+        }
+        if !d.tx.is_empty() {
+            let _ = raw_send(d.fd, &d.tx);
+        }
+        // SAFETY: our fd.
+        unsafe { libc::shutdown(d.fd, libc::SHUT_WR) };
+        d.st = St::Closing;
+        d.tx = Vec::new();
+        d.rx = Vec::new();
+        self.up -= 1;
+        if d.role == Role::Sub {
+            self.subs_up -= 1;
+        }
+    }
+
+    /// Reconnects with the session kept (clean session 0 / clean start 0).
+    fn churn_online(&mut self, i: usize, now: u64) {
+        self.churn[i].online = true;
+        let d = &mut self.devs[i];
+        if d.st == St::Closing {
+            // The broker did not close yet: the DISCONNECT went out, so this is still clean.
+            if d.fd >= 0 {
+                // SAFETY: our fd.
+                unsafe { libc::close(d.fd) };
+            }
+            d.fd = -1;
+            d.st = St::Closed;
+        }
+        if d.st != St::Closed {
+            return;
+        }
+        let source = self
+            .cfg
+            .source_ips
+            .map(|(start, count)| Ipv4Addr::from(start + self.specs[i].global % count));
+        match sys::start_connect(self.cfg.addr, source) {
+            Ok(fd) => {
+                let mut ev = libc::epoll_event {
+                    events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET)
+                        as u32,
+                    u64: i as u64,
+                };
+                // SAFETY: valid fds and event.
+                unsafe { libc::epoll_ctl(self.ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+                let d = &mut self.devs[i];
+                d.fd = fd;
+                d.st = St::TcpConnecting;
+                d.t_connect_ns = now;
+                d.last_tx_s = self.now_s;
+                self.churn[i].reconnecting = true;
+            }
+            Err(e) => self.error(format!("reconnect to {}: {e}", self.cfg.addr)),
+        }
+    }
+
+    /// End of the window: every device comes back (and stays) online, so the broker can
+    /// deliver what it queued during the drain.
+    fn churn_all_online(&mut self, now: u64) {
+        if self.cfg.churn.is_none() {
+            return;
+        }
+        self.churn_heap.clear();
+        for i in 0..self.devs.len() {
+            if self.devs[i].role == Role::Sub && !self.churn[i].online {
+                self.churn_online(i, now);
+            }
+        }
     }
 
     fn pings(&mut self) {
@@ -1096,11 +1333,25 @@ fn raw_send(fd: i32, data: &[u8]) -> Result<usize, i32> {
     Ok(off)
 }
 
+/// Appends the next PUBLISH of `p`: to its own topic, or with `topic_hdrs` (session-churn) to
+/// the device topic `churn::target` picks.
 #[inline]
-fn append_publish(wbuf: &mut Vec<u8>, p: &mut PubSt, tpl: &[u8], ts: u64) {
+fn append_publish(
+    wbuf: &mut Vec<u8>,
+    p: &mut PubSt,
+    topic_hdrs: &[(Vec<u8>, Option<usize>)],
+    tpl: &[u8],
+    ts: u64,
+) {
     let start = wbuf.len();
-    wbuf.extend_from_slice(&p.hdr);
-    if let Some(off) = p.pid_off {
+    let (hdr, pid_off) = if topic_hdrs.is_empty() {
+        (&p.hdr[..], p.pid_off)
+    } else {
+        let (h, o) = &topic_hdrs[churn::target(p.id, p.seq, topic_hdrs.len() as u32) as usize];
+        (&h[..], *o)
+    };
+    wbuf.extend_from_slice(hdr);
+    if let Some(off) = pid_off {
         let pid = (p.seq % 65535) as u16 + 1;
         wbuf[start + off..start + off + 2].copy_from_slice(&pid.to_be_bytes());
         p.inflight += 1;
@@ -1178,8 +1429,8 @@ mod tests {
                     pid_off,
                 };
                 let mut w = Vec::new();
-                append_publish(&mut w, &mut p, &tpl, 123_456_789);
-                append_publish(&mut w, &mut p, &tpl, 123_456_790);
+                append_publish(&mut w, &mut p, &[], &tpl, 123_456_789);
+                append_publish(&mut w, &mut p, &[], &tpl, 123_456_790);
                 let mut buf = BytesMut::from(&w[..]);
                 for (k, expect_pid) in [(0u32, 65535u16), (1, 1)] {
                     let Packet::Publish(pb) = decode_packet(&mut buf, v, 1 << 20).unwrap().unwrap()

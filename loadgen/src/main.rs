@@ -5,14 +5,16 @@
 //! merges their counters and histograms. Phases: ramp-up (connect + subscribe, bounded), a
 //! measurement window of `--duration`, a bounded drain, then a clean disconnect.
 
+mod churn;
 mod engine;
 mod payload;
 mod plot;
+mod retained;
 mod stats;
 mod sys;
 
 use clap::{Args, Parser, Subcommand};
-use engine::{DevSpec, Exec, ExecResult, Role, RunCfg, Shared};
+use engine::{ChurnCfg, DevSpec, Exec, ExecResult, Role, RunCfg, Shared};
 use ringmq_codec::{ProtocolVersion, QoS};
 use serde::{Deserialize, Serialize};
 use stats::{hist_from_b64, hist_to_b64, merge_into, new_hist, summarize, Counters, Summary};
@@ -29,7 +31,7 @@ use sys::now_ns;
 #[command(
     name = "ringmq-loadgen",
     version,
-    about = "MQTT load generator and device simulator (fan-in, fan-out, pairs, idle, connect-storm)"
+    about = "MQTT load generator and device simulator (fan-in, fan-out, pairs, idle, connect-storm, session-churn, retained)"
 )]
 struct Cli {
     #[command(flatten)]
@@ -60,9 +62,9 @@ struct Global {
     /// 3 (= 3.1.1) or 5.
     #[arg(long, default_value_t = 3, global = true, value_parser = clap::value_parser!(u8).range(3..=5))]
     mqtt_version: u8,
-    /// Publish and subscribe QoS.
-    #[arg(long, default_value_t = 0, global = true, value_parser = clap::value_parser!(u8).range(0..=2))]
-    qos: u8,
+    /// Publish and subscribe QoS (default 0; session-churn and retained: 1).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u8).range(0..=2))]
+    qos: Option<u8>,
     /// Payload size in bytes (>= 16: timestamp, publisher id, sequence).
     #[arg(long, default_value_t = 64, global = true)]
     payload: usize,
@@ -119,6 +121,36 @@ enum Scenario {
     Idle(Idle),
     /// Connect N devices as fast as --connect-rate allows, then disconnect.
     ConnectStorm(Storm),
+    /// N persistent-session devices subscribe bench/churn/<i> and cycle offline/online while P
+    /// publishers send to random device topics.
+    SessionChurn(Churn),
+    /// Publish T retained messages, then time S wildcard subscribers receiving them all.
+    Retained(Retained),
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+struct Churn {
+    #[arg(long, default_value_t = 1000)]
+    devices: u32,
+    #[arg(long, default_value_t = 10)]
+    publishers: u32,
+    /// Msgs/s per publisher (open loop, > 0).
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// Seconds each device stays disconnected per cycle.
+    #[arg(long, default_value_t = 1.0)]
+    offline_secs: f64,
+    /// Seconds each device stays connected per cycle.
+    #[arg(long, default_value_t = 1.0)]
+    online_secs: f64,
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+struct Retained {
+    #[arg(long, default_value_t = 10000)]
+    topics: u32,
+    #[arg(long, default_value_t = 10)]
+    subscribers: u32,
 }
 
 #[derive(Args, Debug, Clone, Serialize)]
@@ -181,6 +213,29 @@ impl Scenario {
             Scenario::Pairs(_) => "pairs",
             Scenario::Idle(_) => "idle",
             Scenario::ConnectStorm(_) => "connect-storm",
+            Scenario::SessionChurn(_) => "session-churn",
+            Scenario::Retained(_) => "retained",
+        }
+    }
+
+    /// --qos, or the scenario's default.
+    fn qos(&self, g: &Global) -> u8 {
+        g.qos.unwrap_or(match self {
+            Scenario::SessionChurn(_) | Scenario::Retained(_) => 1,
+            _ => 0,
+        })
+    }
+
+    fn churn(&self) -> Option<ChurnCfg> {
+        match self {
+            Scenario::SessionChurn(s) => Some(ChurnCfg {
+                devices: s.devices,
+                plan: churn::ChurnPlan {
+                    online_ns: (s.online_secs.max(0.001) * 1e9) as u64,
+                    offline_ns: (s.offline_secs.max(0.0) * 1e9) as u64,
+                },
+            }),
+            _ => None,
         }
     }
 
@@ -191,6 +246,8 @@ impl Scenario {
             Scenario::Pairs(s) => 2 * s.pairs as u64,
             Scenario::Idle(s) => s.devices as u64,
             Scenario::ConnectStorm(s) => s.devices as u64,
+            Scenario::SessionChurn(s) => s.devices as u64 + s.publishers as u64,
+            Scenario::Retained(s) => s.subscribers as u64 + 1,
         }
     }
 
@@ -199,6 +256,7 @@ impl Scenario {
             Scenario::FanIn(s) => s.publishers as u64,
             Scenario::FanOut(s) => s.publishers as u64,
             Scenario::Pairs(s) => s.pairs as u64,
+            Scenario::SessionChurn(s) => s.publishers as u64,
             _ => 0,
         }
     }
@@ -208,6 +266,7 @@ impl Scenario {
             Scenario::FanIn(s) => (s.rate, s.window),
             Scenario::FanOut(s) => (s.rate, s.window),
             Scenario::Pairs(s) => (s.rate, s.window),
+            Scenario::SessionChurn(s) => (s.rate, 1),
             _ => (0.0, 1),
         }
     }
@@ -248,6 +307,15 @@ impl Scenario {
             }
             Scenario::Idle(_) => mk(Role::Sub, 0, format!("bench/idle/{g}"), 0, 0),
             Scenario::ConnectStorm(_) => mk(Role::Plain, 0, String::new(), 0, 0),
+            Scenario::SessionChurn(s) => {
+                if g < s.devices {
+                    mk(Role::Sub, 0, format!("bench/churn/{g}"), 0, s.publishers)
+                } else {
+                    // Topic unused: each message picks a device topic.
+                    mk(Role::Pub, g - s.devices, String::new(), 0, 0)
+                }
+            }
+            Scenario::Retained(_) => mk(Role::Plain, 0, String::new(), 0, 0),
         }
     }
 
@@ -255,7 +323,8 @@ impl Scenario {
     fn expected(&self, sent: u64, subs_up: u64) -> u64 {
         match self {
             Scenario::FanIn(_) | Scenario::FanOut(_) => sent * subs_up,
-            Scenario::Pairs(_) => sent,
+            Scenario::Pairs(_) | Scenario::SessionChurn(_) => sent,
+            Scenario::Retained(r) => r.topics as u64 * r.subscribers as u64,
             _ => 0,
         }
     }
@@ -297,6 +366,8 @@ struct ProcResult {
     counters: Counters,
     latency_b64: String,
     connack_b64: String,
+    queued_b64: String,
+    reconnack_b64: String,
     cpu_ticks_base: u64,
     cpu_ticks_go: u64,
     cpu_ticks_end: u64,
@@ -379,7 +450,7 @@ impl LocalRun {
             addr: resolve(&g.host, g.port)?,
             source_ips: g.source_ips.as_deref().map(parse_ip_range).transpose()?,
             version,
-            qos: QoS::from_u8(g.qos).unwrap_or_default(),
+            qos: QoS::from_u8(cli.scenario.qos(g)).unwrap_or_default(),
             payload: g.payload,
             keep_alive: g.keep_alive,
             connect_rate: g.connect_rate / (threads as f64 * procs as f64),
@@ -390,6 +461,7 @@ impl LocalRun {
             window,
             client_prefix: format!("lg{tag}-"),
             total_pubs: cli.scenario.publishers(),
+            churn: cli.scenario.churn(),
         });
         // Device g goes to process g % P, then executor (g / P) % T.
         let total = cli.scenario.devices();
@@ -496,12 +568,16 @@ impl LocalRun {
         let mut c = Counters::default();
         let mut lat = new_hist();
         let mut ca = new_hist();
+        let mut q = new_hist();
+        let mut rca = new_hist();
         for h in self.threads {
             match h.join() {
                 Ok(r) => {
                     c.merge(&r.counters);
                     merge_into(&mut lat, &r.latency);
                     merge_into(&mut ca, &r.connack);
+                    merge_into(&mut q, &r.queued);
+                    merge_into(&mut rca, &r.reconnack);
                 }
                 Err(_) => eprintln!("error: an executor thread panicked"),
             }
@@ -511,6 +587,8 @@ impl LocalRun {
             counters: c,
             latency_b64: hist_to_b64(&lat),
             connack_b64: hist_to_b64(&ca),
+            queued_b64: hist_to_b64(&q),
+            reconnack_b64: hist_to_b64(&rca),
             first_error,
             ..self.samples
         }
@@ -821,6 +899,97 @@ struct Outcome {
     broker: Option<BrokerSamples>,
     duration_s: f64,
     t0: u64,
+    retained: Option<retained::RetainedJson>,
+}
+
+/// This process's and the broker's CPU / RSS at one moment.
+#[derive(Default, Clone, Copy)]
+struct Snap {
+    t: u64,
+    cpu: u64,
+    rss: u64,
+    bcpu: u64,
+    brss: u64,
+}
+
+fn snap(bpid: Option<u32>) -> Snap {
+    Snap {
+        t: now_ns(),
+        cpu: sys::proc_cpu_ticks(None).unwrap_or(0),
+        rss: sys::proc_rss_kb(None).unwrap_or(0),
+        bcpu: bpid.and_then(|p| sys::proc_cpu_ticks(Some(p))).unwrap_or(0),
+        brss: bpid.and_then(|p| sys::proc_rss_kb(Some(p))).unwrap_or(0),
+    }
+}
+
+/// The retained scenario runs sequentially in this thread (see `retained`).
+fn run_retained(
+    cli: &Cli,
+    r: &Retained,
+    t0: u64,
+    tag: &str,
+    broker: Option<BrokerSamples>,
+) -> Result<Outcome, String> {
+    let g = &cli.g;
+    if g.processes > 1 || g.threads > 1 {
+        eprintln!("note: retained runs its subscribers one after another in one thread; --threads/--processes are ignored");
+    }
+    let cfg = retained::Cfg {
+        addr: resolve(&g.host, g.port)?,
+        version: if g.mqtt_version == 5 {
+            ProtocolVersion::V5
+        } else {
+            ProtocolVersion::V311
+        },
+        qos: QoS::from_u8(cli.scenario.qos(g)).unwrap_or_default(),
+        payload: g.payload,
+        keep_alive: g.keep_alive,
+        topics: r.topics,
+        subscribers: r.subscribers,
+        setup_limit_ns: (g.ramp_up * 1e9) as u64,
+        per_sub_limit_ns: (g.duration * 1e9) as u64,
+        idle_limit_ns: (g.drain.max(0.1) * 1e9) as u64,
+        client_prefix: format!("lg{tag}-"),
+        quiet: g.quiet,
+    };
+    let bpid = g.broker_pid;
+    let base = snap(None);
+    let mut go = base;
+    let mut end = base;
+    let out = retained::run(&cfg, &mut || go = snap(bpid), &mut || end = snap(bpid))?;
+    let proc = ProcResult {
+        counters: out.counters,
+        latency_b64: hist_to_b64(&out.latency),
+        connack_b64: hist_to_b64(&out.connack),
+        queued_b64: hist_to_b64(&new_hist()),
+        reconnack_b64: hist_to_b64(&new_hist()),
+        cpu_ticks_base: base.cpu,
+        cpu_ticks_go: go.cpu,
+        cpu_ticks_end: end.cpu,
+        t_base: base.t,
+        t_go: go.t,
+        t_end: end.t,
+        rss_kb_base: base.rss,
+        rss_kb_go: go.rss,
+        rss_kb_end: end.rss,
+        first_error: out.first_error,
+    };
+    let broker = broker.map(|b| BrokerSamples {
+        cpu_go: go.bcpu,
+        cpu_end: end.bcpu,
+        rss_go: go.brss,
+        rss_end: end.brss,
+        t_go: go.t,
+        t_end: end.t,
+        ..b
+    });
+    Ok(Outcome {
+        procs: vec![proc],
+        broker,
+        duration_s: (out.measured_s * 1000.0).round() / 1000.0,
+        t0,
+        retained: Some(out.json),
+    })
 }
 
 fn sleep_ms(ms: u64) {
@@ -850,6 +1019,14 @@ fn run(cli: &Cli) -> Result<Outcome, String> {
             "--payload must be >= {} bytes",
             payload::HEADER_LEN
         ));
+    }
+    if let Scenario::Retained(r) = &cli.scenario {
+        return run_retained(cli, r, t0, &tag, broker);
+    }
+    if let Scenario::SessionChurn(c) = &cli.scenario {
+        if c.rate <= 0.0 || c.devices == 0 {
+            return Err("session-churn needs --rate > 0 and --devices > 0".into());
+        }
     }
     let mut be = Backend::start(cli, t0, &tag)?;
     let mut prog = Progress {
@@ -934,6 +1111,7 @@ fn run(cli: &Cli) -> Result<Outcome, String> {
         broker,
         duration_s,
         t0,
+        retained: None,
     })
 }
 
@@ -955,6 +1133,19 @@ struct BrokerJson {
     rss_kb_start: u64,
     rss_kb_end: u64,
     rss_bytes_per_connection: f64,
+}
+
+#[derive(Serialize)]
+struct ChurnJson {
+    reconnects: u64,
+    reconnects_per_s: f64,
+    /// Reconnects whose CONNACK had session present 0 (also counted in errors).
+    session_present_failures: u64,
+    reconnect_connack_us: Summary,
+    /// Deliveries published while their device was offline (latency includes the queueing).
+    queued_deliveries: u64,
+    queued_latency_us: Summary,
+    queued_histogram_b64: String,
 }
 
 #[derive(Serialize)]
@@ -984,6 +1175,10 @@ struct ResultJson {
     broker: Option<BrokerJson>,
     histogram_b64: String,
     connack_histogram_b64: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    churn: Option<ChurnJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retained: Option<retained::RetainedJson>,
 }
 
 fn round2(x: f64) -> f64 {
@@ -997,6 +1192,8 @@ fn build_result(
     let mut c = Counters::default();
     let mut lat = new_hist();
     let mut ca = new_hist();
+    let mut q = new_hist();
+    let mut rca = new_hist();
     let tck = sys::clk_tck() as f64;
     let mut cpu_pct = 0.0;
     let mut rss_kb = 0;
@@ -1006,6 +1203,8 @@ fn build_result(
         c.merge(&p.counters);
         merge_into(&mut lat, &hist_from_b64(&p.latency_b64)?);
         merge_into(&mut ca, &hist_from_b64(&p.connack_b64)?);
+        merge_into(&mut q, &hist_from_b64(&p.queued_b64)?);
+        merge_into(&mut rca, &hist_from_b64(&p.reconnack_b64)?);
         // CPU over the measurement window; connect-storm has none, so over the connect phase.
         let (ticks, ns) = if p.t_end > p.t_go + 100_000_000 {
             (
@@ -1064,7 +1263,17 @@ fn build_result(
         (args.as_object_mut(), serde_json::to_value(&cli.scenario))
     {
         a.extend(s);
+        a.insert("qos".into(), cli.scenario.qos(&cli.g).into());
     }
+    let churn = cli.scenario.churn().map(|_| ChurnJson {
+        reconnects: c.reconnects,
+        reconnects_per_s: per_s(c.reconnects),
+        session_present_failures: c.session_lost,
+        reconnect_connack_us: summarize(&rca),
+        queued_deliveries: c.queued,
+        queued_latency_us: summarize(&q),
+        queued_histogram_b64: hist_to_b64(&q),
+    });
     let _ = o.t0;
     Ok((
         ResultJson {
@@ -1105,6 +1314,8 @@ fn build_result(
             broker,
             histogram_b64: hist_to_b64(&lat),
             connack_histogram_b64: hist_to_b64(&ca),
+            churn,
+            retained: o.retained.clone(),
         },
         lat,
     ))
@@ -1125,7 +1336,26 @@ fn print_summary(r: &ResultJson) {
         "connect         {:.0} conn/s over {:.3} s; CONNACK µs p50 {} p90 {} p99 {} p999 {} max {}",
         r.connect_per_s, r.ramp_up_s, ca.p50, ca.p90, ca.p99, ca.p999, ca.max
     );
-    if r.scenario != "idle" && r.scenario != "connect-storm" {
+    if let Some(rt) = &r.retained {
+        println!(
+            "setup           {} of {} retained messages acknowledged in {:.3} s, {} cleared at the end",
+            rt.setup_acked, rt.topics, rt.setup_s, rt.cleared
+        );
+        println!(
+            "retained        {} of {} expected delivered to {} of {} subscribers ({:.0} msgs/s); not retained {}, count mismatches {}",
+            r.received_in_window,
+            r.expected,
+            rt.complete_subscribers,
+            rt.subscribers,
+            rt.retained_per_s,
+            rt.not_retained,
+            rt.count_mismatches
+        );
+        println!(
+            "per subscriber  SUBSCRIBE -> all retained µs p50 {} p99 {} max {} (n={})",
+            l.p50, l.p99, l.max, l.count
+        );
+    } else if r.scenario != "idle" && r.scenario != "connect-storm" {
         println!("duration        {:.1} s", r.duration_s);
         println!(
             "sent            {} msgs  ({:.0} msgs/s)",
@@ -1156,6 +1386,24 @@ fn print_summary(r: &ResultJson) {
             "latency µs      p50 {} p90 {} p99 {} p999 {} max {} mean {:.1} (n={})",
             l.p50, l.p90, l.p99, l.p999, l.max, l.mean, l.count
         );
+        if let Some(ch) = &r.churn {
+            let rc = &ch.reconnect_connack_us;
+            let q = &ch.queued_latency_us;
+            println!(
+                "reconnects      {} ({:.0}/s), session present missing {}; CONNACK µs p50 {} p90 {} p99 {} max {}",
+                ch.reconnects,
+                ch.reconnects_per_s,
+                ch.session_present_failures,
+                rc.p50,
+                rc.p90,
+                rc.p99,
+                rc.max
+            );
+            println!(
+                "queued µs       p50 {} p90 {} p99 {} max {} (n={}; published while the device was offline)",
+                q.p50, q.p90, q.p99, q.max, q.count
+            );
+        }
     } else {
         println!("held            {:.1} s", r.duration_s);
     }

@@ -79,6 +79,12 @@ pub struct Counters {
     pub errors: u64,
     /// Deliveries stamped before this run started (an earlier run's backlog), not counted.
     pub stale: u64,
+    /// session-churn: reconnects in the measurement window that got a CONNACK.
+    pub reconnects: u64,
+    /// session-churn: reconnects whose CONNACK had session present 0 (also errors).
+    pub session_lost: u64,
+    /// session-churn: deliveries published while the device was offline.
+    pub queued: u64,
     /// CLOCK_MONOTONIC ns of the first connection attempt, 0 = none.
     pub first_attempt_ns: u64,
     /// CLOCK_MONOTONIC ns of the last device becoming ready, 0 = none.
@@ -98,6 +104,9 @@ impl Counters {
         self.duplicates += o.duplicates;
         self.errors += o.errors;
         self.stale += o.stale;
+        self.reconnects += o.reconnects;
+        self.session_lost += o.session_lost;
+        self.queued += o.queued;
         if o.first_attempt_ns != 0
             && (self.first_attempt_ns == 0 || o.first_attempt_ns < self.first_attempt_ns)
         {
@@ -219,6 +228,9 @@ mod tests {
         let b = Counters {
             sent: 7,
             duplicates: 1,
+            reconnects: 3,
+            session_lost: 1,
+            queued: 4,
             first_attempt_ns: 50,
             last_ready_ns: 150,
             ..Default::default()
@@ -226,6 +238,7 @@ mod tests {
         a.merge(&b);
         assert_eq!(a.sent, 12);
         assert_eq!(a.duplicates, 1);
+        assert_eq!((a.reconnects, a.session_lost, a.queued), (3, 1, 4));
         assert_eq!(a.first_attempt_ns, 50);
         assert_eq!(a.last_ready_ns, 200);
         let mut z = Counters::default();

@@ -133,6 +133,19 @@ impl Conn {
     }
 }
 
+/// What one read of a socket found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Read {
+    /// It filled all the room offered: more is probably waiting.
+    Full,
+    /// Less than the room offered: the socket is most likely drained.
+    Partial,
+    /// Nothing was there.
+    Nothing,
+    /// The connection is over.
+    Closed,
+}
+
 /// A subscription as the matching tree stores it: small and `Copy`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SubEntry {
@@ -394,22 +407,31 @@ impl ShardState {
                 return Poll::Pending;
             }
             budget -= 1;
+            // Read what is there first: after a wake-up the socket is usually readable, and
+            // asking glommio first would cost a one-byte recv on top of the real one.
+            match self.on_readable(key, None) {
+                Read::Full | Read::Closed => continue,
+                Read::Partial | Read::Nothing => {}
+            }
+            // Drained: wait for readiness. glommio tries a non-blocking one-byte recv and
+            // otherwise arms an io_uring poll; no buffer is lent to the kernel meanwhile.
             let mut one = [0u8; 1];
             match Pin::new(&mut *stream).poll_read(cx, &mut one) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                     self.close_conn(key, Close::Eof);
                 }
-                Poll::Ready(Ok(_)) => self.on_readable(key, one[0]),
+                Poll::Ready(Ok(_)) => {
+                    self.on_readable(key, Some(one[0]));
+                }
             }
         }
     }
 
-    /// The socket had data; `first` is the byte glommio's readiness probe consumed.
-    fn on_readable(&mut self, key: usize, first: u8) {
-        let now = self.now_ms();
+    /// Reads what the socket has and handles every complete frame. `first` is a byte
+    /// glommio's readiness probe already consumed.
+    fn on_readable(&mut self, key: usize, first: Option<u8>) -> Read {
         let conn = &mut self.conns[key];
-        conn.last_rx_ms = now;
         let fd = conn.fd;
         let partial = std::mem::take(&mut conn.partial);
         let use_scratch = partial.is_empty();
@@ -419,15 +441,35 @@ impl ShardState {
             partial
         };
         buf.reserve(READ_CHUNK);
-        buf.extend_from_slice(&[first]);
+        let room = buf.capacity() - buf.len();
+        if let Some(b) = first {
+            buf.extend_from_slice(&[b]);
+            self.counters.bytes_in += 1;
+        }
         let mut eof = false;
+        let mut got = 0;
         match io::recv_into(fd, &mut buf, READ_CHUNK) {
             Ok(0) => eof = true,
-            Ok(n) => self.counters.bytes_in += n as u64,
+            Ok(n) => got = n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(_) => eof = true,
         }
-        self.counters.bytes_in += 1;
+        if got == 0 && first.is_none() {
+            // Nothing new: put the buffers back untouched.
+            if use_scratch {
+                self.scratch = buf;
+            } else {
+                self.conns[key].partial = buf;
+            }
+            if eof {
+                self.close_conn(key, Close::Eof);
+                return Read::Closed;
+            }
+            return Read::Nothing;
+        }
+        self.counters.bytes_in += got as u64;
+        let now = self.now_ms();
+        self.conns[key].last_rx_ms = now;
         self.process_frames(key, &mut buf);
         if let Some(conn) = self.conns.get_mut(key) {
             if conn.close.is_none() && !buf.is_empty() {
@@ -446,6 +488,16 @@ impl ShardState {
             self.scratch = buf;
         }
         self.flush();
+        match self.conns.get(key) {
+            Some(c) if c.close.is_none() => {
+                if got >= room - usize::from(first.is_some()) {
+                    Read::Full
+                } else {
+                    Read::Partial
+                }
+            }
+            _ => Read::Closed,
+        }
     }
 
     /// Parses and handles every complete frame in `buf`, leaving a partial tail.
@@ -669,9 +721,20 @@ impl ShardState {
         if let Some(&sid) = self.by_client.get(&c.client_id) {
             let old = self.sessions.get(&sid).and_then(|s| s.connection);
             if let Some(old_key) = old {
+                // Whatever the old connection already sent comes first: a DISCONNECT still in
+                // its socket means no will and, for a clean session, no session to resume.
+                if self.conns.get(old_key).is_some_and(|c| c.close.is_none()) {
+                    self.on_readable(old_key, None);
+                }
                 self.take_over(old_key, sid);
             }
-            if c.clean_start {
+            // A session that ends with its connection ends with the one just taken over too
+            // [MQTT-3.1.2-6]: it is not there to resume.
+            let ended = self
+                .sessions
+                .get(&sid)
+                .is_some_and(|s| s.expiry_interval == 0);
+            if c.clean_start || ended {
                 self.remove_session(sid);
             } else {
                 session_present = true;
@@ -760,7 +823,12 @@ impl ShardState {
     /// Detaches a session from its old connection and closes that connection.
     fn take_over(&mut self, old_key: usize, sid: u64) {
         let origin = self.global_id(sid);
-        let s = self.sessions.get_mut(&sid).expect("caller checked");
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if s.connection != Some(old_key) {
+            return;
+        }
         s.connection = None;
         // The old connection ends without DISCONNECT from its client: its will is due.
         let will = s.will.take();
