@@ -20,6 +20,8 @@ pub enum Kind {
     Pow2 { min: u64, max: u64 },
     /// Non-empty list of socket addresses.
     Addrs,
+    /// One socket address, or `none`.
+    AddrOrNone,
     /// Any string (a path).
     Path,
     /// One of the listed words.
@@ -41,6 +43,7 @@ impl Kind {
             Kind::Addrs => {
                 "a non-empty list of ADDR:PORT socket addresses (e.g. 127.0.0.1:1883)".into()
             }
+            Kind::AddrOrNone => "an ADDR:PORT socket address (e.g. 127.0.0.1:9883) or none".into(),
             Kind::Path => "a path".into(),
             Kind::Choice(words) => format!("one of {}", words.join(", ")),
             Kind::Filter => "a log filter in tracing's EnvFilter syntax (e.g. info)".into(),
@@ -130,6 +133,11 @@ pub const SPECS: &[Spec] = &[
         key: "max_subscriptions_per_client",
         kind: ANY,
         default: Some("1000"),
+    },
+    Spec {
+        key: "metrics_addr",
+        kind: Kind::AddrOrNone,
+        default: Some("127.0.0.1:9883"),
     },
     Spec {
         key: "io_memory",
@@ -313,7 +321,10 @@ pub fn file_layer(text: &str, path: &Path) -> Result<Layer, ConfigError> {
                 }
                 v
             }
-            (Kind::Path | Kind::Choice(_) | Kind::Filter, toml::Value::String(s)) => {
+            (
+                Kind::Path | Kind::Choice(_) | Kind::Filter | Kind::AddrOrNone,
+                toml::Value::String(s),
+            ) => {
                 vec![s.clone()]
             }
             _ => return Err(invalid(spec, &shown, &source)),
@@ -370,6 +381,15 @@ fn check(spec: &Spec, raw: &Raw) -> Result<Val, ConfigError> {
                 .map_err(|_| bad())?;
             Ok(Val::Addrs(addrs))
         }
+        Kind::AddrOrNone => {
+            let w = one();
+            if w == "none" {
+                Ok(Val::Str("none".into()))
+            } else {
+                let a: SocketAddr = w.parse().map_err(|_| bad())?;
+                Ok(Val::Str(a.to_string()))
+            }
+        }
         Kind::Path => {
             if one().is_empty() {
                 return Err(bad());
@@ -414,6 +434,8 @@ pub struct Settings {
     pub max_keep_alive: u16,
     pub max_topic_levels: usize,
     pub max_subscriptions_per_client: usize,
+    /// Where the Prometheus/health HTTP endpoint listens; `None` disables it.
+    pub metrics_addr: Option<SocketAddr>,
     pub io_memory: usize,
     pub ring_depth: usize,
     pub spin_us: u64,
@@ -479,6 +501,10 @@ pub fn resolve(layers: &[&Layer]) -> Result<Settings, ConfigError> {
         max_keep_alive: int("max_keep_alive") as u16,
         max_topic_levels: int("max_topic_levels") as usize,
         max_subscriptions_per_client: int("max_subscriptions_per_client") as usize,
+        metrics_addr: match text("metrics_addr").as_str() {
+            "none" => None,
+            a => Some(a.parse().expect("checked by its spec")),
+        },
         io_memory: int("io_memory") as usize,
         ring_depth: int("ring_depth") as usize,
         spin_us: int("spin_us"),
@@ -514,6 +540,10 @@ impl Settings {
             "max_keep_alive" => n(self.max_keep_alive.into()),
             "max_topic_levels" => n(self.max_topic_levels as u64),
             "max_subscriptions_per_client" => n(self.max_subscriptions_per_client as u64),
+            "metrics_addr" => V::String(
+                self.metrics_addr
+                    .map_or_else(|| "none".to_owned(), |a| a.to_string()),
+            ),
             "io_memory" => n(self.io_memory as u64),
             "ring_depth" => n(self.ring_depth as u64),
             "spin_us" => n(self.spin_us),
@@ -591,6 +621,7 @@ mod tests {
         assert_eq!(s.max_keep_alive, 65_535);
         assert_eq!(s.max_topic_levels, 128);
         assert_eq!(s.max_subscriptions_per_client, 1000);
+        assert_eq!(s.metrics_addr, Some("127.0.0.1:9883".parse().unwrap()));
         assert_eq!(s.io_memory, 512 * 1024);
         assert_eq!(s.ring_depth, 4096);
         assert_eq!(s.spin_us, 0);
@@ -725,6 +756,15 @@ mod tests {
         );
         assert!(err_of(resolve(&[&flags(&[("log_level", "a=b=c")])])).contains("log_level"));
         assert!(err_of(resolve(&[&flags(&[("data_dir", "")])])).contains("data_dir"));
+        assert!(err_of(resolve(&[&flags(&[("metrics_addr", "9883")])])).contains("or none"));
+        let s = resolve(&[&flags(&[("metrics_addr", "none")])]).unwrap();
+        assert_eq!(s.metrics_addr, None);
+        assert_eq!(resolve(&[&file(&s.to_toml()).unwrap()]).unwrap(), s);
+        let e = env(&[("RINGMQ_METRICS_ADDR", "0.0.0.0:1234")]);
+        assert_eq!(
+            resolve(&[&e]).unwrap().metrics_addr,
+            Some("0.0.0.0:1234".parse().unwrap())
+        );
     }
 
     #[test]

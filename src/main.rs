@@ -91,6 +91,11 @@ struct Args {
     #[arg(long, value_name = "N")]
     max_subscriptions_per_client: Option<String>,
 
+    /// Address of the HTTP endpoint serving Prometheus metrics (GET /metrics) and health
+    /// (GET /healthz), on shard 0; `none` disables it. [default: 127.0.0.1:9883]
+    #[arg(long, value_name = "ADDR:PORT|none")]
+    metrics_addr: Option<String>,
+
     /// Bytes of pinned io_uring buffer memory per shard; counts against the locked-memory limit
     /// (ulimit -l). [default: 524288]
     #[arg(long, value_name = "BYTES")]
@@ -175,6 +180,7 @@ fn main() {
         max_keep_alive: s.max_keep_alive,
         max_topic_levels: s.max_topic_levels,
         max_subscriptions_per_client: s.max_subscriptions_per_client,
+        metrics_addr: s.metrics_addr,
         io_memory: s.io_memory,
         ring_depth: s.ring_depth,
         spin: (s.spin_us > 0).then(|| Duration::from_micros(s.spin_us)),

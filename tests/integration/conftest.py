@@ -107,8 +107,13 @@ class Broker:
 
     def command(self):
         if self.kind == "ringmq":
+            # The metrics endpoint's default port would collide between brokers started at
+            # once: off unless the test asks for it.
+            metrics = [] if any(a.split("=")[0] == "--metrics-addr" for a in self.extra_args) \
+                else ["--metrics-addr", "none"]
             return [str(RINGMQ_BIN), "--listen", "%s:%d" % (self.host, self.port),
-                    "--shards", str(self.nshards), "--data-dir", str(self.data_dir)] + self.extra_args
+                    "--shards", str(self.nshards), "--data-dir", str(self.data_dir)] \
+                + metrics + self.extra_args
         conf = self.workdir / "mosquitto.conf"
         opts = _parse_args(self.extra_args)
         lines = [

@@ -59,7 +59,7 @@ def test_print_config_round_trip(tmp_path):
                           "--log-format", "json"])
     keys = [line.split(" = ")[0] for line in first.splitlines() if line and not line.startswith("#")]
     assert keys[0] == "listen" and "max_inflight" in keys and "log_format" in keys
-    assert len(keys) == len(set(keys)) == 18
+    assert len(keys) == len(set(keys)) == 19
     cfg = tmp_path / "printed.toml"
     cfg.write_text(first)
     assert print_config(["--config", str(cfg)]) == first
@@ -119,7 +119,7 @@ def test_unknown_key_and_type_error(tmp_path):
 def test_broker_started_from_config_file(tmp_path):
     port = free_port()
     cfg = tmp_path / "ringmq.toml"
-    cfg.write_text('listen = ["127.0.0.1:%d"]\nmax_inflight = 7\nshards = 1\ndata_dir = "%s"\n'
+    cfg.write_text('listen = ["127.0.0.1:%d"]\nmax_inflight = 7\nshards = 1\nmetrics_addr = "none"\ndata_dir = "%s"\n'
                    % (port, tmp_path / "data"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RINGMQ_")}
     log = open(tmp_path / "broker.log", "wb")

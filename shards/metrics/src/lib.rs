@@ -1,6 +1,9 @@
 //! Per-shard metrics. Each shard owns its own `Counters` and updates them without atomics or
 //! locks; an exporter merges the shards' copies when it is asked, never on the message path.
 
+use hdrhistogram::Histogram;
+use std::fmt::Write;
+
 /// Plain counters, one set per shard. Names carry units last where they have one.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -76,9 +79,540 @@ impl Counters {
     }
 }
 
+/// Latency histograms of one shard, in microseconds (1 µs to 60 s, 3 significant digits). All
+/// are allocated up front, so recording never allocates.
+#[derive(Clone, Debug)]
+pub struct Histograms {
+    /// PUBLISH received to queued for the subscriber's socket, publisher on this shard.
+    pub publish_to_write_local_us: Histogram<u64>,
+    /// The same for messages that came from another shard (recorded at the delivering shard).
+    pub publish_to_write_cross_us: Histogram<u64>,
+    /// Connection accepted (or adopted from another shard) to CONNACK queued.
+    pub connect_to_connack_us: Histogram<u64>,
+    /// Cross-shard `Publish` sent by a shard to taken by the receiving one.
+    pub cross_shard_hop_us: Histogram<u64>,
+}
+
+/// Largest value recorded, in microseconds; larger ones are clamped to it.
+pub const HIST_MAX_US: u64 = 60_000_000;
+
+fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("valid histogram bounds")
+}
+
+impl Default for Histograms {
+    fn default() -> Self {
+        Histograms {
+            publish_to_write_local_us: new_hist(),
+            publish_to_write_cross_us: new_hist(),
+            connect_to_connack_us: new_hist(),
+            cross_shard_hop_us: new_hist(),
+        }
+    }
+}
+
+/// Records `us` into `h`, clamped into its range: never fails, never allocates.
+pub fn record_us(h: &mut Histogram<u64>, us: u64) {
+    let _ = h.record(us.clamp(1, HIST_MAX_US));
+}
+
+impl Histograms {
+    pub fn merge(&mut self, o: &Histograms) {
+        // Same bounds everywhere, so adding cannot fail.
+        let _ = self
+            .publish_to_write_local_us
+            .add(&o.publish_to_write_local_us);
+        let _ = self
+            .publish_to_write_cross_us
+            .add(&o.publish_to_write_cross_us);
+        let _ = self.connect_to_connack_us.add(&o.connect_to_connack_us);
+        let _ = self.cross_shard_hop_us.add(&o.cross_shard_hop_us);
+    }
+}
+
+/// Point-in-time sizes of one shard, computed when scraped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Gauges {
+    pub connections: u64,
+    pub sessions: u64,
+    pub subscriptions: u64,
+    pub retained_messages: u64,
+    pub queued_messages: u64,
+    pub inflight_messages: u64,
+}
+
+impl Gauges {
+    pub fn merge(&mut self, o: &Gauges) {
+        self.connections += o.connections;
+        self.sessions += o.sessions;
+        self.subscriptions += o.subscriptions;
+        self.retained_messages += o.retained_messages;
+        self.queued_messages += o.queued_messages;
+        self.inflight_messages += o.inflight_messages;
+    }
+}
+
+/// One shard's metrics as the exporter collects them.
+#[derive(Clone, Debug, Default)]
+pub struct ShardMetrics {
+    pub shard: usize,
+    pub counters: Counters,
+    pub histograms: Histograms,
+    pub gauges: Gauges,
+}
+
+/// Bucket upper bounds of the exported histograms, in seconds (`+Inf` is added).
+pub const BUCKETS_S: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5,
+];
+
+fn counter_rows(c: &Counters) -> Vec<(&'static str, &'static str, Option<&'static str>, u64)> {
+    let mut v = vec![
+        (
+            "connections_accepted",
+            "Connections accepted.",
+            None,
+            c.connections_accepted,
+        ),
+        (
+            "connections_refused",
+            "Connections refused at accept (--max-connections).",
+            None,
+            c.connections_refused,
+        ),
+        (
+            "connections_closed",
+            "Connections closed.",
+            None,
+            c.connections_closed,
+        ),
+        (
+            "connections_rejected",
+            "CONNECTs refused with a CONNACK failure code.",
+            None,
+            c.connections_rejected,
+        ),
+        ("connects", "CONNECTs accepted.", None, c.connects),
+        (
+            "handoffs",
+            "Connections handed to the client's home shard.",
+            None,
+            c.handoffs,
+        ),
+        (
+            "takeovers",
+            "Sessions taken over by a new connection.",
+            None,
+            c.takeovers,
+        ),
+        ("wills", "Will messages published.", None, c.wills),
+        (
+            "protocol_errors",
+            "Connections closed for a protocol error.",
+            None,
+            c.protocol_errors,
+        ),
+        ("packets_in", "MQTT packets received.", None, c.packets_in),
+        (
+            "packets_out",
+            "MQTT control packets sent.",
+            None,
+            c.packets_out,
+        ),
+        ("bytes_in", "Bytes received from clients.", None, c.bytes_in),
+        ("bytes_out", "Bytes written to clients.", None, c.bytes_out),
+    ];
+    for (q, l) in ["0", "1", "2"].iter().enumerate() {
+        v.push((
+            "messages_in",
+            "PUBLISH packets received from clients, by QoS.",
+            Some(*l),
+            c.msgs_in[q],
+        ));
+    }
+    for (q, l) in ["0", "1", "2"].iter().enumerate() {
+        v.push((
+            "messages_out",
+            "PUBLISH packets queued for subscribers, by QoS.",
+            Some(*l),
+            c.msgs_out[q],
+        ));
+    }
+    v.extend([
+        (
+            "cross_shard_out",
+            "Messages sent to other shards for delivery.",
+            None,
+            c.cross_shard_out,
+        ),
+        (
+            "cross_shard_in",
+            "Messages from other shards for delivery here.",
+            None,
+            c.cross_shard_in,
+        ),
+        (
+            "queued",
+            "Messages queued behind a full inflight window or for an offline session.",
+            None,
+            c.queued,
+        ),
+        (
+            "dropped_no_subscriber",
+            "Messages that matched no subscription.",
+            None,
+            c.dropped_no_subscriber,
+        ),
+        (
+            "dropped_queue_full",
+            "Messages dropped: session queue full.",
+            None,
+            c.dropped_queue_full,
+        ),
+        (
+            "dropped_too_large",
+            "Messages dropped: above the client's Maximum Packet Size.",
+            None,
+            c.dropped_too_large,
+        ),
+        (
+            "dropped_slow_consumer",
+            "QoS 0 messages dropped: too much unwritten output.",
+            None,
+            c.dropped_slow_consumer,
+        ),
+        (
+            "dropped_offline_qos0",
+            "QoS 0 messages dropped: session offline.",
+            None,
+            c.dropped_offline_qos0,
+        ),
+        (
+            "dropped_expired",
+            "Messages dropped: Message Expiry Interval passed.",
+            None,
+            c.dropped_expired,
+        ),
+        (
+            "dropped_mesh_backlog",
+            "QoS 0 messages not sent to a peer shard too far behind.",
+            None,
+            c.dropped_mesh_backlog,
+        ),
+        (
+            "mesh_backpressure",
+            "Batches a peer shard's channel could not take at once.",
+            None,
+            c.mesh_backpressure,
+        ),
+        (
+            "mesh_send_failed",
+            "Batches that could not be sent to a peer shard.",
+            None,
+            c.mesh_send_failed,
+        ),
+    ]);
+    v
+}
+
+fn gauge_rows(g: &Gauges) -> [(&'static str, &'static str, u64); 6] {
+    [
+        ("connections", "Open client connections.", g.connections),
+        ("sessions", "Sessions, connected or not.", g.sessions),
+        (
+            "subscriptions",
+            "Subscriptions held by sessions.",
+            g.subscriptions,
+        ),
+        (
+            "retained_messages",
+            "Retained messages stored.",
+            g.retained_messages,
+        ),
+        (
+            "queued_messages",
+            "Messages queued in sessions behind the inflight window.",
+            g.queued_messages,
+        ),
+        (
+            "inflight_messages",
+            "QoS 1/2 messages sent and not yet acknowledged.",
+            g.inflight_messages,
+        ),
+    ]
+}
+
+fn hist_rows(
+    h: &Histograms,
+) -> [(
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    &Histogram<u64>,
+); 4] {
+    [
+        (
+            "publish_to_write_seconds",
+            "PUBLISH received to queued for a subscriber's socket.",
+            Some("local"),
+            &h.publish_to_write_local_us,
+        ),
+        (
+            "publish_to_write_seconds",
+            "PUBLISH received to queued for a subscriber's socket.",
+            Some("cross_shard"),
+            &h.publish_to_write_cross_us,
+        ),
+        (
+            "connect_to_connack_seconds",
+            "Connection accepted to CONNACK queued.",
+            None,
+            &h.connect_to_connack_us,
+        ),
+        (
+            "cross_shard_hop_seconds",
+            "Message sent by one shard to taken by another.",
+            None,
+            &h.cross_shard_hop_us,
+        ),
+    ]
+}
+
+fn fmt_f64(x: f64) -> String {
+    // Rust's shortest round-trip form; Prometheus parses it.
+    format!("{x}")
+}
+
+fn labels(shard: &str, extra: Option<(&str, &str)>, le: Option<&str>) -> String {
+    let mut s = format!("{{shard=\"{shard}\"");
+    if let Some((k, v)) = extra {
+        let _ = write!(s, ",{k}=\"{v}\"");
+    }
+    if let Some(le) = le {
+        let _ = write!(s, ",le=\"{le}\"");
+    }
+    s.push('}');
+    s
+}
+
+fn write_hist(
+    out: &mut String,
+    name: &str,
+    l: &str,
+    extra: Option<(&str, &str)>,
+    h: &Histogram<u64>,
+) {
+    for b in BUCKETS_S {
+        // Bounds are whole microseconds; the count of values at or below them, to the
+        // histogram's precision.
+        let us = (b * 1e6).round() as u64;
+        let n = h.count_between(0, us);
+        let _ = writeln!(
+            out,
+            "ringmq_{name}_bucket{} {n}",
+            labels(l, extra, Some(&fmt_f64(*b)))
+        );
+    }
+    let count = h.len();
+    let _ = writeln!(
+        out,
+        "ringmq_{name}_bucket{} {count}",
+        labels(l, extra, Some("+Inf"))
+    );
+    let sum_s = h
+        .iter_recorded()
+        .map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64)
+        .sum::<f64>()
+        / 1e6;
+    let _ = writeln!(
+        out,
+        "ringmq_{name}_sum{} {}",
+        labels(l, extra, None),
+        fmt_f64(sum_s)
+    );
+    let _ = writeln!(out, "ringmq_{name}_count{} {count}", labels(l, extra, None));
+}
+
+/// Prometheus text format (version 0.0.4): every series once per shard (`shard="N"`) and once
+/// merged over all shards (`shard="all"`).
+pub fn render(shards: &[ShardMetrics]) -> String {
+    let mut all = ShardMetrics::default();
+    for s in shards {
+        all.counters.merge(&s.counters);
+        all.histograms.merge(&s.histograms);
+        all.gauges.merge(&s.gauges);
+    }
+    let mut sets: Vec<(String, &ShardMetrics)> =
+        shards.iter().map(|s| (s.shard.to_string(), s)).collect();
+    sets.push(("all".to_owned(), &all));
+    let mut out = String::with_capacity(16 * 1024);
+
+    let rows: Vec<_> = sets
+        .iter()
+        .map(|(l, s)| (l, counter_rows(&s.counters)))
+        .collect();
+    let n = rows.first().map_or(0, |r| r.1.len());
+    let mut i = 0;
+    while i < n {
+        let (name, help, _, _) = rows[0].1[i];
+        let _ = writeln!(out, "# HELP ringmq_{name}_total {help}");
+        let _ = writeln!(out, "# TYPE ringmq_{name}_total counter");
+        let start = i;
+        while i < n && rows[0].1[i].0 == name {
+            i += 1;
+        }
+        for (l, r) in &rows {
+            for (_, _, qos, v) in &r[start..i] {
+                let _ = writeln!(
+                    out,
+                    "ringmq_{name}_total{} {v}",
+                    labels(l, qos.map(|q| ("qos", q)), None)
+                );
+            }
+        }
+    }
+
+    for k in 0..6 {
+        let (name, help, _) = gauge_rows(&sets[0].1.gauges)[k];
+        let _ = writeln!(out, "# HELP ringmq_{name} {help}");
+        let _ = writeln!(out, "# TYPE ringmq_{name} gauge");
+        for (l, s) in &sets {
+            let _ = writeln!(
+                out,
+                "ringmq_{name}{} {}",
+                labels(l, None, None),
+                gauge_rows(&s.gauges)[k].2
+            );
+        }
+    }
+
+    let mut k = 0;
+    while k < 4 {
+        let (name, help, _, _) = hist_rows(&sets[0].1.histograms)[k];
+        let _ = writeln!(out, "# HELP ringmq_{name} {help}");
+        let _ = writeln!(out, "# TYPE ringmq_{name} histogram");
+        let start = k;
+        while k < 4 && hist_rows(&sets[0].1.histograms)[k].0 == name {
+            k += 1;
+        }
+        for (l, s) in &sets {
+            let hs = hist_rows(&s.histograms);
+            for (_, _, kind, h) in &hs[start..k] {
+                write_hist(&mut out, name, l, kind.map(|x| ("path", x)), h);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sample(shard: usize, us: &[u64]) -> ShardMetrics {
+        let mut m = ShardMetrics {
+            shard,
+            ..Default::default()
+        };
+        m.counters.msgs_in = [1, 2, 0];
+        m.gauges.connections = 2;
+        for v in us {
+            record_us(&mut m.histograms.publish_to_write_local_us, *v);
+        }
+        m
+    }
+
+    /// Every sample line: `name{labels} value`.
+    fn samples(text: &str) -> Vec<(String, String, f64)> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                let (series, value) = l.rsplit_once(' ').expect("name and value");
+                let (name, labels) = series.split_once('{').expect("labels");
+                assert!(labels.ends_with('}'), "{l}");
+                let v = if value == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    value.parse().expect("numeric value")
+                };
+                (name.to_owned(), labels.to_owned(), v)
+            })
+            .collect()
+    }
+
+    fn get(s: &[(String, String, f64)], name: &str, labels: &str) -> f64 {
+        s.iter()
+            .find(|x| x.0 == name && x.1 == labels)
+            .unwrap_or_else(|| panic!("{name}{{{labels}"))
+            .2
+    }
+
+    #[test]
+    fn render_is_well_formed_and_merges() {
+        let text = render(&[sample(0, &[10, 200, 3000]), sample(1, &[40, 2_000_000])]);
+        // Each metric family declared once, before its samples.
+        let mut typed = std::collections::HashSet::new();
+        for l in text.lines() {
+            if let Some(rest) = l.strip_prefix("# TYPE ") {
+                let name = rest.split(' ').next().unwrap();
+                assert!(typed.insert(name.to_owned()), "{name} declared twice");
+            } else if !l.starts_with('#') {
+                let name = l.split('{').next().unwrap();
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains(*f)))
+                    .unwrap_or(name);
+                assert!(typed.contains(family), "{name} before its TYPE");
+            }
+        }
+        let s = samples(&text);
+        assert_eq!(
+            get(&s, "ringmq_messages_in_total", "shard=\"1\",qos=\"1\"}"),
+            2.0
+        );
+        assert_eq!(
+            get(&s, "ringmq_messages_in_total", "shard=\"all\",qos=\"1\"}"),
+            4.0
+        );
+        assert_eq!(get(&s, "ringmq_connections", "shard=\"all\"}"), 4.0);
+        let h = "ringmq_publish_to_write_seconds";
+        let c = |l: &str, le: &str| {
+            get(
+                &s,
+                &format!("{h}_bucket"),
+                &format!("shard=\"{l}\",path=\"local\",le=\"{le}\"}}"),
+            )
+        };
+        assert_eq!(c("0", "0.00005"), 1.0);
+        assert_eq!(c("0", "0.00025"), 2.0);
+        assert_eq!(c("0", "0.005"), 3.0);
+        assert_eq!(c("all", "0.00005"), 2.0);
+        assert_eq!(c("all", "1"), 4.0);
+        assert_eq!(c("all", "2.5"), 5.0);
+        assert_eq!(c("all", "+Inf"), 5.0);
+        assert_eq!(
+            get(&s, &format!("{h}_count"), "shard=\"all\",path=\"local\"}"),
+            5.0
+        );
+        let sum = get(&s, &format!("{h}_sum"), "shard=\"all\",path=\"local\"}");
+        assert!((sum - 2.00325).abs() < 0.01, "{sum}");
+        // Buckets are cumulative.
+        let mut last = 0.0;
+        for b in BUCKETS_S {
+            let v = c("all", &format!("{b}"));
+            assert!(v >= last);
+            last = v;
+        }
+    }
+
+    #[test]
+    fn recording_clamps_out_of_range() {
+        let mut h = Histograms::default();
+        record_us(&mut h.cross_shard_hop_us, 0);
+        record_us(&mut h.cross_shard_hop_us, u64::MAX);
+        assert_eq!(h.cross_shard_hop_us.len(), 2);
+    }
 
     #[test]
     fn merge_adds_every_field() {

@@ -35,6 +35,9 @@ pub struct Message {
     /// When the Message Expiry Interval (MQTT 5) runs out; the interval sent onwards is what
     /// remains of it [MQTT-3.3.2-6].
     pub expires_at: Option<Instant>,
+    /// When the broker received the PUBLISH (or decided to publish the will), for the
+    /// publish-to-write latency histograms.
+    pub received_at: Instant,
 }
 
 impl Message {
@@ -435,6 +438,7 @@ mod tests {
                 properties: None,
                 origin: 0,
                 expires_at: None,
+                received_at: Instant::now(),
             },
             retain: false,
             subscription_ids: Vec::new(),
@@ -620,6 +624,7 @@ mod tests {
             properties: None,
             origin: 3,
             expires_at: None,
+            received_at: Instant::now(),
         };
         let c = m.compacted();
         assert_eq!(c, m);

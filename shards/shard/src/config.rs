@@ -30,6 +30,8 @@ pub struct Config {
     pub max_topic_levels: usize,
     /// Subscriptions one session may hold.
     pub max_subscriptions_per_client: usize,
+    /// Where shard 0 serves `GET /metrics` and `GET /healthz`; `None` disables it.
+    pub metrics_addr: Option<SocketAddr>,
     /// Bytes of pinned io_uring buffer memory per shard (glommio's io_memory); counts against
     /// RLIMIT_MEMLOCK.
     pub io_memory: usize,
@@ -59,6 +61,7 @@ impl Default for Config {
             max_keep_alive: u16::MAX,
             max_topic_levels: 128,
             max_subscriptions_per_client: 1000,
+            metrics_addr: None,
             io_memory: 512 * 1024,
             ring_depth: 4096,
             spin: None,

@@ -7,6 +7,7 @@
 
 use bytes::Bytes;
 use ringmq_codec::{ByteStr, Connect, SubscriptionOptions};
+use ringmq_metrics::ShardMetrics;
 use ringmq_session::Message;
 use std::os::fd::RawFd;
 
@@ -22,6 +23,8 @@ pub enum ShardMsg {
     Publish {
         msg: Message,
         ack: Option<u64>,
+        /// When the sending shard queued it, for the cross-shard hop histogram.
+        sent_at: std::time::Instant,
     },
     /// The answer to an acknowledged `Publish` or `RetainSet`; `matched` tells whether any
     /// subscription matched there (MQTT 5 reason 0x10 otherwise).
@@ -52,6 +55,16 @@ pub enum ShardMsg {
     RetainQuery(Box<RetainQuery>),
     /// The answer to a `RetainQuery`, sent to the subscriber's shard.
     RetainReply(Box<RetainReply>),
+    /// Shard `reply_to` scrapes metrics: answer with `MetricsReply { token, .. }`.
+    MetricsRequest {
+        reply_to: u16,
+        token: u64,
+    },
+    /// A snapshot of the sending shard's counters, histograms and gauges.
+    MetricsReply {
+        token: u64,
+        metrics: Box<ShardMetrics>,
+    },
 }
 
 #[derive(Debug)]
@@ -61,6 +74,8 @@ pub struct Handoff {
     pub connect: Box<Connect>,
     /// Bytes read after the CONNECT packet.
     pub leftover: Bytes,
+    /// When the connection was accepted, for the connect-to-CONNACK histogram.
+    pub opened_at: std::time::Instant,
 }
 
 #[derive(Debug, Clone)]

@@ -1,1 +1,1 @@
-pub use ringmq_metrics::Counters;
+pub use ringmq_metrics::{record_us, render, Counters, Gauges, Histograms, ShardMetrics};

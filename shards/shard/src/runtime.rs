@@ -9,7 +9,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
 use std::cell::RefCell;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -48,9 +48,24 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
     let conn_count = Arc::new(AtomicUsize::new(0));
     let mesh = (cfg.shards > 1)
         .then(|| MeshBuilder::<Batch, _>::full(cfg.shards, cfg.mesh_channel_batches));
+    // Bound here, before any shard starts, so that a bad or taken address is a clear startup
+    // error; shard 0 serves it.
+    let mut metrics_fd = match cfg.metrics_addr {
+        Some(addr) => {
+            let l = std::net::TcpListener::bind(addr).map_err(|e| {
+                std::io::Error::other(format!("cannot listen for metrics on {addr}: {e}"))
+            })?;
+            l.set_nonblocking(true)?;
+            let addr = l.local_addr().unwrap_or(addr);
+            tracing::info!(%addr, "serving metrics on http://{addr}/metrics");
+            Some(l.into_raw_fd())
+        }
+        None => None,
+    };
     watch_signals(cfg.shards)?;
     let mut handles = Vec::new();
     for i in 0..cfg.shards {
+        let metrics_fd = if i == 0 { metrics_fd.take() } else { None };
         let cfg = cfg.clone();
         let mesh = mesh.clone();
         let conn_count = conn_count.clone();
@@ -62,7 +77,7 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
             b = b.spin_before_park(spin);
         }
         let h = b
-            .spawn(move || async move { shard_main(cfg, mesh, conn_count).await })
+            .spawn(move || async move { shard_main(cfg, mesh, conn_count, metrics_fd).await })
             .map_err(|e| std::io::Error::other(format!("cannot start shard {i}: {e}")))?;
         handles.push(h);
     }
@@ -81,6 +96,7 @@ async fn shard_main(
     cfg: Arc<Config>,
     mesh: Option<MeshBuilder<Batch, glommio::channels::channel_mesh::Full>>,
     conn_count: Arc<AtomicUsize>,
+    metrics_fd: Option<RawFd>,
 ) -> std::io::Result<()> {
     let (senders, receivers, id) = match mesh {
         Some(m) => {
@@ -120,6 +136,14 @@ async fn shard_main(
     }
 
     let mut listen_fds = Vec::new();
+    if let Some(fd) = metrics_fd {
+        // Shut down with the MQTT listeners, so a restarted broker can bind it at once.
+        listen_fds.push(fd);
+        // SAFETY: the listening socket bound in `run`, handed to this shard alone.
+        let listener = unsafe { TcpListener::from_raw_fd(fd) };
+        glommio::spawn_local(metrics_accept_loop(listener)).detach();
+    }
+
     for addr in &cfg.listen {
         let fd = io::listen_socket(*addr, LISTEN_BACKLOG)
             .map_err(|e| std::io::Error::other(format!("cannot listen on {addr}: {e}")))?;
@@ -261,4 +285,106 @@ pub fn check_fd_limit(max_connections: usize) {
         }
         Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
     }
+}
+
+/// Largest HTTP request head the metrics endpoint reads.
+const HTTP_MAX_REQUEST: usize = 8 * 1024;
+/// Time a metrics client has to send its request.
+const HTTP_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a scrape waits for the other shards' answers.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
+
+async fn metrics_accept_loop(listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                glommio::spawn_local(serve_http(stream)).detach();
+            }
+            Err(_) if SHUTDOWN.load(Ordering::Relaxed) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics accept failed");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// One request per connection: `GET /metrics`, `GET /healthz`, anything else 404.
+async fn serve_http(mut stream: TcpStream) {
+    use futures_lite::{AsyncReadExt, AsyncWriteExt};
+    let deadline = std::time::Instant::now() + HTTP_READ_TIMEOUT;
+    let mut buf = vec![0u8; HTTP_MAX_REQUEST];
+    let mut len = 0;
+    let complete = loop {
+        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+            break true;
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if len == buf.len() || left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            break false;
+        }
+        match stream.read(&mut buf[len..]).await {
+            Ok(0) | Err(_) => break false,
+            Ok(n) => len += n,
+        }
+    };
+    let (status, content_type, body) = if !complete {
+        ("400 Bad Request", "text/plain", "bad request\n".to_owned())
+    } else {
+        let head = String::from_utf8_lossy(&buf[..len]);
+        let mut first = head.lines().next().unwrap_or("").split(' ');
+        let (method, path) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
+        let path = path.split('?').next().unwrap_or("");
+        match (method, path) {
+            ("GET", "/metrics") => match scrape().await {
+                Some(text) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text),
+                None => (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "a shard did not answer in time\n".to_owned(),
+                ),
+            },
+            ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
+            _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
+        }
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.close().await;
+}
+
+/// Collects every shard's metrics (this one's directly, the others' over the mesh) and renders
+/// them; `None` if a shard did not answer within [`SCRAPE_TIMEOUT`].
+async fn scrape() -> Option<String> {
+    let shard = current();
+    let (tx, rx) = glommio::channels::local_channel::new_unbounded();
+    // No await inside the borrow.
+    let (token, own, nshards) = {
+        let mut st = shard.state.borrow_mut();
+        let (token, own) = st.start_scrape(tx);
+        (token, own, st.nshards)
+    };
+    let mut all = vec![own];
+    let deadline = std::time::Instant::now() + SCRAPE_TIMEOUT;
+    while all.len() < nshards {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match glommio::timer::timeout(left, async { Ok(rx.recv().await) }).await {
+            Ok(Some(m)) => all.push(*m),
+            _ => break,
+        }
+    }
+    shard.state.borrow_mut().metrics_pending.remove(&token);
+    if all.len() < nshards {
+        tracing::warn!(answered = all.len(), nshards, "metrics scrape timed out");
+        return None;
+    }
+    all.sort_by_key(|m| m.shard);
+    Some(crate::metrics::render(&all))
 }

@@ -9,7 +9,7 @@
 use crate::config::{home_shard, Config};
 use crate::io;
 use crate::mesh::{Batch, Handoff, RetainQuery, RetainReply, ShardMsg};
-use crate::metrics::Counters;
+use crate::metrics::{record_us, Counters, Gauges, Histograms, ShardMetrics};
 use bytes::{Bytes, BytesMut};
 use glommio::channels::channel_mesh::Senders;
 use ringmq_codec::{
@@ -101,12 +101,13 @@ pub struct Conn {
     pub close: Option<Close>,
     pub keep_alive_s: u16,
     pub last_rx_ms: u64,
-    pub opened_ms: u64,
+    /// Accepted (or adopted) at this many µs of the shard's clock.
+    pub opened_us: u64,
     handoff: Option<Box<Connect>>,
 }
 
 impl Conn {
-    fn new(fd: RawFd, now_ms: u64) -> Conn {
+    fn new(fd: RawFd, now_ms: u64, now_us: u64) -> Conn {
         Conn {
             fd,
             phase: Phase::AwaitConnect,
@@ -121,7 +122,7 @@ impl Conn {
             close: None,
             keep_alive_s: 0,
             last_rx_ms: now_ms,
-            opened_ms: now_ms,
+            opened_us: now_us,
             handoff: None,
         }
     }
@@ -222,6 +223,10 @@ pub struct ShardState {
     pub conn_count: Arc<AtomicUsize>,
     pub adopted: Vec<Adopted>,
     pub counters: Counters,
+    pub histograms: Histograms,
+    /// Scrapes waiting for other shards' `MetricsReply`, by token.
+    pub metrics_pending:
+        HashMap<u64, glommio::channels::local_channel::LocalSender<Box<ShardMetrics>>>,
     assigned_ids: u64,
 }
 
@@ -254,12 +259,18 @@ impl ShardState {
             conn_count,
             adopted: Vec::new(),
             counters: Counters::default(),
+            histograms: Histograms::default(),
+            metrics_pending: HashMap::new(),
             assigned_ids: 0,
         }
     }
 
     pub fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
+    }
+
+    pub fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
     }
 
     fn now_s(&self) -> u64 {
@@ -275,8 +286,9 @@ impl ShardState {
     /// Registers an accepted socket; the runtime spawns its task.
     pub fn add_conn(&mut self, fd: RawFd) -> usize {
         let now = self.now_ms();
+        let now_us = self.now_us();
         self.counters.connections_accepted += 1;
-        self.conns.insert(Conn::new(fd, now))
+        self.conns.insert(Conn::new(fd, now, now_us))
     }
 
     /// Called by the connection's task once `close` is set and the task is about to drop the
@@ -677,6 +689,8 @@ impl ShardState {
                     fd: dup,
                     connect,
                     leftover,
+                    opened_at: self.start
+                        + std::time::Duration::from_micros(self.conns[key].opened_us),
                 })));
                 self.counters.handoffs += 1;
                 let conn = &mut self.conns[key];
@@ -690,7 +704,11 @@ impl ShardState {
     /// A connection from another shard: register it, answer its CONNECT, handle what followed.
     fn adopt(&mut self, h: Handoff) {
         let now = self.now_ms();
-        let key = self.conns.insert(Conn::new(h.fd, now));
+        let opened_us = h
+            .opened_at
+            .saturating_duration_since(self.start)
+            .as_micros() as u64;
+        let key = self.conns.insert(Conn::new(h.fd, now, opened_us));
         self.adopted.push(Adopted { key, fd: h.fd });
         self.accept_connect(key, h.connect, None);
         if !h.leftover.is_empty() {
@@ -813,6 +831,8 @@ impl ShardState {
         }));
         self.send(key, &ack);
         self.counters.connects += 1;
+        let waited = self.now_us().saturating_sub(self.conns[key].opened_us);
+        record_us(&mut self.histograms.connect_to_connack_us, waited);
         tracing::debug!(shard = self.id, conn = key, client = %c.client_id, session_present, "connected");
         if session_present {
             self.resend_inflight(sid);
@@ -906,6 +926,7 @@ impl ShardState {
             properties,
             origin,
             expires_at,
+            received_at: Instant::now(),
         };
         if durable {
             // Held beyond this event: do not pin the shared read buffer.
@@ -1042,6 +1063,7 @@ impl ShardState {
             self.outbox[s as usize].push(ShardMsg::Publish {
                 msg: msg.clone(),
                 ack,
+                sent_at: Instant::now(),
             });
             self.counters.cross_shard_out += 1;
             routed.awaiting += usize::from(ack.is_some());
@@ -1076,6 +1098,7 @@ impl ShardState {
             retain: w.retain,
             properties: (!props.is_empty()).then(|| Arc::new(props)),
             origin,
+            received_at: Instant::now(),
         }
         .compacted();
         self.counters.wills += 1;
@@ -1117,7 +1140,7 @@ impl ShardState {
             if let Some(q) = qos {
                 delivered = true;
                 // [MQTT-3.3.1-12] live deliveries clear the retain flag unless Retain As Published.
-                self.deliver_to_session(sid, msg, q.min(msg.qos), rap && msg.retain, ids);
+                self.deliver_to_session(sid, msg, q.min(msg.qos), rap && msg.retain, ids, true);
             }
         }
         self.match_buf = m;
@@ -1131,11 +1154,15 @@ impl ShardState {
         qos: QoS,
         retain: bool,
         ids: Vec<u32>,
+        live: bool,
     ) {
+        // Retained messages were received long ago: no publish-to-write latency for them.
+        let received = live.then_some(msg);
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        if msg.is_expired(Instant::now()) {
+        // Read the clock only for messages that can expire: this runs once per subscriber.
+        if msg.expires_at.is_some() && msg.is_expired(Instant::now()) {
             self.counters.dropped_expired += 1;
             return;
         }
@@ -1154,7 +1181,7 @@ impl ShardState {
             match conn {
                 Some(key) => {
                     let p = make_publish(msg, qos, retain, &ids, None, false, v);
-                    self.write_publish(key, &p);
+                    self.write_publish(key, &p, received);
                 }
                 None => self.counters.dropped_offline_qos0 += 1,
             }
@@ -1178,7 +1205,7 @@ impl ShardState {
                     v,
                 );
                 if let Some(key) = conn {
-                    self.write_publish(key, &p);
+                    self.write_publish(key, &p, received);
                 }
             }
             Offer::Queued => self.counters.queued += 1,
@@ -1199,11 +1226,11 @@ impl ShardState {
             return;
         }
         let v = s.protocol;
-        let packets: Vec<Publish> = ids
+        let packets: Vec<(Publish, Instant, u64)> = ids
             .iter()
             .filter_map(|id| s.outbound.get(*id))
             .map(|i| {
-                make_publish(
+                let p = make_publish(
                     &i.message,
                     i.qos,
                     i.retain,
@@ -1211,11 +1238,13 @@ impl ShardState {
                     Some(i.packet_id),
                     false,
                     v,
-                )
+                );
+                (p, i.message.received_at, i.message.origin)
             })
             .collect();
-        for p in &packets {
-            self.write_publish(key, p);
+        for (p, received_at, origin) in &packets {
+            self.write_publish(key, p, None);
+            self.record_publish_to_write(*received_at, *origin);
         }
     }
 
@@ -1245,7 +1274,7 @@ impl ShardState {
         }
         for p in &packets {
             match p {
-                Packet::Publish(p) => self.write_publish(key, p),
+                Packet::Publish(p) => self.write_publish(key, p, None),
                 other => self.send(key, other),
             }
         }
@@ -1435,7 +1464,7 @@ impl ShardState {
         let ids: Vec<u32> = r.subscription_id.into_iter().collect();
         for m in &r.messages {
             let qos = m.qos.min(r.options.qos);
-            self.deliver_to_session(r.session, m, qos, true, ids.clone());
+            self.deliver_to_session(r.session, m, qos, true, ids.clone(), false);
         }
     }
 
@@ -1483,8 +1512,10 @@ impl ShardState {
         for msg in batch {
             match msg {
                 ShardMsg::Handoff(h) => self.adopt(*h),
-                ShardMsg::Publish { msg, ack } => {
+                ShardMsg::Publish { msg, ack, sent_at } => {
                     self.counters.cross_shard_in += 1;
+                    let hop = sent_at.elapsed().as_micros() as u64;
+                    record_us(&mut self.histograms.cross_shard_hop_us, hop);
                     let matched = self.deliver_local(&msg);
                     if let Some(token) = ack {
                         let origin = (msg.origin >> 48) as usize;
@@ -1514,9 +1545,68 @@ impl ShardState {
                 }
                 ShardMsg::RetainQuery(q) => self.answer_retained(*q),
                 ShardMsg::RetainReply(r) => self.deliver_retained(*r),
+                ShardMsg::MetricsRequest { reply_to, token } => {
+                    let metrics = Box::new(self.metrics_snapshot());
+                    self.outbox[reply_to as usize].push(ShardMsg::MetricsReply { token, metrics });
+                }
+                ShardMsg::MetricsReply { token, metrics } => {
+                    if let Some(tx) = self.metrics_pending.get(&token) {
+                        // The scrape may have timed out and gone: then nobody listens.
+                        let _ = tx.try_send(metrics);
+                    }
+                }
             }
         }
         self.flush();
+    }
+
+    // ---------------------------------------------------------------- metrics
+
+    /// This shard's counters and histograms, and its gauges computed now.
+    pub fn metrics_snapshot(&self) -> ShardMetrics {
+        let mut g = Gauges {
+            connections: self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.phase == Phase::Active && c.close.is_none())
+                .count() as u64,
+            sessions: self.sessions.len() as u64,
+            subscriptions: self.subs.len() as u64,
+            retained_messages: self.retained.len() as u64,
+            ..Gauges::default()
+        };
+        for s in self.sessions.values() {
+            g.queued_messages += s.outbound.queued_len() as u64;
+            g.inflight_messages += s.outbound.inflight_len() as u64;
+        }
+        ShardMetrics {
+            shard: self.id,
+            counters: self.counters.clone(),
+            histograms: self.histograms.clone(),
+            gauges: g,
+        }
+    }
+
+    /// Starts a scrape: asks every other shard for its metrics, answered to `tx` under a new
+    /// token (remove it from `metrics_pending` when done). Returns the token and this shard's
+    /// own snapshot.
+    pub fn start_scrape(
+        &mut self,
+        tx: glommio::channels::local_channel::LocalSender<Box<ShardMetrics>>,
+    ) -> (u64, ShardMetrics) {
+        let token = self.next_token;
+        self.next_token += 1;
+        for peer in 0..self.nshards {
+            if peer != self.id {
+                self.outbox[peer].push(ShardMsg::MetricsRequest {
+                    reply_to: self.id as u16,
+                    token,
+                });
+            }
+        }
+        self.metrics_pending.insert(token, tx);
+        self.flush();
+        (token, self.metrics_snapshot())
     }
 
     // ---------------------------------------------------------------- timers
@@ -1524,6 +1614,7 @@ impl ShardState {
     /// Periodic: connect timeouts, keep-alive, session expiry.
     pub fn tick(&mut self) {
         let now = self.now_ms();
+        let now_us = self.now_us();
         let connect_timeout = self.cfg.connect_timeout.as_millis() as u64;
         let mut expired = Vec::new();
         for (key, c) in self.conns.iter() {
@@ -1531,7 +1622,9 @@ impl ShardState {
                 continue;
             }
             match c.phase {
-                Phase::AwaitConnect if now.saturating_sub(c.opened_ms) >= connect_timeout => {
+                Phase::AwaitConnect
+                    if now_us.saturating_sub(c.opened_us) / 1000 >= connect_timeout =>
+                {
                     expired.push((key, Close::ConnectTimeout));
                 }
                 Phase::Active
@@ -1594,7 +1687,8 @@ impl ShardState {
         }
     }
 
-    fn write_publish(&mut self, key: usize, p: &Publish) {
+    /// Queues a PUBLISH on a connection; with `received`, records its publish-to-write time.
+    fn write_publish(&mut self, key: usize, p: &Publish, received: Option<&Message>) {
         let Some(conn) = self.conns.get(key) else {
             return;
         };
@@ -1613,6 +1707,9 @@ impl ShardState {
             return;
         }
         self.counters.msgs_out[p.qos as usize] += 1;
+        if let Some(m) = received {
+            self.record_publish_to_write(m.received_at, m.origin);
+        }
         if p.payload.len() <= INLINE_PAYLOAD_MAX {
             self.arena.extend_from_slice(&p.payload);
             let chunk = self.arena.split().freeze();
@@ -1622,6 +1719,16 @@ impl ShardState {
             self.push_chunk(key, header);
             self.push_chunk(key, p.payload.clone());
         }
+    }
+
+    fn record_publish_to_write(&mut self, received_at: Instant, origin: u64) {
+        let us = received_at.elapsed().as_micros() as u64;
+        let h = if (origin >> 48) as usize == self.id {
+            &mut self.histograms.publish_to_write_local_us
+        } else {
+            &mut self.histograms.publish_to_write_cross_us
+        };
+        record_us(h, us);
     }
 
     fn push_chunk(&mut self, key: usize, chunk: Bytes) {
