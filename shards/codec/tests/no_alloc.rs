@@ -5,22 +5,31 @@
 use bytes::{BufMut, BytesMut};
 use ringmq_codec::{decode_packet, Packet, ProtocolVersion};
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
 
 struct Counting;
 
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+// Per thread: the test harness runs tests on parallel threads, and a shared counter would
+// count the other tests' allocations. Const-initialised and without a destructor, so using it
+// inside the allocator neither allocates nor recurses.
+thread_local! {
+    static ALLOCS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn allocs() -> usize {
+    ALLOCS.with(Cell::get)
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::SeqCst);
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
         System.alloc(layout)
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         System.dealloc(ptr, layout)
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::SeqCst);
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
         System.realloc(ptr, layout, new_size)
     }
 }
@@ -39,14 +48,14 @@ fn v3_qos0_publish_decode_does_not_allocate() {
         // The first split turns the buffer into a shared one (one allocation inside `bytes`).
         let first = decode_packet(&mut buf, v, 1 << 20).unwrap().unwrap();
         drop(first);
-        let before = ALLOCS.load(Ordering::SeqCst);
+        let before = allocs();
         for _ in 0..10 {
             let p = decode_packet(&mut buf, v, 1 << 20).unwrap().unwrap();
             let Packet::Publish(p) = p else { panic!() };
             assert_eq!(&p.payload[..], b"hell");
             assert!(p.properties.is_none());
         }
-        assert_eq!(ALLOCS.load(Ordering::SeqCst), before, "{v:?}");
+        assert_eq!(allocs(), before, "{v:?}");
     }
 }
 
@@ -58,12 +67,12 @@ fn v5_qos1_publish_without_properties_does_not_allocate() {
         buf.put_slice(&frame);
     }
     drop(decode_packet(&mut buf, ProtocolVersion::V5, 1 << 20).unwrap());
-    let before = ALLOCS.load(Ordering::SeqCst);
+    let before = allocs();
     for _ in 0..10 {
         let p = decode_packet(&mut buf, ProtocolVersion::V5, 1 << 20)
             .unwrap()
             .unwrap();
         assert!(matches!(p, Packet::Publish(_)));
     }
-    assert_eq!(ALLOCS.load(Ordering::SeqCst), before);
+    assert_eq!(allocs(), before);
 }
