@@ -1168,22 +1168,24 @@ impl ShardState {
         }
         let conn = s.connection;
         let v = s.protocol;
+        let check_size = s.max_packet_size != u32::MAX;
+        // Built once, for the size check and for the write; not at all for an offline session
+        // without a size limit. The packet id is a placeholder of the same length until the
+        // inflight window assigns one.
+        let mut p = (check_size || conn.is_some())
+            .then(|| make_publish(msg, qos, retain, &ids, Some(PacketId::MIN), false, v));
         // [MQTT-3.1.2-24] never send a packet larger than the client's Maximum Packet Size.
-        if s.max_packet_size != u32::MAX {
-            let p = make_publish(msg, qos, retain, &ids, Some(PacketId::MIN), false, v);
-            let size = publish_header_len(&p, v) + p.payload.len();
+        if let Some(p) = p.as_ref().filter(|_| check_size) {
+            let size = publish_header_len(p, v) + p.payload.len();
             if size > s.max_packet_size as usize {
                 self.counters.dropped_too_large += 1;
                 return;
             }
         }
         if qos == QoS::AtMostOnce {
-            match conn {
-                Some(key) => {
-                    let p = make_publish(msg, qos, retain, &ids, None, false, v);
-                    self.write_publish(key, &p, received);
-                }
-                None => self.counters.dropped_offline_qos0 += 1,
+            match (conn, p) {
+                (Some(key), Some(p)) => self.write_publish(key, &p, received),
+                _ => self.counters.dropped_offline_qos0 += 1,
             }
             return;
         }
@@ -1195,17 +1197,10 @@ impl ShardState {
         };
         match s.outbound.offer(q, conn.is_some()) {
             Offer::Send(id) => {
-                let p = make_publish(
-                    msg,
-                    qos,
-                    retain,
-                    &s.outbound.get(id).expect("just added").subscription_ids,
-                    Some(id),
-                    false,
-                    v,
-                );
-                if let Some(key) = conn {
-                    self.write_publish(key, &p, received);
+                // Offered as online, so the connection and the packet exist.
+                if let (Some(key), Some(p)) = (conn, p.as_mut()) {
+                    p.packet_id = Some(id);
+                    self.write_publish(key, p, received);
                 }
             }
             Offer::Queued => self.counters.queued += 1,
