@@ -28,6 +28,8 @@ pub enum Kind {
     Choice(&'static [&'static str]),
     /// A tracing `EnvFilter` directive list.
     Filter,
+    /// `always`, `never` or `every=<ms>` (1 to 10000).
+    Fsync,
 }
 
 impl Kind {
@@ -47,6 +49,7 @@ impl Kind {
             Kind::Path => "a path".into(),
             Kind::Choice(words) => format!("one of {}", words.join(", ")),
             Kind::Filter => "a log filter in tracing's EnvFilter syntax (e.g. info)".into(),
+            Kind::Fsync => "always, never or every=<ms> with ms from 1 to 10000".into(),
         }
     }
 }
@@ -138,6 +141,34 @@ pub const SPECS: &[Spec] = &[
         key: "metrics_addr",
         kind: Kind::AddrOrNone,
         default: Some("127.0.0.1:9883"),
+    },
+    Spec {
+        key: "sys_interval",
+        kind: int(0, 86_400),
+        default: Some("10"),
+    },
+    Spec {
+        key: "fsync",
+        kind: Kind::Fsync,
+        default: Some("every=2"),
+    },
+    Spec {
+        key: "journal_segment_bytes",
+        kind: Kind::Pow2 {
+            min: 65_536,
+            max: 1 << 30,
+        },
+        default: Some("67108864"),
+    },
+    Spec {
+        key: "journal_max_bytes",
+        kind: ANY,
+        default: Some("0"),
+    },
+    Spec {
+        key: "journal_on_corruption",
+        kind: Kind::Choice(&["refuse", "move-aside"]),
+        default: Some("refuse"),
     },
     Spec {
         key: "io_memory",
@@ -322,7 +353,7 @@ pub fn file_layer(text: &str, path: &Path) -> Result<Layer, ConfigError> {
                 v
             }
             (
-                Kind::Path | Kind::Choice(_) | Kind::Filter | Kind::AddrOrNone,
+                Kind::Path | Kind::Choice(_) | Kind::Filter | Kind::AddrOrNone | Kind::Fsync,
                 toml::Value::String(s),
             ) => {
                 vec![s.clone()]
@@ -404,12 +435,37 @@ fn check(spec: &Spec, raw: &Raw) -> Result<Val, ConfigError> {
                 Err(bad())
             }
         }
+        Kind::Fsync => {
+            let w = one();
+            match w {
+                "always" | "never" => Ok(Val::Str(w.to_owned())),
+                _ => {
+                    let ms: u64 = w
+                        .strip_prefix("every=")
+                        .and_then(|n| n.parse().ok())
+                        .ok_or_else(bad)?;
+                    if (1..=10_000).contains(&ms) {
+                        Ok(Val::Str(format!("every={ms}")))
+                    } else {
+                        Err(bad())
+                    }
+                }
+            }
+        }
         Kind::Filter => {
             let f = one();
             tracing_subscriber::EnvFilter::try_new(f).map_err(|_| bad())?;
             Ok(Val::Str(f.to_owned()))
         }
     }
+}
+
+/// When the journal syncs before acknowledging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    Always,
+    Every(u64),
+    Never,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -436,6 +492,14 @@ pub struct Settings {
     pub max_subscriptions_per_client: usize,
     /// Where the Prometheus/health HTTP endpoint listens; `None` disables it.
     pub metrics_addr: Option<SocketAddr>,
+    /// Seconds between $SYS publications; 0 = none.
+    pub sys_interval: u64,
+    pub fsync: Fsync,
+    pub journal_segment_bytes: u64,
+    /// 0 = unbounded.
+    pub journal_max_bytes: u64,
+    /// Move damaged segments aside and start, instead of refusing to start.
+    pub journal_move_aside: bool,
     pub io_memory: usize,
     pub ring_depth: usize,
     pub spin_us: u64,
@@ -505,6 +569,19 @@ pub fn resolve(layers: &[&Layer]) -> Result<Settings, ConfigError> {
             "none" => None,
             a => Some(a.parse().expect("checked by its spec")),
         },
+        sys_interval: int("sys_interval"),
+        fsync: match text("fsync").as_str() {
+            "always" => Fsync::Always,
+            "never" => Fsync::Never,
+            w => Fsync::Every(
+                w.trim_start_matches("every=")
+                    .parse()
+                    .expect("checked by its spec"),
+            ),
+        },
+        journal_segment_bytes: int("journal_segment_bytes"),
+        journal_max_bytes: int("journal_max_bytes"),
+        journal_move_aside: text("journal_on_corruption") == "move-aside",
         io_memory: int("io_memory") as usize,
         ring_depth: int("ring_depth") as usize,
         spin_us: int("spin_us"),
@@ -543,6 +620,22 @@ impl Settings {
             "metrics_addr" => V::String(
                 self.metrics_addr
                     .map_or_else(|| "none".to_owned(), |a| a.to_string()),
+            ),
+            "sys_interval" => n(self.sys_interval),
+            "fsync" => V::String(match self.fsync {
+                Fsync::Always => "always".into(),
+                Fsync::Never => "never".into(),
+                Fsync::Every(ms) => format!("every={ms}"),
+            }),
+            "journal_segment_bytes" => n(self.journal_segment_bytes),
+            "journal_max_bytes" => n(self.journal_max_bytes),
+            "journal_on_corruption" => V::String(
+                if self.journal_move_aside {
+                    "move-aside"
+                } else {
+                    "refuse"
+                }
+                .into(),
             ),
             "io_memory" => n(self.io_memory as u64),
             "ring_depth" => n(self.ring_depth as u64),

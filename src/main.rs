@@ -96,6 +96,35 @@ struct Args {
     #[arg(long, value_name = "ADDR:PORT|none")]
     metrics_addr: Option<String>,
 
+    /// Seconds between publications of broker statistics under $SYS/broker/... (retained);
+    /// 0 turns them off. [default: 10]
+    #[arg(long, value_name = "SECS")]
+    sys_interval: Option<String>,
+
+    /// When the journal is synced to disk before a PUBACK/PUBREC/SUBACK that depends on it is
+    /// sent: always (after every event that wrote to it), every=<ms> (group commit at most
+    /// every ms milliseconds), or never (acknowledge at once; survives a crash of the process,
+    /// not of the machine). See docs/journal.md. [default: every=2]
+    #[arg(long, value_name = "always|every=MS|never")]
+    fsync: Option<String>,
+
+    /// Size of each journal segment file, a power of two from 65536 to 1073741824.
+    /// [default: 67108864]
+    #[arg(long, value_name = "BYTES")]
+    journal_segment_bytes: Option<String>,
+
+    /// Largest disk space of the journal of each shard; when reached, publishes that need it are
+    /// refused (MQTT 5: 0x97 Quota exceeded) and nothing acknowledged is dropped; 0 = no bound.
+    /// [default: 0]
+    #[arg(long, value_name = "BYTES")]
+    journal_max_bytes: Option<String>,
+
+    /// What to do when a journal segment is damaged in the middle of the log: refuse to start,
+    /// or move-aside (rename the damaged segment and later ones to *.damaged and start from the
+    /// last good record). [default: refuse]
+    #[arg(long, value_name = "refuse|move-aside")]
+    journal_on_corruption: Option<String>,
+
     /// Bytes of pinned io_uring buffer memory per shard; counts against the locked-memory limit
     /// (ulimit -l). [default: 524288]
     #[arg(long, value_name = "BYTES")]
@@ -181,6 +210,17 @@ fn main() {
         max_topic_levels: s.max_topic_levels,
         max_subscriptions_per_client: s.max_subscriptions_per_client,
         metrics_addr: s.metrics_addr,
+        sys_interval: Duration::from_secs(s.sys_interval),
+        fsync: match s.fsync {
+            config::Fsync::Always => ringmq_shard::config::Fsync::Always,
+            config::Fsync::Never => ringmq_shard::config::Fsync::Never,
+            config::Fsync::Every(ms) => {
+                ringmq_shard::config::Fsync::Every(Duration::from_millis(ms))
+            }
+        },
+        journal_segment_bytes: s.journal_segment_bytes,
+        journal_max_bytes: s.journal_max_bytes,
+        journal_move_aside: s.journal_move_aside,
         io_memory: s.io_memory,
         ring_depth: s.ring_depth,
         spin: (s.spin_us > 0).then(|| Duration::from_micros(s.spin_us)),

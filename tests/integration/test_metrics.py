@@ -86,17 +86,21 @@ def test_metrics_count_traffic_per_shard_and_merged(broker_factory, clients):
         # Every shard delivered `count` messages to its subscriber.
         need = count * (n if shard == "all" else 1)
         assert moved("ringmq_messages_out_total", shard, qos=1) >= need, shard
-        delivered = sum(moved("ringmq_publish_to_write_seconds_count", shard, path=p)
+        delivered = sum(moved("ringmq_publish_to_write_seconds_count", shard, path=p, qos=1)
                         for p in ("local", "cross_shard"))
         assert delivered >= need, shard
         inf = value(after, "ringmq_publish_to_write_seconds_bucket", shard=shard, path="local",
-                    le="+Inf")
+                    qos=1, le="+Inf")
         assert inf == value(after, "ringmq_publish_to_write_seconds_count", shard=shard,
-                            path="local")
+                            path="local", qos=1)
         assert value(after, "ringmq_connections", shard=shard) >= 1
-    assert moved("ringmq_publish_to_write_seconds_count", "0", path="local") >= count
+    assert moved("ringmq_publish_to_write_seconds_count", "0", path="local", qos=1) >= count
+    # Nothing was delivered at QoS 0 or 2.
+    assert moved("ringmq_publish_to_write_seconds_count", "all", path="local", qos=0) == 0
+    assert moved("ringmq_publish_to_write_seconds_count", "all", path="local", qos=2) == 0
     if n > 1:
-        assert moved("ringmq_publish_to_write_seconds_count", "1", path="cross_shard") >= count
+        assert moved("ringmq_publish_to_write_seconds_count", "1", path="cross_shard",
+                     qos=1) >= count
         assert moved("ringmq_cross_shard_in_total", "1") >= count
         assert moved("ringmq_cross_shard_hop_seconds_count", "all") >= count
     assert value(after, "ringmq_connections", shard="all") >= n + 1
@@ -105,7 +109,8 @@ def test_metrics_count_traffic_per_shard_and_merged(broker_factory, clients):
     # Merged = sum of the shards.
     for name, labels in [("ringmq_messages_out_total", {"qos": 1}),
                          ("ringmq_connects_total", {}),
-                         ("ringmq_publish_to_write_seconds_count", {"path": "cross_shard"})]:
+                         ("ringmq_publish_to_write_seconds_count",
+                          {"path": "cross_shard", "qos": 1})]:
         total = sum(value(after, name, shard=str(i), **labels) for i in range(n))
         assert value(after, name, shard="all", **labels) == total, name
 
@@ -124,3 +129,44 @@ def test_metrics_addr_in_use_is_a_startup_error(tmp_path):
         taken.close()
     assert r.returncode != 0
     assert "cannot listen for metrics on 127.0.0.1:%d" % port in r.stderr, r.stderr
+
+
+def test_metrics_count_refusals_errors_and_closes_by_reason(broker_factory, clients):
+    """CONNACK refusals and protocol errors are counted by reason code, closes by why; the
+    process gauges report memory per connection."""
+    import rawmqtt
+    mport = free_port()
+    broker = broker_factory(["--metrics-addr", "127.0.0.1:%d" % mport])
+    _, before = scrape(mport)
+    # CONNACK 0x85: MQTT 3.1.1, empty client id with Clean Session 0 [MQTT-3.1.3-8].
+    raw = rawmqtt.RawClient(broker.host, broker.port)
+    raw.connect("", clean=False, expect_rc=0x02)
+    raw.expect_closed()
+    # A protocol error: packet type 0 is reserved -> closed (0x81 Malformed Packet).
+    raw = rawmqtt.RawClient(broker.host, broker.port, version=5)
+    raw.connect("bad-one")
+    raw.send(bytes([0x00, 0x00]))
+    raw.expect_closed()
+    live = clients.paho(broker, "alive-one")
+    live.connect()
+    deadline = __import__("time").monotonic() + 5
+    while True:
+        _, after = scrape(mport)
+        refused = value(after, "ringmq_connack_refusals_total", shard="all", reason_code="0x85")
+        if refused >= 1 or __import__("time").monotonic() > deadline:
+            break
+    assert refused - before.get(("ringmq_connack_refusals_total",
+                                 (("reason_code", "0x85"), ("shard", "all"))), 0) == 1
+    errors = [v for (name, labels), v in after.items()
+              if name == "ringmq_protocol_errors_by_reason_total" and ("shard", "all") in labels]
+    assert sum(errors) >= 1, errors
+    assert value(after, "ringmq_connections_closed_by_reason_total", shard="all",
+                 reason="rejected") >= 1
+    assert value(after, "ringmq_connections_closed_by_reason_total", shard="all",
+                 reason="protocol_error") >= 1
+    rss = value(after, "ringmq_process_resident_memory_bytes")
+    assert rss > 1_000_000
+    conns = value(after, "ringmq_connections", shard="all")
+    assert conns >= 1
+    assert value(after, "ringmq_memory_per_connection_bytes") == rss // conns
+    assert value(after, "ringmq_uptime_seconds") >= 0

@@ -37,6 +37,48 @@ pub struct Counters {
     pub dropped_mesh_backlog: u64,
     pub mesh_backpressure: u64,
     pub mesh_send_failed: u64,
+    /// Connections closed, by why (indexes of [`CLOSE_REASONS`]).
+    pub closed_by: [u64; CLOSE_REASONS.len()],
+    /// CONNECTs refused, by CONNACK reason code (3.1.x return codes as their MQTT 5 equivalent).
+    pub rejected_by: ByReason,
+    /// Connections closed for a protocol error, by reason code.
+    pub protocol_errors_by: ByReason,
+}
+
+/// Why connections close, as the `reason` label of `ringmq_connections_closed_by_reason_total`.
+pub const CLOSE_REASONS: [&str; 10] = [
+    "normal",
+    "normal_with_will",
+    "eof",
+    "protocol_error",
+    "keep_alive_timeout",
+    "connect_timeout",
+    "taken_over",
+    "rejected",
+    "handoff",
+    "shutdown",
+];
+
+/// A counter per MQTT reason code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ByReason(pub [u64; 256]);
+
+impl Default for ByReason {
+    fn default() -> Self {
+        ByReason([0; 256])
+    }
+}
+
+impl ByReason {
+    pub fn add(&mut self, code: u8) {
+        self.0[code as usize] += 1;
+    }
+
+    fn merge(&mut self, o: &ByReason) {
+        for (a, b) in self.0.iter_mut().zip(o.0.iter()) {
+            *a += b;
+        }
+    }
 }
 
 impl Counters {
@@ -76,6 +118,11 @@ impl Counters {
             self.msgs_in[i] += o.msgs_in[i];
             self.msgs_out[i] += o.msgs_out[i];
         }
+        for (a, b) in self.closed_by.iter_mut().zip(o.closed_by.iter()) {
+            *a += b;
+        }
+        self.rejected_by.merge(&o.rejected_by);
+        self.protocol_errors_by.merge(&o.protocol_errors_by);
     }
 }
 
@@ -83,14 +130,17 @@ impl Counters {
 /// are allocated up front, so recording never allocates.
 #[derive(Clone, Debug)]
 pub struct Histograms {
-    /// PUBLISH received to queued for the subscriber's socket, publisher on this shard.
-    pub publish_to_write_local_us: Histogram<u64>,
+    /// PUBLISH received to queued for the subscriber's socket, by QoS delivered: publisher on
+    /// this shard.
+    pub publish_to_write_local_us: [Histogram<u64>; 3],
     /// The same for messages that came from another shard (recorded at the delivering shard).
-    pub publish_to_write_cross_us: Histogram<u64>,
+    pub publish_to_write_cross_us: [Histogram<u64>; 3],
     /// Connection accepted (or adopted from another shard) to CONNACK queued.
     pub connect_to_connack_us: Histogram<u64>,
     /// Cross-shard `Publish` sent by a shard to taken by the receiving one.
     pub cross_shard_hop_us: Histogram<u64>,
+    /// Journal sync started to finished (one group commit).
+    pub journal_commit_us: Histogram<u64>,
 }
 
 /// Largest value recorded, in microseconds; larger ones are clamped to it.
@@ -103,10 +153,11 @@ fn new_hist() -> Histogram<u64> {
 impl Default for Histograms {
     fn default() -> Self {
         Histograms {
-            publish_to_write_local_us: new_hist(),
-            publish_to_write_cross_us: new_hist(),
+            publish_to_write_local_us: [new_hist(), new_hist(), new_hist()],
+            publish_to_write_cross_us: [new_hist(), new_hist(), new_hist()],
             connect_to_connack_us: new_hist(),
             cross_shard_hop_us: new_hist(),
+            journal_commit_us: new_hist(),
         }
     }
 }
@@ -119,14 +170,13 @@ pub fn record_us(h: &mut Histogram<u64>, us: u64) {
 impl Histograms {
     pub fn merge(&mut self, o: &Histograms) {
         // Same bounds everywhere, so adding cannot fail.
-        let _ = self
-            .publish_to_write_local_us
-            .add(&o.publish_to_write_local_us);
-        let _ = self
-            .publish_to_write_cross_us
-            .add(&o.publish_to_write_cross_us);
+        for q in 0..3 {
+            let _ = self.publish_to_write_local_us[q].add(&o.publish_to_write_local_us[q]);
+            let _ = self.publish_to_write_cross_us[q].add(&o.publish_to_write_cross_us[q]);
+        }
         let _ = self.connect_to_connack_us.add(&o.connect_to_connack_us);
         let _ = self.cross_shard_hop_us.add(&o.cross_shard_hop_us);
+        let _ = self.journal_commit_us.add(&o.journal_commit_us);
     }
 }
 
@@ -139,6 +189,8 @@ pub struct Gauges {
     pub retained_messages: u64,
     pub queued_messages: u64,
     pub inflight_messages: u64,
+    pub journal_bytes: u64,
+    pub journal_pending_acks: u64,
 }
 
 impl Gauges {
@@ -149,6 +201,8 @@ impl Gauges {
         self.retained_messages += o.retained_messages;
         self.queued_messages += o.queued_messages;
         self.inflight_messages += o.inflight_messages;
+        self.journal_bytes += o.journal_bytes;
+        self.journal_pending_acks += o.journal_pending_acks;
     }
 }
 
@@ -167,7 +221,15 @@ pub const BUCKETS_S: &[f64] = &[
     2.5,
 ];
 
-fn counter_rows(c: &Counters) -> Vec<(&'static str, &'static str, Option<&'static str>, u64)> {
+/// `(name, help, label, value)`; rows of one name are adjacent.
+type CounterRow = (
+    &'static str,
+    &'static str,
+    Option<(&'static str, String)>,
+    u64,
+);
+
+fn counter_rows(c: &Counters, codes: &[u8]) -> Vec<CounterRow> {
     let mut v = vec![
         (
             "connections_accepted",
@@ -177,8 +239,8 @@ fn counter_rows(c: &Counters) -> Vec<(&'static str, &'static str, Option<&'stati
         ),
         (
             "connections_refused",
-            "Connections refused at accept (--max-connections).",
-            None,
+            "Connections refused at accept, by reason.",
+            Some(("reason", "max_connections".to_owned())),
             c.connections_refused,
         ),
         (
@@ -227,7 +289,7 @@ fn counter_rows(c: &Counters) -> Vec<(&'static str, &'static str, Option<&'stati
         v.push((
             "messages_in",
             "PUBLISH packets received from clients, by QoS.",
-            Some(*l),
+            Some(("qos", (*l).to_owned())),
             c.msgs_in[q],
         ));
     }
@@ -235,7 +297,7 @@ fn counter_rows(c: &Counters) -> Vec<(&'static str, &'static str, Option<&'stati
         v.push((
             "messages_out",
             "PUBLISH packets queued for subscribers, by QoS.",
-            Some(*l),
+            Some(("qos", (*l).to_owned())),
             c.msgs_out[q],
         ));
     }
@@ -313,10 +375,36 @@ fn counter_rows(c: &Counters) -> Vec<(&'static str, &'static str, Option<&'stati
             c.mesh_send_failed,
         ),
     ]);
+    for (i, r) in CLOSE_REASONS.iter().enumerate() {
+        v.push((
+            "connections_closed_by_reason",
+            "Connections closed, by why.",
+            Some(("reason", (*r).to_owned())),
+            c.closed_by[i],
+        ));
+    }
+    // Reason codes: only those seen on some shard, the same set for every shard.
+    for &code in codes {
+        v.push((
+            "connack_refusals",
+            "CONNECTs refused, by CONNACK reason code.",
+            Some(("reason_code", format!("0x{code:02X}"))),
+            c.rejected_by.0[code as usize],
+        ));
+    }
+    for &code in codes {
+        v.push((
+            "protocol_errors_by_reason",
+            "Connections closed for a protocol error, by reason code.",
+            Some(("reason_code", format!("0x{code:02X}"))),
+            c.protocol_errors_by.0[code as usize],
+        ));
+    }
+    // A family with no sample yet is still declared, so dashboards find it.
     v
 }
 
-fn gauge_rows(g: &Gauges) -> [(&'static str, &'static str, u64); 6] {
+fn gauge_rows(g: &Gauges) -> [(&'static str, &'static str, u64); 8] {
     [
         ("connections", "Open client connections.", g.connections),
         ("sessions", "Sessions, connected or not.", g.sessions),
@@ -340,43 +428,62 @@ fn gauge_rows(g: &Gauges) -> [(&'static str, &'static str, u64); 6] {
             "QoS 1/2 messages sent and not yet acknowledged.",
             g.inflight_messages,
         ),
+        (
+            "journal_bytes",
+            "Bytes of journal segment files on disk.",
+            g.journal_bytes,
+        ),
+        (
+            "journal_pending_acks",
+            "Acknowledgements waiting for a journal sync.",
+            g.journal_pending_acks,
+        ),
     ]
 }
 
-fn hist_rows(
-    h: &Histograms,
-) -> [(
+/// `(name, help, labels, histogram)`; rows of one name are adjacent.
+type HistRow<'a> = (
     &'static str,
     &'static str,
-    Option<&'static str>,
-    &Histogram<u64>,
-); 4] {
-    [
-        (
-            "publish_to_write_seconds",
-            "PUBLISH received to queued for a subscriber's socket.",
-            Some("local"),
-            &h.publish_to_write_local_us,
-        ),
-        (
-            "publish_to_write_seconds",
-            "PUBLISH received to queued for a subscriber's socket.",
-            Some("cross_shard"),
-            &h.publish_to_write_cross_us,
-        ),
-        (
-            "connect_to_connack_seconds",
-            "Connection accepted to CONNACK queued.",
-            None,
-            &h.connect_to_connack_us,
-        ),
-        (
-            "cross_shard_hop_seconds",
-            "Message sent by one shard to taken by another.",
-            None,
-            &h.cross_shard_hop_us,
-        ),
-    ]
+    Vec<(&'static str, &'static str)>,
+    &'a Histogram<u64>,
+);
+
+fn hist_rows(h: &Histograms) -> Vec<HistRow<'_>> {
+    const QOS: [&str; 3] = ["0", "1", "2"];
+    let mut v = Vec::with_capacity(9);
+    for (path, hs) in [
+        ("local", &h.publish_to_write_local_us),
+        ("cross_shard", &h.publish_to_write_cross_us),
+    ] {
+        for q in 0..3 {
+            v.push((
+                "publish_to_write_seconds",
+                "PUBLISH received to queued for a subscriber's socket, by path and QoS delivered.",
+                vec![("path", path), ("qos", QOS[q])],
+                &hs[q],
+            ));
+        }
+    }
+    v.push((
+        "connect_to_connack_seconds",
+        "Connection accepted to CONNACK queued.",
+        vec![],
+        &h.connect_to_connack_us,
+    ));
+    v.push((
+        "cross_shard_hop_seconds",
+        "Message sent by one shard to taken by another.",
+        vec![],
+        &h.cross_shard_hop_us,
+    ));
+    v.push((
+        "journal_commit_seconds",
+        "Journal group commit: sync started to durable.",
+        vec![],
+        &h.journal_commit_us,
+    ));
+    v
 }
 
 fn fmt_f64(x: f64) -> String {
@@ -384,9 +491,9 @@ fn fmt_f64(x: f64) -> String {
     format!("{x}")
 }
 
-fn labels(shard: &str, extra: Option<(&str, &str)>, le: Option<&str>) -> String {
+fn labels(shard: &str, extra: &[(&str, &str)], le: Option<&str>) -> String {
     let mut s = format!("{{shard=\"{shard}\"");
-    if let Some((k, v)) = extra {
+    for (k, v) in extra {
         let _ = write!(s, ",{k}=\"{v}\"");
     }
     if let Some(le) = le {
@@ -396,13 +503,7 @@ fn labels(shard: &str, extra: Option<(&str, &str)>, le: Option<&str>) -> String 
     s
 }
 
-fn write_hist(
-    out: &mut String,
-    name: &str,
-    l: &str,
-    extra: Option<(&str, &str)>,
-    h: &Histogram<u64>,
-) {
+fn write_hist(out: &mut String, name: &str, l: &str, extra: &[(&str, &str)], h: &Histogram<u64>) {
     for b in BUCKETS_S {
         // Bounds are whole microseconds; the count of values at or below them, to the
         // histogram's precision.
@@ -434,23 +535,46 @@ fn write_hist(
     let _ = writeln!(out, "ringmq_{name}_count{} {count}", labels(l, extra, None));
 }
 
+/// Process-wide figures, read when scraped.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Process {
+    pub resident_bytes: u64,
+    pub open_fds: u64,
+    pub uptime_s: u64,
+}
+
+/// Resident memory of this process, from /proc/self/statm.
+pub fn resident_bytes() -> u64 {
+    let page = 4096;
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * page)
+}
+
 /// Prometheus text format (version 0.0.4): every series once per shard (`shard="N"`) and once
-/// merged over all shards (`shard="all"`).
-pub fn render(shards: &[ShardMetrics]) -> String {
+/// merged over all shards (`shard="all"`), then the process-wide gauges.
+pub fn render(shards: &[ShardMetrics], process: Process) -> String {
     let mut all = ShardMetrics::default();
     for s in shards {
         all.counters.merge(&s.counters);
         all.histograms.merge(&s.histograms);
         all.gauges.merge(&s.gauges);
     }
+    let codes: Vec<u8> = (0..=255u8)
+        .filter(|&c| {
+            all.counters.rejected_by.0[c as usize] + all.counters.protocol_errors_by.0[c as usize]
+                > 0
+        })
+        .collect();
     let mut sets: Vec<(String, &ShardMetrics)> =
         shards.iter().map(|s| (s.shard.to_string(), s)).collect();
     sets.push(("all".to_owned(), &all));
-    let mut out = String::with_capacity(16 * 1024);
+    let mut out = String::with_capacity(32 * 1024);
 
     let rows: Vec<_> = sets
         .iter()
-        .map(|(l, s)| (l, counter_rows(&s.counters)))
+        .map(|(l, s)| (l, counter_rows(&s.counters, &codes)))
         .collect();
     let n = rows.first().map_or(0, |r| r.1.len());
     let mut i = 0;
@@ -463,17 +587,21 @@ pub fn render(shards: &[ShardMetrics]) -> String {
             i += 1;
         }
         for (l, r) in &rows {
-            for (_, _, qos, v) in &r[start..i] {
-                let _ = writeln!(
-                    out,
-                    "ringmq_{name}_total{} {v}",
-                    labels(l, qos.map(|q| ("qos", q)), None)
-                );
+            for (_, _, label, v) in &r[start..i] {
+                let extra: Vec<(&str, &str)> =
+                    label.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let _ = writeln!(out, "ringmq_{name}_total{} {v}", labels(l, &extra, None));
             }
         }
     }
+    for family in ["connack_refusals", "protocol_errors_by_reason"] {
+        if codes.is_empty() {
+            let _ = writeln!(out, "# TYPE ringmq_{family}_total counter");
+        }
+    }
 
-    for k in 0..6 {
+    let ngauges = gauge_rows(&sets[0].1.gauges).len();
+    for k in 0..ngauges {
         let (name, help, _) = gauge_rows(&sets[0].1.gauges)[k];
         let _ = writeln!(out, "# HELP ringmq_{name} {help}");
         let _ = writeln!(out, "# TYPE ringmq_{name} gauge");
@@ -481,27 +609,61 @@ pub fn render(shards: &[ShardMetrics]) -> String {
             let _ = writeln!(
                 out,
                 "ringmq_{name}{} {}",
-                labels(l, None, None),
+                labels(l, &[], None),
                 gauge_rows(&s.gauges)[k].2
             );
         }
     }
 
+    let hrows: Vec<_> = sets
+        .iter()
+        .map(|(l, s)| (l, hist_rows(&s.histograms)))
+        .collect();
+    let n = hrows[0].1.len();
     let mut k = 0;
-    while k < 4 {
-        let (name, help, _, _) = hist_rows(&sets[0].1.histograms)[k];
+    while k < n {
+        let (name, help, _, _) = &hrows[0].1[k];
+        let name = *name;
         let _ = writeln!(out, "# HELP ringmq_{name} {help}");
         let _ = writeln!(out, "# TYPE ringmq_{name} histogram");
         let start = k;
-        while k < 4 && hist_rows(&sets[0].1.histograms)[k].0 == name {
+        while k < n && hrows[0].1[k].0 == name {
             k += 1;
         }
-        for (l, s) in &sets {
-            let hs = hist_rows(&s.histograms);
-            for (_, _, kind, h) in &hs[start..k] {
-                write_hist(&mut out, name, l, kind.map(|x| ("path", x)), h);
+        for (l, hs) in &hrows {
+            for (_, _, extra, h) in &hs[start..k] {
+                write_hist(&mut out, name, l, extra, h);
             }
         }
+    }
+
+    let conns = all.gauges.connections;
+    let per_conn = process.resident_bytes.checked_div(conns).unwrap_or(0);
+    for (name, help, v) in [
+        (
+            "process_resident_memory_bytes",
+            "Resident memory of the broker process.",
+            process.resident_bytes,
+        ),
+        (
+            "memory_per_connection_bytes",
+            "Resident memory divided by open connections (0 without connections).",
+            per_conn,
+        ),
+        (
+            "process_open_fds",
+            "Open file descriptors of the broker process.",
+            process.open_fds,
+        ),
+        (
+            "uptime_seconds",
+            "Seconds since the broker started.",
+            process.uptime_s,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP ringmq_{name} {help}");
+        let _ = writeln!(out, "# TYPE ringmq_{name} gauge");
+        let _ = writeln!(out, "ringmq_{name} {v}");
     }
     out
 }
@@ -518,7 +680,7 @@ mod tests {
         m.counters.msgs_in = [1, 2, 0];
         m.gauges.connections = 2;
         for v in us {
-            record_us(&mut m.histograms.publish_to_write_local_us, *v);
+            record_us(&mut m.histograms.publish_to_write_local_us[1], *v);
         }
         m
     }
@@ -529,7 +691,7 @@ mod tests {
             .filter(|l| !l.starts_with('#'))
             .map(|l| {
                 let (series, value) = l.rsplit_once(' ').expect("name and value");
-                let (name, labels) = series.split_once('{').expect("labels");
+                let (name, labels) = series.split_once('{').unwrap_or((series, "}"));
                 assert!(labels.ends_with('}'), "{l}");
                 let v = if value == "+Inf" {
                     f64::INFINITY
@@ -550,7 +712,15 @@ mod tests {
 
     #[test]
     fn render_is_well_formed_and_merges() {
-        let text = render(&[sample(0, &[10, 200, 3000]), sample(1, &[40, 2_000_000])]);
+        let mut s0 = sample(0, &[10, 200, 3000]);
+        s0.counters.protocol_errors_by.add(0x95);
+        let text = render(
+            &[s0, sample(1, &[40, 2_000_000])],
+            Process {
+                resident_bytes: 4000,
+                ..Default::default()
+            },
+        );
         // Each metric family declared once, before its samples.
         let mut typed = std::collections::HashSet::new();
         for l in text.lines() {
@@ -558,7 +728,7 @@ mod tests {
                 let name = rest.split(' ').next().unwrap();
                 assert!(typed.insert(name.to_owned()), "{name} declared twice");
             } else if !l.starts_with('#') {
-                let name = l.split('{').next().unwrap();
+                let name = l.split(['{', ' ']).next().unwrap();
                 let family = ["_bucket", "_sum", "_count"]
                     .iter()
                     .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains(*f)))
@@ -576,12 +746,29 @@ mod tests {
             4.0
         );
         assert_eq!(get(&s, "ringmq_connections", "shard=\"all\"}"), 4.0);
+        assert_eq!(get(&s, "ringmq_memory_per_connection_bytes", "}"), 1000.0);
+        assert_eq!(
+            get(
+                &s,
+                "ringmq_protocol_errors_by_reason_total",
+                "shard=\"all\",reason_code=\"0x95\"}"
+            ),
+            1.0
+        );
+        assert_eq!(
+            get(
+                &s,
+                "ringmq_protocol_errors_by_reason_total",
+                "shard=\"1\",reason_code=\"0x95\"}"
+            ),
+            0.0
+        );
         let h = "ringmq_publish_to_write_seconds";
         let c = |l: &str, le: &str| {
             get(
                 &s,
                 &format!("{h}_bucket"),
-                &format!("shard=\"{l}\",path=\"local\",le=\"{le}\"}}"),
+                &format!("shard=\"{l}\",path=\"local\",qos=\"1\",le=\"{le}\"}}"),
             )
         };
         assert_eq!(c("0", "0.00005"), 1.0);
@@ -592,10 +779,18 @@ mod tests {
         assert_eq!(c("all", "2.5"), 5.0);
         assert_eq!(c("all", "+Inf"), 5.0);
         assert_eq!(
-            get(&s, &format!("{h}_count"), "shard=\"all\",path=\"local\"}"),
+            get(
+                &s,
+                &format!("{h}_count"),
+                "shard=\"all\",path=\"local\",qos=\"1\"}"
+            ),
             5.0
         );
-        let sum = get(&s, &format!("{h}_sum"), "shard=\"all\",path=\"local\"}");
+        let sum = get(
+            &s,
+            &format!("{h}_sum"),
+            "shard=\"all\",path=\"local\",qos=\"1\"}",
+        );
         assert!((sum - 2.00325).abs() < 0.01, "{sum}");
         // Buckets are cumulative.
         let mut last = 0.0;

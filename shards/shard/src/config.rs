@@ -32,6 +32,14 @@ pub struct Config {
     pub max_subscriptions_per_client: usize,
     /// Where shard 0 serves `GET /metrics` and `GET /healthz`; `None` disables it.
     pub metrics_addr: Option<SocketAddr>,
+    /// Between $SYS publications (by shard 0); zero = none.
+    pub sys_interval: Duration,
+    pub fsync: Fsync,
+    pub journal_segment_bytes: u64,
+    /// Per shard; 0 = unbounded.
+    pub journal_max_bytes: u64,
+    /// Start with damaged segments renamed aside instead of refusing to start.
+    pub journal_move_aside: bool,
     /// Bytes of pinned io_uring buffer memory per shard (glommio's io_memory); counts against
     /// RLIMIT_MEMLOCK.
     pub io_memory: usize,
@@ -43,6 +51,18 @@ pub struct Config {
     pub spin: Option<Duration>,
     /// Batches that one shard may have in flight to another before senders wait.
     pub mesh_channel_batches: usize,
+}
+
+/// When the journal is synced before the acknowledgements that depend on it are sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fsync {
+    /// A sync starts as soon as records are waiting and none is in flight.
+    Always,
+    /// A sync starts at most once per period (group commit).
+    Every(Duration),
+    /// Never synced for acknowledgements: the page cache holds the records, so they survive a
+    /// crash of the process but not of the machine.
+    Never,
 }
 
 impl Default for Config {
@@ -62,6 +82,11 @@ impl Default for Config {
             max_topic_levels: 128,
             max_subscriptions_per_client: 1000,
             metrics_addr: None,
+            sys_interval: Duration::ZERO,
+            fsync: Fsync::Every(Duration::from_millis(2)),
+            journal_segment_bytes: 64 << 20,
+            journal_max_bytes: 0,
+            journal_move_aside: false,
             io_memory: 512 * 1024,
             ring_depth: 4096,
             spin: None,

@@ -8,6 +8,7 @@
 //! - [`mesh`]: the messages shards exchange, batched per peer per event.
 //! - [`io`]: the socket calls made directly: `recv` into a shared scratch buffer, vectored `sendmsg`.
 //! - [`config`]: settings, and the home-shard hash of client ids.
+//! - [`sys`]: the `$SYS/broker/...` statistics shard 0 publishes.
 //!
 //! A client's session lives on its home shard, `fnv1a_64(client_id) % shards`. A connection
 //! accepted elsewhere is handed over after its CONNECT is read: the socket's descriptor and the
@@ -20,6 +21,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod runtime;
 pub mod state;
+pub mod sys;
 
 pub use config::Config;
 pub use runtime::{check_fd_limit, run};

@@ -1,1 +1,3 @@
-pub use ringmq_metrics::{record_us, render, Counters, Gauges, Histograms, ShardMetrics};
+pub use ringmq_metrics::{
+    record_us, render, resident_bytes, Counters, Gauges, Histograms, Process, ShardMetrics,
+};

@@ -44,6 +44,7 @@ fn current() -> Rc<Shard> {
 pub fn run(cfg: Config) -> std::io::Result<()> {
     assert!(cfg.shards >= 1 && cfg.shards <= 256, "1..=256 shards");
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let _ = STARTED.set(std::time::Instant::now());
     let cfg = Arc::new(cfg);
     let conn_count = Arc::new(AtomicUsize::new(0));
     let mesh = (cfg.shards > 1)
@@ -142,6 +143,10 @@ async fn shard_main(
         // SAFETY: the listening socket bound in `run`, handed to this shard alone.
         let listener = unsafe { TcpListener::from_raw_fd(fd) };
         glommio::spawn_local(metrics_accept_loop(listener)).detach();
+    }
+
+    if id == 0 && !cfg.sys_interval.is_zero() {
+        glommio::spawn_local(sys_loop(cfg.sys_interval)).detach();
     }
 
     for addr in &cfg.listen {
@@ -357,9 +362,41 @@ async fn serve_http(mut stream: TcpStream) {
     let _ = stream.close().await;
 }
 
-/// Collects every shard's metrics (this one's directly, the others' over the mesh) and renders
-/// them; `None` if a shard did not answer within [`SCRAPE_TIMEOUT`].
+/// Process start, for uptime.
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+fn process_stats() -> crate::metrics::Process {
+    crate::metrics::Process {
+        resident_bytes: crate::metrics::resident_bytes(),
+        open_fds: std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64),
+        uptime_s: STARTED.get().map_or(0, |t| t.elapsed().as_secs()),
+    }
+}
+
+/// Publishes `$SYS/broker/...` every `interval`, from a merged scrape of all shards.
+async fn sys_loop(interval: Duration) {
+    let mut stats = crate::sys::SysStats::default();
+    loop {
+        glommio::timer::sleep(interval).await;
+        if SHUTDOWN.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some(all) = collect().await else { continue };
+        let uptime = STARTED.get().map_or(0, |t| t.elapsed().as_secs());
+        let topics = stats.topics(&all, uptime, std::time::Instant::now());
+        current().state.borrow_mut().publish_sys(topics);
+    }
+}
+
+/// Collects every shard's metrics and renders them; `None` if a shard did not answer in time.
 async fn scrape() -> Option<String> {
+    let all = collect().await?;
+    Some(crate::metrics::render(&all, process_stats()))
+}
+
+/// Every shard's metrics (this one's directly, the others' over the mesh), by shard; `None` if
+/// a shard did not answer within [`SCRAPE_TIMEOUT`].
+async fn collect() -> Option<Vec<crate::metrics::ShardMetrics>> {
     let shard = current();
     let (tx, rx) = glommio::channels::local_channel::new_unbounded();
     // No await inside the borrow.
@@ -386,5 +423,5 @@ async fn scrape() -> Option<String> {
         return None;
     }
     all.sort_by_key(|m| m.shard);
-    Some(crate::metrics::render(&all))
+    Some(all)
 }

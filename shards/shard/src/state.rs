@@ -77,6 +77,22 @@ pub enum Close {
 }
 
 impl Close {
+    /// Index into `metrics::CLOSE_REASONS`.
+    fn metric_index(self) -> usize {
+        match self {
+            Close::Normal => 0,
+            Close::NormalWithWill => 1,
+            Close::Eof => 2,
+            Close::Error(_) => 3,
+            Close::KeepAlive => 4,
+            Close::ConnectTimeout => 5,
+            Close::TakenOver => 6,
+            Close::Rejected => 7,
+            Close::Handoff => 8,
+            Close::Shutdown => 9,
+        }
+    }
+
     fn publishes_will(self) -> bool {
         matches!(
             self,
@@ -308,6 +324,7 @@ impl ShardState {
         }
         self.conn_count.fetch_sub(1, Ordering::Relaxed);
         self.counters.connections_closed += 1;
+        self.counters.closed_by[close.metric_index()] += 1;
         let Some(sid) = conn.session else { return };
         let now_s = self.now_s();
         let origin = self.global_id(sid);
@@ -351,6 +368,7 @@ impl ShardState {
         };
         if let Close::Error(r) = why {
             self.counters.protocol_errors += 1;
+            self.counters.protocol_errors_by.add(r.0);
             tracing::debug!(
                 shard = self.id,
                 conn = key,
@@ -559,6 +577,10 @@ impl ShardState {
                     &mut b,
                 );
                 self.push_chunk(key, b.freeze());
+                self.counters.connections_rejected += 1;
+                self.counters
+                    .rejected_by
+                    .add(ReasonCode::UNSUPPORTED_PROTOCOL_VERSION.0);
                 self.close_conn(key, Close::Rejected);
                 return;
             }
@@ -632,6 +654,7 @@ impl ShardState {
         }));
         self.send(key, &ack);
         self.counters.connections_rejected += 1;
+        self.counters.rejected_by.add(reason.0);
         self.close_conn(key, Close::Rejected);
     }
 
@@ -1074,6 +1097,29 @@ impl ShardState {
         routed
     }
 
+    /// Publishes broker statistics as retained QoS 0 messages, like any publish but not
+    /// counted as client traffic.
+    pub fn publish_sys(&mut self, topics: Vec<(String, String)>) {
+        let dropped = self.counters.dropped_no_subscriber;
+        let now = Instant::now();
+        for (topic, payload) in topics {
+            let msg = Message {
+                topic: ByteStr::from(topic),
+                payload: Bytes::from(payload),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                properties: None,
+                // Session 0 is never a client's: no No Local match.
+                origin: self.global_id(0),
+                expires_at: None,
+                received_at: now,
+            };
+            self.route(msg, None);
+        }
+        self.counters.dropped_no_subscriber = dropped;
+        self.flush();
+    }
+
     fn retain_set(&mut self, msg: Message) {
         // [MQTT-3.3.1-10] an empty payload deletes; [MQTT-3.3.1-5] otherwise it replaces.
         if msg.payload.is_empty() || msg.is_expired(Instant::now()) {
@@ -1239,7 +1285,7 @@ impl ShardState {
             .collect();
         for (p, received_at, origin) in &packets {
             self.write_publish(key, p, None);
-            self.record_publish_to_write(*received_at, *origin);
+            self.record_publish_to_write(*received_at, *origin, p.qos);
         }
     }
 
@@ -1703,7 +1749,7 @@ impl ShardState {
         }
         self.counters.msgs_out[p.qos as usize] += 1;
         if let Some(m) = received {
-            self.record_publish_to_write(m.received_at, m.origin);
+            self.record_publish_to_write(m.received_at, m.origin, p.qos);
         }
         if p.payload.len() <= INLINE_PAYLOAD_MAX {
             self.arena.extend_from_slice(&p.payload);
@@ -1716,12 +1762,12 @@ impl ShardState {
         }
     }
 
-    fn record_publish_to_write(&mut self, received_at: Instant, origin: u64) {
+    fn record_publish_to_write(&mut self, received_at: Instant, origin: u64, qos: QoS) {
         let us = received_at.elapsed().as_micros() as u64;
         let h = if (origin >> 48) as usize == self.id {
-            &mut self.histograms.publish_to_write_local_us
+            &mut self.histograms.publish_to_write_local_us[qos as usize]
         } else {
-            &mut self.histograms.publish_to_write_cross_us
+            &mut self.histograms.publish_to_write_cross_us[qos as usize]
         };
         record_us(h, us);
     }
