@@ -5,7 +5,7 @@ PYTHON ?= python3
 RINGMQ_BIN := $(CURDIR)/target/release/ringmq
 ROUNDS ?= 3
 
-.PHONY: run build test deps lint unit integration bench fuzz fuzz-check clean
+.PHONY: run build test deps lint unit integration crash-test bench fuzz fuzz-check clean
 
 ## Build and start the broker on its embedded defaults (0.0.0.0:1883, one shard per core, ./data).
 run: build
@@ -19,10 +19,10 @@ test: deps build lint unit integration
 
 ## Installs what the tests drive the broker with, when it is missing (fresh Debian machine).
 deps:
-	@if ! command -v mosquitto_pub >/dev/null || ! command -v mosquitto >/dev/null; then \
-	  echo "installing mosquitto and mosquitto-clients"; \
+	@if ! command -v mosquitto_pub >/dev/null || ! command -v mosquitto >/dev/null || ! command -v prometheus >/dev/null; then \
+	  echo "installing mosquitto, mosquitto-clients and prometheus (tests/integration/test_prometheus_server.py)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq mosquitto mosquitto-clients >/dev/null; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends mosquitto mosquitto-clients prometheus >/dev/null; \
 	fi
 	@if ! $(PYTHON) -c "import paho.mqtt, pytest, prometheus_client" 2>/dev/null; then \
 	  echo "installing python test dependencies"; \
@@ -37,15 +37,21 @@ unit:
 	$(CARGO) test --workspace --release
 
 integration: build
-	RINGMQ_BIN=$(RINGMQ_BIN) $(PYTHON) -m pytest tests/integration -q -p no:cacheprovider
+	CRASH_ROUNDS=$(ROUNDS) RINGMQ_BIN=$(RINGMQ_BIN) $(PYTHON) -m pytest tests/integration -q -p no:cacheprovider
+
+## The journal crash test alone, with many kills: make crash-test ROUNDS=100.
+crash-test: build
+	CRASH_ROUNDS=$(ROUNDS) RINGMQ_BIN=$(RINGMQ_BIN) $(PYTHON) -m pytest tests/integration/test_crash.py -q -s -p no:cacheprovider
 
 ## Side-by-side benchmark against Mosquitto; writes bench/results/<date>-<host>.md.
 bench: build
 	$(PYTHON) bench/run.py $(BENCH_ARGS)
 
-## Coverage-guided fuzzing of the decoder (needs cargo-fuzz and a nightly toolchain).
+## Coverage-guided fuzzing of the decoder and of journal recovery (needs cargo-fuzz and a
+## nightly toolchain): FUZZ_SECONDS per target.
 fuzz:
 	cd fuzz && $(CARGO) fuzz run decode -- -max_total_time=$${FUZZ_SECONDS:-60}
+	cd fuzz && $(CARGO) fuzz run journal_open -- -max_total_time=$${FUZZ_SECONDS:-60}
 
 clean:
 	$(CARGO) clean

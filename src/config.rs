@@ -517,6 +517,7 @@ pub fn default_shards() -> u16 {
 /// layer is checked, also those a higher layer overrides.
 pub fn resolve(layers: &[&Layer]) -> Result<Settings, ConfigError> {
     let mut vals: BTreeMap<&'static str, Val> = BTreeMap::new();
+    let mut given = std::collections::BTreeSet::new();
     for spec in SPECS {
         let mut chosen = None;
         for layer in layers {
@@ -526,7 +527,10 @@ pub fn resolve(layers: &[&Layer]) -> Result<Settings, ConfigError> {
             }
         }
         let v = match (chosen, spec.default) {
-            (Some(v), _) => v,
+            (Some(v), _) => {
+                given.insert(spec.key);
+                v
+            }
             (None, Some(d)) => {
                 let raw = Raw {
                     values: vec![d.to_owned()],
@@ -547,6 +551,21 @@ pub fn resolve(layers: &[&Layer]) -> Result<Settings, ConfigError> {
         Some(Val::Str(s)) => s.clone(),
         other => unreachable!("{k}: {other:?}"),
     };
+    // A journal record never spans segments; the largest is a delivery of the largest packet.
+    // The default segment size grows to fit; a size given explicitly must fit.
+    let mut segment_bytes = int("journal_segment_bytes");
+    let need = (2 * int("max_packet_size")).next_power_of_two();
+    if segment_bytes < need && !given.contains("journal_segment_bytes") {
+        segment_bytes = need;
+    }
+    if segment_bytes < 2 * int("max_packet_size") {
+        return Err(ConfigError(format!(
+            "invalid combination: journal_segment_bytes ({}) must be at least twice \
+             max_packet_size ({}), so that the largest message fits in one journal segment",
+            segment_bytes,
+            int("max_packet_size")
+        )));
+    }
     // Every narrowing below is within the range the spec checked.
     Ok(Settings {
         listen: match vals.get("listen") {
@@ -579,7 +598,7 @@ pub fn resolve(layers: &[&Layer]) -> Result<Settings, ConfigError> {
                     .expect("checked by its spec"),
             ),
         },
-        journal_segment_bytes: int("journal_segment_bytes"),
+        journal_segment_bytes: segment_bytes,
         journal_max_bytes: int("journal_max_bytes"),
         journal_move_aside: text("journal_on_corruption") == "move-aside",
         io_memory: int("io_memory") as usize,
@@ -783,7 +802,32 @@ mod tests {
         ("ring_depth", "1000", "1024"),
         ("max_connections", "-1", "0"),
         ("spin_us", "x", "0"),
+        ("journal_segment_bytes", "65537", "4194304"),
+        ("sys_interval", "86401", "0"),
     ];
+
+    #[test]
+    fn journal_segments_must_hold_the_largest_packet() {
+        let e = err_of(resolve(&[&flags(&[
+            ("journal_segment_bytes", "1048576"),
+            ("max_packet_size", "1048576"),
+        ])]));
+        assert!(e.contains("at least twice max_packet_size"), "{e}");
+        // Not given: the default grows to fit.
+        let s = resolve(&[&flags(&[("max_packet_size", "100000000")])]).unwrap();
+        assert_eq!(s.journal_segment_bytes, 1 << 28);
+        let s = resolve(&[&flags(&[("fsync", "every=5")])]).unwrap();
+        assert_eq!(s.fsync, Fsync::Every(5));
+        for bad in ["every=0", "sometimes", "every=10001", "every="] {
+            let e = err_of(resolve(&[&flags(&[("fsync", bad)])]));
+            assert!(e.ends_with("expected always, never or every=<ms> with ms from 1 to 10000"));
+            let f = file_err(&format!("fsync = \"{bad}\"")).unwrap();
+            assert!(f.ends_with("expected always, never or every=<ms> with ms from 1 to 10000"));
+        }
+        let e = err_of(resolve(&[&flags(&[("journal_on_corruption", "ignore")])]));
+        assert!(e.ends_with("expected one of refuse, move-aside"), "{e}");
+        assert_eq!(s.journal_segment_bytes, 64 << 20);
+    }
 
     #[test]
     fn range_checks_same_in_every_layer() {

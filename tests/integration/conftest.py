@@ -111,9 +111,14 @@ class Broker:
             # once: off unless the test asks for it.
             metrics = [] if any(a.split("=")[0] == "--metrics-addr" for a in self.extra_args) \
                 else ["--metrics-addr", "none"]
+            # Small journal segments: hundreds of brokers start in a run, each shard creating
+            # and prefaulting one; 4 MiB is twice the largest --max-packet-size tests use.
+            segments = [] if any(a.split("=")[0] == "--journal-segment-bytes"
+                                 for a in self.extra_args) \
+                else ["--journal-segment-bytes", "4194304"]
             return [str(RINGMQ_BIN), "--listen", "%s:%d" % (self.host, self.port),
                     "--shards", str(self.nshards), "--data-dir", str(self.data_dir)] \
-                + metrics + self.extra_args
+                + metrics + segments + self.extra_args
         conf = self.workdir / "mosquitto.conf"
         opts = _parse_args(self.extra_args)
         lines = [

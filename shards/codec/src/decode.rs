@@ -666,6 +666,15 @@ pub(crate) struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// A reader over all of `buf`.
+    pub(crate) fn over(buf: &'a Bytes) -> Reader<'a> {
+        Reader {
+            buf,
+            pos: 0,
+            end: buf.len(),
+        }
+    }
+
     #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         self.pos >= self.end

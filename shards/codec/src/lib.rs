@@ -25,6 +25,7 @@ pub use encode::{
     encode, encode_packet_bytes, encode_publish_header, encoded_len, publish_header_len,
 };
 pub use error::{DecodeError, EncodeError};
+pub use props::{decode_publish_properties, encode_publish_properties, publish_properties_len};
 pub use types::*;
 
 /// Largest Remaining Length a variable byte integer can express [MQTT-1.5.5].

@@ -532,3 +532,25 @@ pub(crate) fn retain_allowed(p: &Properties, ctx: Ctx) -> Properties {
             .filter(|_| keep(SHARED_SUBSCRIPTION_AVAILABLE)),
     }
 }
+
+/// Encodes the properties a PUBLISH may carry (Property Length first), for storage outside a
+/// packet such as journal records.
+pub fn encode_publish_properties(p: &Properties, out: &mut BytesMut) -> Result<(), EncodeError> {
+    write(p, PUBLISH, out)
+}
+
+/// Bytes [`encode_publish_properties`] writes.
+pub fn publish_properties_len(p: &Properties) -> usize {
+    encoded_len_with_prefix(p, PUBLISH)
+}
+
+/// Decodes what [`encode_publish_properties`] wrote, with the same checks as in a PUBLISH;
+/// trailing bytes are an error.
+pub fn decode_publish_properties(buf: &bytes::Bytes) -> Result<Properties, DecodeError> {
+    let mut r = crate::decode::Reader::over(buf);
+    let p = decode(&mut r, PUBLISH)?;
+    if !r.is_empty() {
+        return Err(DecodeError::Malformed("bytes after the properties"));
+    }
+    Ok(p)
+}

@@ -37,6 +37,18 @@ pub struct Counters {
     pub dropped_mesh_backlog: u64,
     pub mesh_backpressure: u64,
     pub mesh_send_failed: u64,
+    /// Deliveries and retained messages not stored: the journal reached --journal-max-bytes.
+    pub dropped_journal_full: u64,
+    /// PUBACK/PUBREC answered 0x97 (or the connection closed) because of that.
+    pub journal_refused_acks: u64,
+    pub journal_appends: u64,
+    pub journal_bytes_appended: u64,
+    pub journal_syncs: u64,
+    pub journal_segments_created: u64,
+    pub journal_segments_removed: u64,
+    /// Segments created on the reactor because no prepared one was ready.
+    pub journal_sync_segment_creates: u64,
+    pub journal_write_errors: u64,
     /// Connections closed, by why (indexes of [`CLOSE_REASONS`]).
     pub closed_by: [u64; CLOSE_REASONS.len()],
     /// CONNECTs refused, by CONNACK reason code (3.1.x return codes as their MQTT 5 equivalent).
@@ -112,7 +124,16 @@ impl Counters {
             dropped_expired,
             dropped_mesh_backlog,
             mesh_backpressure,
-            mesh_send_failed
+            mesh_send_failed,
+            dropped_journal_full,
+            journal_refused_acks,
+            journal_appends,
+            journal_bytes_appended,
+            journal_syncs,
+            journal_segments_created,
+            journal_segments_removed,
+            journal_sync_segment_creates,
+            journal_write_errors
         );
         for i in 0..3 {
             self.msgs_in[i] += o.msgs_in[i];
@@ -373,6 +394,60 @@ fn counter_rows(c: &Counters, codes: &[u8]) -> Vec<CounterRow> {
             "Batches that could not be sent to a peer shard.",
             None,
             c.mesh_send_failed,
+        ),
+        (
+            "dropped_journal_full",
+            "Deliveries and retained messages not stored: journal at --journal-max-bytes.",
+            None,
+            c.dropped_journal_full,
+        ),
+        (
+            "journal_refused_acks",
+            "PUBACK/PUBREC refused (0x97, or connection closed for 3.1.x): journal full.",
+            None,
+            c.journal_refused_acks,
+        ),
+        (
+            "journal_appends",
+            "Journal records appended.",
+            None,
+            c.journal_appends,
+        ),
+        (
+            "journal_appended_bytes",
+            "Bytes appended to the journal, framing included.",
+            None,
+            c.journal_bytes_appended,
+        ),
+        (
+            "journal_syncs",
+            "Journal syncs completed.",
+            None,
+            c.journal_syncs,
+        ),
+        (
+            "journal_segments_created",
+            "Journal segment files created.",
+            None,
+            c.journal_segments_created,
+        ),
+        (
+            "journal_segments_removed",
+            "Journal segment files removed by compaction.",
+            None,
+            c.journal_segments_removed,
+        ),
+        (
+            "journal_inline_segment_creates",
+            "Segments created on the shard's thread because no prepared one was ready.",
+            None,
+            c.journal_sync_segment_creates,
+        ),
+        (
+            "journal_write_errors",
+            "Journal appends that failed.",
+            None,
+            c.journal_write_errors,
         ),
     ]);
     for (i, r) in CLOSE_REASONS.iter().enumerate() {

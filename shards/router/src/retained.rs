@@ -86,6 +86,11 @@ impl<V> RetainedStore<V> {
         self.map.get(topic)
     }
 
+    /// Every retained message, `$` topics included, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
+        self.map.iter().map(|(k, v)| (k.as_ref(), v))
+    }
+
     /// Number of retained messages.
     pub fn len(&self) -> usize {
         self.map.len()

@@ -86,6 +86,8 @@ pub struct Inflight {
     pub retain: bool,
     /// Subscription identifiers to attach (MQTT 5).
     pub subscription_ids: Vec<u32>,
+    /// Id of this delivery in the shard's journal; 0 if it is not journaled.
+    pub journal_id: u64,
 }
 
 /// A message waiting for room in the inflight window.
@@ -95,6 +97,21 @@ pub struct Queued {
     pub message: Message,
     pub retain: bool,
     pub subscription_ids: Vec<u32>,
+    /// Id of this delivery in the shard's journal; 0 if it is not journaled.
+    pub journal_id: u64,
+}
+
+/// What a PUBREC did to the QoS 2 delivery it acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PubRecOutcome {
+    /// Now awaiting PUBCOMP: send PUBREL. Carries the delivery's journal id.
+    Released(u64),
+    /// A repeated PUBREC for a flow already at PUBREL: send PUBREL again.
+    Repeated,
+    /// A PUBREC with a failure reason code ended the flow. Carries the journal id.
+    Failed(u64),
+    /// No delivery with this id awaited PUBREC.
+    Unknown,
 }
 
 /// What became of a message handed to [`Outbound::offer`].
@@ -194,21 +211,42 @@ impl Outbound {
             message: q.message,
             retain: q.retain,
             subscription_ids: q.subscription_ids,
+            journal_id: q.journal_id,
         });
         packet_id
     }
 
+    /// Puts back a delivery that was inflight before a restart, with its packet id and state;
+    /// it is resent (with DUP, or as PUBREL) when the client reconnects.
+    pub fn restore_inflight(&mut self, i: Inflight) {
+        if self.next_id <= i.packet_id.get() {
+            self.next_id = i.packet_id.get().checked_add(1).unwrap_or(1);
+        }
+        self.inflight.push_back(i);
+    }
+
+    /// Puts back a delivery that was queued before a restart. Restored state may exceed the
+    /// queue bound if the bound was lowered: nothing acknowledged is dropped for that.
+    pub fn restore_queued(&mut self, q: Queued) {
+        self.queue.push_back(q);
+    }
+
+    pub fn queued(&self) -> impl Iterator<Item = &Queued> {
+        self.queue.iter()
+    }
+
     /// Moves queued messages into free window slots; returns the ids to send now, oldest first.
-    /// Messages `alive` rejects (expired ones) are dropped on the way; their count is returned.
-    pub fn refill(&mut self, mut alive: impl FnMut(&Queued) -> bool) -> (Vec<PacketId>, usize) {
+    /// Messages `alive` rejects (expired ones) are dropped on the way; their journal ids are
+    /// returned (0 for those not journaled).
+    pub fn refill(&mut self, mut alive: impl FnMut(&Queued) -> bool) -> (Vec<PacketId>, Vec<u64>) {
         let mut ids = Vec::new();
-        let mut dropped = 0;
+        let mut dropped = Vec::new();
         while self.inflight.len() < self.window {
             let Some(q) = self.queue.pop_front() else {
                 break;
             };
             if !alive(&q) {
-                dropped += 1;
+                dropped.push(q.journal_id);
                 continue;
             }
             ids.push(self.push_inflight(q));
@@ -226,42 +264,36 @@ impl Outbound {
             .position(|i| i.packet_id == id && i.state == state)
     }
 
-    /// PUBACK for a QoS 1 delivery. False if no such delivery awaited it.
-    pub fn on_puback(&mut self, id: PacketId) -> bool {
-        match self.position(id, InflightState::AwaitPubAck) {
-            Some(p) => {
-                self.inflight.remove(p);
-                true
-            }
-            None => false,
-        }
+    /// PUBACK for a QoS 1 delivery: the finished delivery's journal id, `None` if no such
+    /// delivery awaited it.
+    pub fn on_puback(&mut self, id: PacketId) -> Option<u64> {
+        let p = self.position(id, InflightState::AwaitPubAck)?;
+        self.inflight.remove(p).map(|i| i.journal_id)
     }
 
     /// PUBREC for a QoS 2 delivery: the message is now the client's; what remains is PUBREL.
-    /// A PUBREC with a failure reason code ends the flow instead [MQTT-4.3.3-?] (`failed`).
-    pub fn on_pubrec(&mut self, id: PacketId, failed: bool) -> bool {
+    /// A PUBREC with a failure reason code ends the flow instead (`failed`).
+    pub fn on_pubrec(&mut self, id: PacketId, failed: bool) -> PubRecOutcome {
         match self.position(id, InflightState::AwaitPubRec) {
-            Some(p) if failed => {
-                self.inflight.remove(p);
-                true
-            }
+            Some(p) if failed => self.inflight.remove(p).map_or(PubRecOutcome::Unknown, |i| {
+                PubRecOutcome::Failed(i.journal_id)
+            }),
             Some(p) => {
                 self.inflight[p].state = InflightState::AwaitPubComp;
-                true
+                PubRecOutcome::Released(self.inflight[p].journal_id)
             }
             // A retransmitted PUBREC for a flow already at PUBREL: answer PUBREL again.
-            None => self.position(id, InflightState::AwaitPubComp).is_some(),
+            None if self.position(id, InflightState::AwaitPubComp).is_some() => {
+                PubRecOutcome::Repeated
+            }
+            None => PubRecOutcome::Unknown,
         }
     }
 
-    pub fn on_pubcomp(&mut self, id: PacketId) -> bool {
-        match self.position(id, InflightState::AwaitPubComp) {
-            Some(p) => {
-                self.inflight.remove(p);
-                true
-            }
-            None => false,
-        }
+    /// PUBCOMP: the finished delivery's journal id, `None` if no delivery awaited it.
+    pub fn on_pubcomp(&mut self, id: PacketId) -> Option<u64> {
+        let p = self.position(id, InflightState::AwaitPubComp)?;
+        self.inflight.remove(p).map(|i| i.journal_id)
     }
 
     /// Drops everything (Clean Start, or the session ended).
@@ -292,6 +324,10 @@ impl InboundQos2 {
     /// True if the id was pending.
     pub fn on_pubrel(&mut self, id: PacketId) -> bool {
         self.ids.remove(&id.get())
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = u16> + '_ {
+        self.ids.iter().copied()
     }
 
     pub fn len(&self) -> usize {
@@ -358,6 +394,10 @@ impl Subscriptions {
     pub fn keys(&self) -> impl Iterator<Item = &ByteStr> {
         self.0.iter().map(|(f, _)| f)
     }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&ByteStr, &Subscription)> {
+        self.0.iter().map(|(f, s)| (f, s))
+    }
 }
 
 /// The state of one client id that outlives its connections when the session is persistent.
@@ -383,6 +423,8 @@ pub struct Session {
     pub max_packet_size: u32,
     /// Request Problem Information (MQTT 5): reason strings allowed on acknowledgements.
     pub problem_information: bool,
+    /// Its state is written to the shard's journal (a persistent session).
+    pub journaled: bool,
 }
 
 impl Session {
@@ -406,6 +448,7 @@ impl Session {
             disconnected_at: None,
             max_packet_size: u32::MAX,
             problem_information: true,
+            journaled: false,
         }
     }
 
@@ -442,6 +485,7 @@ mod tests {
             },
             retain: false,
             subscription_ids: Vec::new(),
+            journal_id: 9,
         }
     }
 
@@ -458,9 +502,9 @@ mod tests {
         assert_eq!(o.offer(msg(QoS::AtLeastOnce), true), Offer::Queued);
         assert_eq!(o.offer(msg(QoS::AtLeastOnce), true), Offer::Queued);
         assert_eq!(o.offer(msg(QoS::AtLeastOnce), true), Offer::Dropped);
-        assert!(o.on_puback(pid(1)));
+        assert_eq!(o.on_puback(pid(1)), Some(9));
         assert!(
-            !o.on_puback(pid(1)),
+            o.on_puback(pid(1)).is_none(),
             "a second PUBACK for the same id finds nothing"
         );
         assert_eq!(o.refill(|_| true).0, vec![pid(3)]);
@@ -507,16 +551,18 @@ mod tests {
         let mut o = Outbound::new(4, 4);
         assert_eq!(o.offer(msg(QoS::ExactlyOnce), true), Offer::Send(pid(1)));
         assert!(
-            !o.on_pubcomp(pid(1)),
+            o.on_pubcomp(pid(1)).is_none(),
             "PUBCOMP before PUBREC is not accepted"
         );
-        assert!(o.on_pubrec(pid(1), false));
+        assert_eq!(o.on_pubrec(pid(1), false), PubRecOutcome::Released(9));
         assert_eq!(o.get(pid(1)).unwrap().state, InflightState::AwaitPubComp);
-        assert!(
+        assert_eq!(
             o.on_pubrec(pid(1), false),
+            PubRecOutcome::Repeated,
             "a repeated PUBREC is answered again"
         );
-        assert!(o.on_pubcomp(pid(1)));
+        assert_eq!(o.on_pubrec(pid(2), false), PubRecOutcome::Unknown);
+        assert_eq!(o.on_pubcomp(pid(1)), Some(9));
         assert_eq!(o.inflight_len(), 0);
     }
 
@@ -524,8 +570,26 @@ mod tests {
     fn qos2_pubrec_with_error_ends_the_flow() {
         let mut o = Outbound::new(4, 4);
         o.offer(msg(QoS::ExactlyOnce), true);
-        assert!(o.on_pubrec(pid(1), true));
+        assert_eq!(o.on_pubrec(pid(1), true), PubRecOutcome::Failed(9));
         assert_eq!(o.inflight_len(), 0);
+    }
+
+    #[test]
+    fn restored_inflight_keeps_its_ids_and_new_ids_avoid_them() {
+        let mut o = Outbound::new(4, 4);
+        let q = msg(QoS::AtLeastOnce);
+        o.restore_inflight(Inflight {
+            packet_id: pid(5),
+            qos: q.qos,
+            state: InflightState::AwaitPubAck,
+            message: q.message.clone(),
+            retain: false,
+            subscription_ids: vec![],
+            journal_id: 3,
+        });
+        o.restore_queued(msg(QoS::AtLeastOnce));
+        assert_eq!(o.refill(|_| true).0, vec![pid(6)]);
+        assert_eq!(o.on_puback(pid(5)), Some(3));
     }
 
     #[test]
@@ -552,7 +616,7 @@ mod tests {
             n % 2 == 0
         });
         assert_eq!(ids, vec![pid(1), pid(2)]);
-        assert_eq!(dropped, 2);
+        assert_eq!(dropped, vec![9, 9]);
         assert_eq!(o.queued_len(), 0);
     }
 

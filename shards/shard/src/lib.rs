@@ -7,6 +7,8 @@
 //!   and retained messages, and every protocol decision, as synchronous code.
 //! - [`mesh`]: the messages shards exchange, batched per peer per event.
 //! - [`io`]: the socket calls made directly: `recv` into a shared scratch buffer, vectored `sendmsg`.
+//! - [`durable`] and [`records`]: what the shard journals, acknowledgements held until the
+//!   journal is synced, and the rebuild from the journal at start.
 //! - [`config`]: settings, and the home-shard hash of client ids.
 //! - [`sys`]: the `$SYS/broker/...` statistics shard 0 publishes.
 //!
@@ -16,9 +18,11 @@
 //! `fnv1a_64(topic) % shards`.
 
 pub mod config;
+pub mod durable;
 pub mod io;
 pub mod mesh;
 pub mod metrics;
+pub mod records;
 pub mod runtime;
 pub mod state;
 pub mod sys;

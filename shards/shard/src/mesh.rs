@@ -26,11 +26,14 @@ pub enum ShardMsg {
         /// When the sending shard queued it, for the cross-shard hop histogram.
         sent_at: std::time::Instant,
     },
-    /// The answer to an acknowledged `Publish` or `RetainSet`; `matched` tells whether any
-    /// subscription matched there (MQTT 5 reason 0x10 otherwise).
+    /// The answer to an acknowledged `Publish` or `RetainSet`, sent once the receiving shard
+    /// has made the message durable where it had to; `matched` tells whether any subscription
+    /// matched there (MQTT 5 reason 0x10 otherwise); `refused` that the journal was full for
+    /// it (0x97).
     PublishAck {
         token: u64,
         matched: bool,
+        refused: bool,
     },
     /// The sender now has a local subscriber for `filter`; answer with `RouteAck { token }`.
     RouteAdd {

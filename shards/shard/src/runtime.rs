@@ -112,11 +112,47 @@ async fn shard_main(
     };
     let mut state = ShardState::new(id, cfg.shards, Rc::new((*cfg).clone()), conn_count);
     state.senders = senders;
+    // Recovery reads every segment: done before this shard accepts anything.
+    let started = std::time::Instant::now();
+    let (journal, report, recovered) = crate::durable::open(
+        &cfg.data_dir,
+        id,
+        cfg.journal_segment_bytes,
+        cfg.journal_move_aside,
+    )
+    .map_err(std::io::Error::other)?;
+    let (bell_tx, bell_rx) = glommio::channels::local_channel::new_bounded(1);
+    let mut durable = crate::durable::Durable::new(
+        journal,
+        cfg.fsync,
+        cfg.journal_segment_bytes,
+        cfg.journal_max_bytes,
+    );
+    durable.bell = Some(bell_tx);
+    state.durable = Some(durable);
+    let sessions = recovered.sessions.len();
+    let retained = recovered.retained.len();
+    let messages: usize = recovered.sessions.values().map(|s| s.msgs.len()).sum();
+    state.restore(recovered);
+    tracing::info!(
+        shard = id,
+        segments = report.segments,
+        records = report.records,
+        torn_tail = report.torn_tail,
+        cut_bytes = report.truncated_bytes,
+        moved_aside = ?report.moved_aside,
+        sessions,
+        messages,
+        retained,
+        took_ms = started.elapsed().as_millis() as u64,
+        "journal recovered"
+    );
     let shard = Rc::new(Shard {
         state: RefCell::new(state),
     });
     SHARD.with(|s| *s.borrow_mut() = Some(shard.clone()));
     start_flushers(&shard);
+    glommio::spawn_local(journal_loop(bell_rx, cfg.fsync, cfg.journal_segment_bytes)).detach();
 
     if let Some(mut r) = receivers {
         for (_peer, rx) in r.streams() {
@@ -186,8 +222,9 @@ fn watch_signals(shards: usize) -> std::io::Result<()> {
         .name("ringmq-signals".into())
         .spawn(move || {
             if let Some(sig) = signals.forever().next() {
-                tracing::info!(signal = sig, "shutting down");
+                // Set first: logging may fail (stderr closed) and must not stop the shutdown.
                 SHUTDOWN.store(true, Ordering::SeqCst);
+                tracing::info!(signal = sig, "shutting down");
                 let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
                 while SHARDS_DONE.load(Ordering::SeqCst) < shards
                     && std::time::Instant::now() < deadline
@@ -370,6 +407,76 @@ fn process_stats() -> crate::metrics::Process {
         resident_bytes: crate::metrics::resident_bytes(),
         open_fds: std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64),
         uptime_s: STARTED.get().map_or(0, |t| t.elapsed().as_secs()),
+    }
+}
+
+/// How long the journal task sleeps when nothing rings: it still prepares segments and
+/// compacts.
+const JOURNAL_IDLE: Duration = Duration::from_millis(500);
+
+/// The shard's journal task: syncs under the `--fsync` policy (group commit: everything
+/// appended while a sync runs goes in the next one), prepares the next segment off the
+/// reactor, and drives compaction. Blocking calls run on glommio's blocking thread.
+async fn journal_loop(
+    bell: glommio::channels::local_channel::LocalReceiver<()>,
+    policy: crate::config::Fsync,
+    cfg_segment_bytes: u64,
+) {
+    use crate::config::Fsync;
+    let shard = current();
+    let mut last_sync: Option<std::time::Instant> = None;
+    loop {
+        let _ = glommio::timer::timeout(JOURNAL_IDLE, async { Ok(bell.recv().await) }).await;
+        if SHUTDOWN.load(Ordering::Relaxed) {
+            return;
+        }
+        if let (Fsync::Every(period), Some(t)) = (policy, last_sync) {
+            let since = t.elapsed();
+            if since < period {
+                glommio::timer::sleep(period - since).await;
+            }
+        }
+        let wants_sync = {
+            let mut st = shard.state.borrow_mut();
+            let compacting = st.compact_step();
+            policy != Fsync::Never || compacting
+        };
+        if wants_sync {
+            let job = shard
+                .state
+                .borrow_mut()
+                .durable
+                .as_mut()
+                .and_then(|d| d.journal.sync_job());
+            if let Some(job) = job {
+                let t = std::time::Instant::now();
+                last_sync = Some(t);
+                let r = glommio::executor().spawn_blocking(move || job.run()).await;
+                shard.state.borrow_mut().on_synced(r, t.elapsed());
+            }
+        }
+        // The next segment is made ready once the active one is half full: early enough that
+        // appends never create one inline, late enough that an idle broker holds one segment.
+        let prepare = shard
+            .state
+            .borrow_mut()
+            .durable
+            .as_mut()
+            .filter(|d| d.journal.active_used() * 2 >= cfg_segment_bytes)
+            .and_then(|d| d.journal.prepare_job());
+        if let Some(job) = prepare {
+            let r = glommio::executor().spawn_blocking(move || job.run()).await;
+            let mut st = shard.state.borrow_mut();
+            if let Some(d) = st.durable.as_mut() {
+                match r {
+                    Ok(seg) => d.journal.install_prepared(seg),
+                    Err(e) => {
+                        d.journal.prepare_failed();
+                        tracing::warn!(error = %e, "cannot prepare the next journal segment");
+                    }
+                }
+            }
+        }
     }
 }
 

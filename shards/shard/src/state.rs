@@ -7,9 +7,11 @@
 //! the end of the event in a few vectored writes and at most one batch per peer shard.
 
 use crate::config::{home_shard, Config};
+use crate::durable::{self, AfterSync, Durable, Recovered};
 use crate::io;
 use crate::mesh::{Batch, Handoff, RetainQuery, RetainReply, ShardMsg};
 use crate::metrics::{record_us, Counters, Gauges, Histograms, ShardMetrics};
+use crate::records::{self, MsgRecord, Record, RetainRecord};
 use bytes::{Bytes, BytesMut};
 use glommio::channels::channel_mesh::Senders;
 use ringmq_codec::{
@@ -22,7 +24,9 @@ use ringmq_router::{
     has_wildcards, parse_shared, validate_topic_filter, validate_topic_name, RetainedStore,
     RouteTable, SubscriptionTree,
 };
-use ringmq_session::{InflightState, Message, Offer, Queued, Session, Subscription};
+use ringmq_session::{
+    Inflight, InflightState, Message, Offer, PubRecOutcome, Queued, Session, Subscription,
+};
 use slab::Slab;
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
@@ -177,6 +181,8 @@ struct PendingSubAck {
     remaining: usize,
     suback: SubAck,
     retained: Vec<RetainQuery>,
+    /// Journal seq that must be synced first (0: none).
+    durable: u64,
 }
 
 /// A PUBACK or PUBREC waiting for other shards to take the message.
@@ -186,6 +192,10 @@ struct AckSlot {
     qos: QoS,
     remaining: usize,
     matched: bool,
+    /// Journal seq that must be synced first (0: none).
+    durable: u64,
+    /// A shard's journal had no room for it: answer 0x97, never success.
+    refused: bool,
 }
 
 /// Where `route` sent a message.
@@ -244,6 +254,10 @@ pub struct ShardState {
     pub metrics_pending:
         HashMap<u64, glommio::channels::local_channel::LocalSender<Box<ShardMetrics>>>,
     assigned_ids: u64,
+    /// The journal, with the acknowledgements waiting for it; `None` runs without persistence.
+    pub durable: Option<Durable>,
+    /// Set by a delivery the journal had no room for, during one publish.
+    delivery_refused: bool,
 }
 
 impl ShardState {
@@ -278,7 +292,425 @@ impl ShardState {
             histograms: Histograms::default(),
             metrics_pending: HashMap::new(),
             assigned_ids: 0,
+            durable: None,
+            delivery_refused: false,
         }
+    }
+
+    // ---------------------------------------------------------------- journal
+
+    /// Last journal seq appended (0 without a journal).
+    fn jseq(&self) -> u64 {
+        self.durable.as_ref().map_or(0, |d| d.journal.last_seq())
+    }
+
+    /// The seq that what was done since `before` must be synced through before it is
+    /// acknowledged; 0 if nothing.
+    fn jneed(&self, before: u64) -> u64 {
+        self.durable.as_ref().map_or(0, |d| d.need(before))
+    }
+
+    fn jsynced(&self, seq: u64) -> bool {
+        seq == 0
+            || self
+                .durable
+                .as_ref()
+                .is_none_or(|d| !d.gates() || d.journal.synced_seq() >= seq)
+    }
+
+    fn jnote(&mut self, rec: Record) {
+        if let Some(d) = self.durable.as_mut() {
+            d.note(&rec);
+        }
+    }
+
+    fn jroom(&self) -> bool {
+        self.durable.as_ref().is_none_or(|d| d.has_room())
+    }
+
+    /// Queues `what` until the journal is synced through `seq`. The queue stays in seq order:
+    /// an older seq queued late waits for the newest one queued, which is no later than the
+    /// last append and so is synced as soon as it is.
+    fn after_sync(&mut self, seq: u64, what: AfterSync) {
+        if let Some(d) = self.durable.as_mut() {
+            let seq = d.waiting.back().map_or(seq, |b| b.0.max(seq));
+            d.waiting.push_back((seq, what));
+        }
+    }
+
+    /// A sync job finished: record it and do what waited for it.
+    pub fn on_synced(&mut self, result: std::io::Result<u64>, took: std::time::Duration) {
+        let Some(d) = self.durable.as_mut() else {
+            return;
+        };
+        match result {
+            Ok(seq) => d.journal.sync_done(seq),
+            Err(e) => {
+                d.journal.sync_failed();
+                tracing::error!(shard = self.id, error = %e, "journal sync failed; retrying");
+                return;
+            }
+        }
+        record_us(
+            &mut self.histograms.journal_commit_us,
+            took.as_micros() as u64,
+        );
+        let synced = d.journal.synced_seq();
+        let mut ready = Vec::new();
+        while d.waiting.front().is_some_and(|w| w.0 <= synced) {
+            ready.push(d.waiting.pop_front().expect("front exists").1);
+        }
+        for w in ready {
+            match w {
+                AfterSync::ReleaseAcks(sid) => self.release_acks(sid),
+                AfterSync::MeshAck {
+                    peer,
+                    token,
+                    matched,
+                    refused,
+                } => self.outbox[peer].push(ShardMsg::PublishAck {
+                    token,
+                    matched,
+                    refused,
+                }),
+                AfterSync::SubAck {
+                    session,
+                    suback,
+                    retained,
+                } => {
+                    if let Some(key) = self.sessions.get(&session).and_then(|s| s.connection) {
+                        self.send(key, &Packet::SubAck(suback));
+                        self.query_retained(retained);
+                    }
+                }
+                AfterSync::Send { session, packet } => {
+                    if let Some(key) = self.sessions.get(&session).and_then(|s| s.connection) {
+                        self.send(key, &packet);
+                    }
+                }
+            }
+        }
+        self.flush();
+    }
+
+    /// Rebuilds sessions, subscriptions, deliveries and retained messages from a replayed
+    /// journal. Runs before the shard accepts connections.
+    pub fn restore(&mut self, rec: Recovered) {
+        let now_ms = durable::unix_ms();
+        let origin = self.global_id(0);
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        if let Some(d) = self.durable.as_mut() {
+            d.next_msg_id = rec.max_msg_id + 1;
+        }
+        for (client_id, rs) in rec.sessions {
+            // Sessions that were connected at the crash are taken as disconnected now.
+            let gone_ms = if rs.disconnected_unix_ms == 0 {
+                0
+            } else {
+                now_ms.saturating_sub(rs.disconnected_unix_ms)
+            };
+            let expiry = if rs.expiry_interval == u32::MAX {
+                u32::MAX
+            } else {
+                let left = u64::from(rs.expiry_interval).saturating_sub(gone_ms / 1000);
+                if left == 0 {
+                    expired.push(client_id);
+                    continue;
+                }
+                left as u32
+            };
+            let protocol = match rs.protocol {
+                3 => ProtocolVersion::V31,
+                5 => ProtocolVersion::V5,
+                _ => ProtocolVersion::V311,
+            };
+            let sid = self.next_session;
+            self.next_session += 1;
+            let cid = ByteStr::from(client_id);
+            let mut s = Session::new(
+                sid,
+                cid.clone(),
+                protocol,
+                self.cfg.max_inflight as usize,
+                self.cfg.max_queued_messages,
+            );
+            s.expiry_interval = expiry;
+            s.disconnected_at = Some(self.now_s());
+            s.journaled = true;
+            for (filter, (options, id)) in rs.subs {
+                let filter = ByteStr::from(filter);
+                let subscription_id = (id != 0).then_some(id);
+                s.subscriptions.insert(
+                    filter.clone(),
+                    Subscription {
+                        options,
+                        subscription_id,
+                    },
+                );
+                let first = self.subs.subscribers(&filter).next().is_none();
+                self.subs.insert(
+                    &filter,
+                    sid,
+                    SubEntry {
+                        options,
+                        subscription_id,
+                    },
+                );
+                if first {
+                    for peer in 0..self.nshards {
+                        if peer != self.id {
+                            // Token 0: no SUBACK waits for these acknowledgements.
+                            self.outbox[peer].push(ShardMsg::RouteAdd {
+                                filter: filter.clone(),
+                                from: self.id as u16,
+                                token: 0,
+                            });
+                        }
+                    }
+                }
+            }
+            for pid in rs.qos2_in {
+                if let Some(pid) = PacketId::new(pid) {
+                    s.inbound_qos2.on_publish(pid);
+                }
+            }
+            for (_, m) in rs.msgs {
+                let message = Message {
+                    topic: ByteStr::from(m.topic),
+                    payload: m.payload,
+                    qos: m.qos,
+                    retain: m.retain,
+                    properties: m.properties.map(Arc::new),
+                    origin,
+                    expires_at: durable::unix_ms_to_instant(m.expires_unix_ms),
+                    received_at: now,
+                };
+                let pid = PacketId::new(m.packet_id);
+                match (m.state, pid) {
+                    (records::STATE_AWAIT_ACK | records::STATE_AWAIT_PUBCOMP, Some(packet_id)) => {
+                        let state = if m.state == records::STATE_AWAIT_PUBCOMP {
+                            InflightState::AwaitPubComp
+                        } else if m.qos == QoS::ExactlyOnce {
+                            InflightState::AwaitPubRec
+                        } else {
+                            InflightState::AwaitPubAck
+                        };
+                        s.outbound.restore_inflight(Inflight {
+                            packet_id,
+                            qos: m.qos,
+                            state,
+                            message,
+                            retain: m.retain,
+                            subscription_ids: m.subscription_ids,
+                            journal_id: m.id,
+                        });
+                    }
+                    _ => s.outbound.restore_queued(Queued {
+                        qos: m.qos,
+                        message,
+                        retain: m.retain,
+                        subscription_ids: m.subscription_ids,
+                        journal_id: m.id,
+                    }),
+                }
+            }
+            self.by_client.insert(cid, sid);
+            self.sessions.insert(sid, Box::new(s));
+        }
+        for client_id in expired {
+            self.jnote(Record::SessionGone { client_id });
+        }
+        for (topic, r) in rec.retained {
+            let msg = Message {
+                topic: ByteStr::from(topic),
+                payload: r.payload,
+                qos: r.qos,
+                retain: true,
+                properties: r.properties.map(Arc::new),
+                origin,
+                expires_at: durable::unix_ms_to_instant(r.expires_unix_ms),
+                received_at: now,
+            };
+            if msg.is_expired(now) {
+                self.jnote(Record::RetainClear {
+                    topic: msg.topic.to_string(),
+                });
+                continue;
+            }
+            let topic = msg.topic.clone();
+            self.retained.insert(&topic, msg);
+        }
+        self.flush();
+    }
+
+    /// The journal record that re-creates a session as it is now.
+    fn session_record(&self, s: &Session, fresh: bool) -> Record {
+        let disconnected_unix_ms = match (s.connection, s.disconnected_at) {
+            (None, Some(t)) => durable::unix_ms()
+                .saturating_sub(self.now_s().saturating_sub(t) * 1000)
+                .max(1),
+            (None, None) => durable::unix_ms(),
+            (Some(_), _) => 0,
+        };
+        Record::Session {
+            client_id: s.client_id.to_string(),
+            expiry_interval: s.expiry_interval,
+            protocol: match s.protocol {
+                ProtocolVersion::V31 => 3,
+                ProtocolVersion::V311 => 4,
+                ProtocolVersion::V5 => 5,
+            },
+            disconnected_unix_ms,
+            fresh,
+        }
+    }
+
+    /// One step of compaction: start one if the journal has grown well past live state,
+    /// re-append a bounded slice of live state, and once all of it is re-appended and synced,
+    /// remove the segments it supersedes. Returns true while a sync is needed to go on.
+    pub fn compact_step(&mut self) -> bool {
+        let Some(d) = self.durable.as_mut() else {
+            return false;
+        };
+        if d.checkpoint.is_none() {
+            if !d.should_compact() {
+                return false;
+            }
+            let sessions = self
+                .sessions
+                .values()
+                .filter(|s| s.journaled)
+                .map(|s| s.client_id.to_string())
+                .collect();
+            let retained = self
+                .retained
+                .iter()
+                .filter(|(t, _)| !t.starts_with("$SYS/"))
+                .map(|(t, _)| t.to_owned())
+                .collect();
+            tracing::debug!(shard = self.id, "journal compaction started");
+            d.checkpoint = Some(durable::Checkpoint {
+                start_segment: d.journal.active_segment(),
+                start_bytes: d.journal.stats().bytes_appended,
+                sessions,
+                retained,
+                end_seq: None,
+            });
+        }
+        let mut budget = durable::COMPACT_STEP_RECORDS;
+        loop {
+            let d = self.durable.as_mut().expect("checked");
+            let cp = d.checkpoint.as_mut().expect("started");
+            if cp.end_seq.is_some() || budget == 0 {
+                break;
+            }
+            if let Some(cid) = cp.sessions.pop() {
+                budget = budget.saturating_sub(self.reappend_session(&cid));
+            } else if let Some(topic) = cp.retained.pop() {
+                budget -= 1;
+                if let Some(m) = self.retained.get(&topic) {
+                    let rec = retain_record(m);
+                    self.jnote(rec);
+                }
+            } else {
+                let d = self.durable.as_mut().expect("checked");
+                let last = d.journal.last_seq();
+                let cp = d.checkpoint.as_mut().expect("started");
+                cp.end_seq = Some(last);
+                d.live_bytes = d.journal.stats().bytes_appended - cp.start_bytes;
+            }
+        }
+        let d = self.durable.as_mut().expect("checked");
+        let cp = d.checkpoint.as_ref().expect("started");
+        let Some(end) = cp.end_seq else {
+            return false;
+        };
+        if d.journal.synced_seq() < end {
+            return true;
+        }
+        let start = cp.start_segment;
+        let mut freed = 0;
+        while d.journal.segments().first().is_some_and(|&s| s < start) {
+            match d.journal.remove_oldest() {
+                Ok(n) => freed += n,
+                Err(e) => {
+                    tracing::error!(shard = self.id, error = %e, "journal segment removal failed");
+                    break;
+                }
+            }
+        }
+        d.checkpoint = None;
+        tracing::debug!(
+            shard = self.id,
+            freed,
+            live = d.live_bytes,
+            "journal compaction done"
+        );
+        false
+    }
+
+    /// Re-appends the whole state of one journaled session; returns the records written.
+    fn reappend_session(&mut self, client_id: &str) -> usize {
+        let Some(&sid) = self.by_client.get(&ByteStr::from(client_id)) else {
+            return 1;
+        };
+        let Some(s) = self.sessions.get(&sid) else {
+            return 1;
+        };
+        if !s.journaled {
+            return 1;
+        }
+        let mut recs = vec![self.session_record(s, false)];
+        let cid = s.client_id.to_string();
+        for (filter, sub) in s.subscriptions.iter() {
+            recs.push(Record::Sub {
+                client_id: cid.clone(),
+                filter: filter.to_string(),
+                options: sub.options,
+                subscription_id: sub.subscription_id.unwrap_or(0),
+            });
+        }
+        for pid in s.inbound_qos2.ids() {
+            recs.push(Record::Qos2In {
+                client_id: cid.clone(),
+                packet_id: pid,
+            });
+        }
+        for i in s.outbound.inflight().filter(|i| i.journal_id != 0) {
+            let state = if i.state == InflightState::AwaitPubComp {
+                records::STATE_AWAIT_PUBCOMP
+            } else {
+                records::STATE_AWAIT_ACK
+            };
+            recs.push(msg_record(
+                &cid,
+                i.journal_id,
+                i.qos,
+                i.retain,
+                i.packet_id.get(),
+                state,
+                &i.message,
+                &i.subscription_ids,
+            ));
+        }
+        for q in s.outbound.queued().filter(|q| q.journal_id != 0) {
+            recs.push(msg_record(
+                &cid,
+                q.journal_id,
+                q.qos,
+                q.retain,
+                0,
+                records::STATE_QUEUED,
+                &q.message,
+                &q.subscription_ids,
+            ));
+        }
+        let n = recs.len();
+        for r in recs {
+            self.jnote(r);
+        }
+        n
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -340,6 +772,10 @@ impl ShardState {
         self.acks.remove(&sid);
         let will = s.will.take();
         let ends = s.expiry_interval == 0;
+        if s.journaled && !ends {
+            let rec = self.session_record(&self.sessions[&sid], false);
+            self.jnote(rec);
+        }
         if close.publishes_will() {
             if let Some(w) = will {
                 self.publish_will(*w, origin);
@@ -606,30 +1042,40 @@ impl ShardState {
             Packet::Publish(p) => self.on_publish(key, sid, p),
             Packet::PubAck(r) => {
                 if let Some(s) = self.sessions.get_mut(&sid) {
-                    if s.outbound.on_puback(r.packet_id) {
+                    if let Some(jid) = s.outbound.on_puback(r.packet_id) {
+                        self.delivery_done(sid, jid);
                         self.refill(sid);
                     }
                 }
             }
             Packet::PubRec(r) => self.on_pubrec(key, sid, r),
             Packet::PubRel(r) => {
-                let found = self
-                    .sessions
-                    .get_mut(&sid)
-                    .is_some_and(|s| s.inbound_qos2.on_pubrel(r.packet_id));
+                let before = self.jseq();
+                let (found, journaled) = self.sessions.get_mut(&sid).map_or((false, false), |s| {
+                    (s.inbound_qos2.on_pubrel(r.packet_id), s.journaled)
+                });
                 let reason = if found {
                     ReasonCode::SUCCESS
                 } else {
                     ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
                 };
-                self.send(
-                    key,
-                    &Packet::PubComp(PubResp::with_reason(r.packet_id, reason)),
-                );
+                if found && journaled {
+                    let client_id = self.sessions[&sid].client_id.to_string();
+                    self.jnote(Record::Qos2Done {
+                        client_id,
+                        packet_id: r.packet_id.get(),
+                    });
+                }
+                let packet = Packet::PubComp(PubResp::with_reason(r.packet_id, reason));
+                // Once the id is released for good: were it forgotten in a crash after
+                // PUBCOMP, the client's next message with that id would be taken for a
+                // retransmission and lost.
+                self.send_when_durable(before, key, sid, packet);
             }
             Packet::PubComp(r) => {
                 if let Some(s) = self.sessions.get_mut(&sid) {
-                    if s.outbound.on_pubcomp(r.packet_id) {
+                    if let Some(jid) = s.outbound.on_pubcomp(r.packet_id) {
+                        self.delivery_done(sid, jid);
                         self.refill(sid);
                     }
                 }
@@ -818,6 +1264,19 @@ impl ShardState {
         s.will = will;
         s.connection = Some(key);
         s.disconnected_at = None;
+        // A persistent session is journaled from its CONNECT on; one that became
+        // non-persistent (MQTT 5 expiry now 0) leaves the journal.
+        let persistent = s.expiry_interval > 0 && self.durable.is_some();
+        let was = s.journaled;
+        s.journaled = persistent;
+        if persistent {
+            let rec = self.session_record(&self.sessions[&sid], !session_present);
+            self.jnote(rec);
+        } else if was {
+            self.jnote(Record::SessionGone {
+                client_id: c.client_id.to_string(),
+            });
+        }
 
         // Keep-alive: the server's default for 0 and its maximum; MQTT 5 clients are told
         // through Server Keep Alive [MQTT-3.2.2-21].
@@ -887,6 +1346,11 @@ impl ShardState {
             return;
         };
         self.by_client.remove(&s.client_id);
+        if s.journaled {
+            self.jnote(Record::SessionGone {
+                client_id: s.client_id.to_string(),
+            });
+        }
         for filter in s.subscriptions.keys() {
             self.subs.remove(filter, sid);
             self.drop_interest(filter);
@@ -959,6 +1423,7 @@ impl ShardState {
             self.route(msg, None);
             return;
         };
+        let before = self.jseq();
         if p.qos == QoS::ExactlyOnce {
             let max = self.cfg.max_inflight as usize;
             let Some(s) = self.sessions.get_mut(&sid) else {
@@ -966,22 +1431,33 @@ impl ShardState {
             };
             if !s.inbound_qos2.on_publish(id) {
                 // A retransmission of a message already routed [MQTT-4.3.3-9]: answer again.
-                return self.queue_ack(sid, id, p.qos, None, true);
+                return self.queue_ack(sid, id, p.qos, None, true, 0, false);
             }
             if s.inbound_qos2.len() > max {
                 // [MQTT-3.3.4-9] more unacknowledged QoS 2 PUBLISHes than Receive Maximum.
                 return self.close_conn(key, Close::Error(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
             }
+            if s.journaled {
+                let client_id = s.client_id.to_string();
+                self.jnote(Record::Qos2In {
+                    client_id,
+                    packet_id: id.get(),
+                });
+            }
         }
         let token = self.next_token;
         self.next_token += 1;
+        self.delivery_refused = false;
         let routed = self.route(msg, Some(token));
+        let refused = std::mem::take(&mut self.delivery_refused);
         let pending = (routed.awaiting > 0).then_some((token, routed.awaiting));
-        self.queue_ack(sid, id, p.qos, pending, routed.matched_here);
+        let need = self.jneed(before);
+        self.queue_ack(sid, id, p.qos, pending, routed.matched_here, need, refused);
     }
 
     /// Queues the PUBACK/PUBREC of a PUBLISH behind those of earlier PUBLISHes of the session,
     /// and sends every answer at the front that no longer waits for another shard.
+    #[allow(clippy::too_many_arguments)]
     fn queue_ack(
         &mut self,
         sid: u64,
@@ -989,6 +1465,8 @@ impl ShardState {
         qos: QoS,
         pending: Option<(u64, usize)>,
         matched: bool,
+        durable: u64,
+        refused: bool,
     ) {
         let (token, remaining) = pending.unwrap_or((0, 0));
         if remaining > 0 {
@@ -1000,11 +1478,16 @@ impl ShardState {
             qos,
             remaining,
             matched,
+            durable,
+            refused,
         });
+        if durable > 0 {
+            self.after_sync(durable, AfterSync::ReleaseAcks(sid));
+        }
         self.release_acks(sid);
     }
 
-    fn on_publish_ack(&mut self, token: u64, matched: bool) {
+    fn on_publish_ack(&mut self, token: u64, matched: bool, refused: bool) {
         let Some(&sid) = self.ack_owner.get(&token) else {
             return;
         };
@@ -1018,6 +1501,7 @@ impl ShardState {
         };
         slot.remaining -= 1;
         slot.matched |= matched;
+        slot.refused |= refused;
         if slot.remaining == 0 {
             self.ack_owner.remove(&token);
             self.release_acks(sid);
@@ -1029,8 +1513,18 @@ impl ShardState {
         let Some(q) = self.acks.get_mut(&sid) else {
             return;
         };
+        let synced = self.durable.as_ref().map_or(u64::MAX, |d| {
+            if d.gates() {
+                d.journal.synced_seq()
+            } else {
+                u64::MAX
+            }
+        });
         let mut ready = Vec::new();
-        while q.front().is_some_and(|a| a.remaining == 0) {
+        while q
+            .front()
+            .is_some_and(|a| a.remaining == 0 && a.durable <= synced)
+        {
             ready.push(q.pop_front().expect("front exists"));
         }
         if q.is_empty() {
@@ -1038,6 +1532,30 @@ impl ShardState {
         }
         let Some(key) = key else { return };
         for a in ready {
+            if a.refused {
+                // Not stored everywhere it had to be: never acknowledged as a success.
+                // MQTT 5 says why; 3.1.x has no negative PUBACK, so the connection closes
+                // unacknowledged and the client sends the message again later.
+                self.counters.journal_refused_acks += 1;
+                if !self.conns.get(key).is_some_and(|c| c.version.is_v5()) {
+                    self.close_conn(key, Close::Error(ReasonCode::QUOTA_EXCEEDED));
+                    return;
+                }
+                if a.qos == QoS::ExactlyOnce {
+                    // A PUBREC with an error ends the flow: the id is free again.
+                    if let Some(s) = self.sessions.get_mut(&sid) {
+                        s.inbound_qos2.on_pubrel(a.packet_id);
+                    }
+                }
+                let r = PubResp::with_reason(a.packet_id, ReasonCode::QUOTA_EXCEEDED);
+                let packet = if a.qos == QoS::ExactlyOnce {
+                    Packet::PubRec(r)
+                } else {
+                    Packet::PubAck(r)
+                };
+                self.send(key, &packet);
+                continue;
+            }
             let reason = self.no_subscribers_reason(key, a.matched);
             let r = PubResp::with_reason(a.packet_id, reason);
             let packet = if a.qos == QoS::ExactlyOnce {
@@ -1067,7 +1585,9 @@ impl ShardState {
         if msg.retain {
             let owner = home_shard(msg.topic.as_bytes(), self.nshards);
             if owner == self.id {
-                self.retain_set(msg.clone());
+                if !self.retain_set(msg.clone()) {
+                    self.delivery_refused = true;
+                }
             } else {
                 self.outbox[owner].push(ShardMsg::RetainSet {
                     msg: msg.clone(),
@@ -1120,14 +1640,35 @@ impl ShardState {
         self.flush();
     }
 
-    fn retain_set(&mut self, msg: Message) {
+    /// Stores (or with an empty payload deletes) a retained message, journaled unless it is a
+    /// `$SYS` statistic. False if the journal had no room for it: nothing changed.
+    fn retain_set(&mut self, msg: Message) -> bool {
+        let journaled = self.durable.is_some() && !msg.topic.starts_with("$SYS/");
         // [MQTT-3.3.1-10] an empty payload deletes; [MQTT-3.3.1-5] otherwise it replaces.
         if msg.payload.is_empty() || msg.is_expired(Instant::now()) {
-            self.retained.remove(&msg.topic);
-        } else {
-            let topic = msg.topic.clone();
-            self.retained.insert(&topic, msg);
+            if self.retained.remove(&msg.topic).is_some() && journaled {
+                self.jnote(Record::RetainClear {
+                    topic: msg.topic.to_string(),
+                });
+            }
+            return true;
         }
+        if journaled {
+            if !self.jroom() {
+                self.counters.dropped_journal_full += 1;
+                return false;
+            }
+            let rec = retain_record(&msg);
+            let d = self.durable.as_mut().expect("journaled");
+            if let Err(e) = d.write(&rec) {
+                d.write_errors += 1;
+                tracing::error!(shard = self.id, error = %e, "journal append failed");
+                return false;
+            }
+        }
+        let topic = msg.topic.clone();
+        self.retained.insert(&topic, msg);
+        true
     }
 
     fn publish_will(&mut self, w: LastWill, origin: u64) {
@@ -1235,13 +1776,57 @@ impl ShardState {
             }
             return;
         }
+        // A persistent session's delivery is journaled before anyone is told it is stored.
+        let journaled = s.journaled && self.durable.is_some();
+        let mut journal_id = 0;
+        if journaled {
+            let d = self.durable.as_mut().expect("journaled");
+            if !d.has_room() {
+                d.refused += 1;
+                self.counters.dropped_journal_full += 1;
+                self.delivery_refused = true;
+                return;
+            }
+            journal_id = d.next_msg_id;
+            d.next_msg_id += 1;
+        }
         let q = Queued {
             qos,
             message: msg.clone(),
             retain,
             subscription_ids: ids,
+            journal_id,
         };
-        match s.outbound.offer(q, conn.is_some()) {
+        let rec_ids = journaled.then(|| q.subscription_ids.clone());
+        let offer = s.outbound.offer(q, conn.is_some());
+        if let Some(sub_ids) = rec_ids {
+            let (pid, state) = match offer {
+                Offer::Send(id) => (id.get(), records::STATE_AWAIT_ACK),
+                Offer::Queued => (0, records::STATE_QUEUED),
+                Offer::Dropped => (0, u8::MAX),
+            };
+            if state != u8::MAX {
+                let rec = msg_record(
+                    s.client_id.as_str(),
+                    journal_id,
+                    qos,
+                    retain,
+                    pid,
+                    state,
+                    msg,
+                    &sub_ids,
+                );
+                let d = self.durable.as_mut().expect("journaled");
+                if let Err(e) = d.write(&rec) {
+                    // Kept in memory and delivered, but the publisher must not be told it is
+                    // stored.
+                    d.write_errors += 1;
+                    self.delivery_refused = true;
+                    tracing::error!(shard = self.id, error = %e, "journal append failed");
+                }
+            }
+        }
+        match offer {
             Offer::Send(id) => {
                 // Offered as online, so the connection and the packet exist.
                 if let (Some(key), Some(p)) = (conn, p.as_mut()) {
@@ -1262,7 +1847,26 @@ impl ShardState {
         let Some(key) = s.connection else { return };
         let now = Instant::now();
         let (ids, expired) = s.outbound.refill(|q| !q.message.is_expired(now));
-        self.counters.dropped_expired += expired as u64;
+        self.counters.dropped_expired += expired.len() as u64;
+        if let Some(d) = self.durable.as_mut().filter(|_| s.journaled) {
+            let cid = s.client_id.to_string();
+            for jid in expired.iter().filter(|j| **j != 0) {
+                d.note(&Record::MsgDone {
+                    client_id: cid.clone(),
+                    id: *jid,
+                });
+            }
+            for id in &ids {
+                if let Some(i) = s.outbound.get(*id).filter(|i| i.journal_id != 0) {
+                    d.note(&Record::MsgState {
+                        client_id: cid.clone(),
+                        id: i.journal_id,
+                        packet_id: id.get(),
+                        state: records::STATE_AWAIT_ACK,
+                    });
+                }
+            }
+        }
         if ids.is_empty() {
             return;
         }
@@ -1326,15 +1930,44 @@ impl ShardState {
             return;
         };
         let failed = r.reason.is_error();
-        if s.outbound.on_pubrec(r.packet_id, failed) {
-            if failed {
+        match s.outbound.on_pubrec(r.packet_id, failed) {
+            PubRecOutcome::Failed(jid) => {
+                self.delivery_done(sid, jid);
                 self.refill(sid);
-            } else {
+            }
+            PubRecOutcome::Released(jid) => {
+                if jid != 0 && s.journaled {
+                    let client_id = s.client_id.to_string();
+                    self.jnote(Record::MsgState {
+                        client_id,
+                        id: jid,
+                        packet_id: r.packet_id.get(),
+                        state: records::STATE_AWAIT_PUBCOMP,
+                    });
+                }
                 self.send(key, &Packet::PubRel(PubResp::new(r.packet_id)));
             }
-        } else if self.conns[key].version.is_v5() {
-            let rel = PubResp::with_reason(r.packet_id, ReasonCode::PACKET_IDENTIFIER_NOT_FOUND);
-            self.send(key, &Packet::PubRel(rel));
+            PubRecOutcome::Repeated => {
+                self.send(key, &Packet::PubRel(PubResp::new(r.packet_id)));
+            }
+            PubRecOutcome::Unknown => {
+                if self.conns[key].version.is_v5() {
+                    let rel =
+                        PubResp::with_reason(r.packet_id, ReasonCode::PACKET_IDENTIFIER_NOT_FOUND);
+                    self.send(key, &Packet::PubRel(rel));
+                }
+            }
+        }
+    }
+
+    /// A journaled delivery is finished (acknowledged, refused or expired).
+    fn delivery_done(&mut self, sid: u64, jid: u64) {
+        if jid == 0 {
+            return;
+        }
+        if let Some(s) = self.sessions.get(&sid).filter(|s| s.journaled) {
+            let client_id = s.client_id.to_string();
+            self.jnote(Record::MsgDone { client_id, id: jid });
         }
     }
 
@@ -1347,6 +1980,7 @@ impl ShardState {
         let subscription_id = sub.properties.subscription_identifiers.first().copied();
         let token = self.next_token;
         self.next_token += 1;
+        let before = self.jseq();
         let mut awaiting = 0;
         let mut codes = Vec::with_capacity(sub.filters.len());
         let mut retained = Vec::new();
@@ -1363,12 +1997,29 @@ impl ShardState {
                 codes.push(code);
                 continue;
             }
+            let room = self.jroom();
             let s = self.sessions.get_mut(&sid).expect("connected session");
             let existed = s.subscriptions.contains_key(&f.filter);
             if !existed && s.subscriptions.len() >= max_subs {
                 codes.push(ReasonCode::QUOTA_EXCEEDED);
                 continue;
             }
+            if s.journaled && !room {
+                // The journal is at --journal-max-bytes: a subscription it cannot keep is
+                // refused rather than granted and forgotten at the next restart.
+                codes.push(ReasonCode::QUOTA_EXCEEDED);
+                continue;
+            }
+            if s.journaled {
+                let rec = Record::Sub {
+                    client_id: s.client_id.to_string(),
+                    filter: f.filter.to_string(),
+                    options: f.options,
+                    subscription_id: subscription_id.unwrap_or(0),
+                };
+                self.jnote(rec);
+            }
+            let s = self.sessions.get_mut(&sid).expect("connected session");
             // Kept for the session's life: an owned copy, not a slice of the read buffer.
             let filter = ByteStr::from(f.filter.as_str());
             s.subscriptions.insert(
@@ -1422,9 +2073,20 @@ impl ShardState {
             reason_codes: codes,
             properties: Properties::default(),
         };
-        if awaiting == 0 {
+        // A persistent session's SUBACK waits for its subscriptions to be durable.
+        let need = self.jneed(before);
+        if awaiting == 0 && need == 0 {
             self.send(key, &Packet::SubAck(Box::new(suback)));
             self.query_retained(retained);
+        } else if awaiting == 0 {
+            self.after_sync(
+                need,
+                AfterSync::SubAck {
+                    session: sid,
+                    suback: Box::new(suback),
+                    retained,
+                },
+            );
         } else {
             self.pending_subacks.insert(
                 token,
@@ -1433,6 +2095,7 @@ impl ShardState {
                     remaining: awaiting,
                     suback,
                     retained,
+                    durable: need,
                 },
             );
         }
@@ -1447,6 +2110,16 @@ impl ShardState {
             return;
         }
         let p = self.pending_subacks.remove(&token).expect("present");
+        if !self.jsynced(p.durable) {
+            return self.after_sync(
+                p.durable,
+                AfterSync::SubAck {
+                    session: p.session,
+                    suback: Box::new(p.suback),
+                    retained: p.retained,
+                },
+            );
+        }
         let conn = self.sessions.get(&p.session).and_then(|s| s.connection);
         if let Some(key) = conn {
             self.send(key, &Packet::SubAck(Box::new(p.suback)));
@@ -1510,12 +2183,19 @@ impl ShardState {
     }
 
     fn on_unsubscribe(&mut self, key: usize, sid: u64, u: Unsubscribe) {
+        let before = self.jseq();
         let mut codes = Vec::with_capacity(u.filters.len());
         for f in &u.filters {
-            let removed = self
-                .sessions
-                .get_mut(&sid)
-                .is_some_and(|s| s.subscriptions.remove(f).is_some());
+            let (removed, journaled) = self.sessions.get_mut(&sid).map_or((false, false), |s| {
+                (s.subscriptions.remove(f).is_some(), s.journaled)
+            });
+            if removed && journaled {
+                let client_id = self.sessions[&sid].client_id.to_string();
+                self.jnote(Record::Unsub {
+                    client_id,
+                    filter: f.to_string(),
+                });
+            }
             if removed {
                 self.subs.remove(f, sid);
                 self.drop_interest(f);
@@ -1529,7 +2209,23 @@ impl ShardState {
             reason_codes: codes,
             properties: Properties::default(),
         };
-        self.send(key, &Packet::UnsubAck(Box::new(ack)));
+        self.send_when_durable(before, key, sid, Packet::UnsubAck(Box::new(ack)));
+    }
+
+    /// Sends `packet` now, or once the journal records written since `before` are synced.
+    fn send_when_durable(&mut self, before: u64, key: usize, sid: u64, packet: Packet) {
+        let need = self.jneed(before);
+        if need > 0 {
+            self.after_sync(
+                need,
+                AfterSync::Send {
+                    session: sid,
+                    packet,
+                },
+            );
+        } else {
+            self.send(key, &packet);
+        }
     }
 
     /// After a local subscription to `filter` was removed: if it was the last one here, the
@@ -1557,13 +2253,20 @@ impl ShardState {
                     self.counters.cross_shard_in += 1;
                     let hop = sent_at.elapsed().as_micros() as u64;
                     record_us(&mut self.histograms.cross_shard_hop_us, hop);
+                    let before = self.jseq();
+                    self.delivery_refused = false;
                     let matched = self.deliver_local(&msg);
+                    let refused = std::mem::take(&mut self.delivery_refused);
                     if let Some(token) = ack {
-                        let origin = (msg.origin >> 48) as usize;
-                        self.outbox[origin].push(ShardMsg::PublishAck { token, matched });
+                        let peer = (msg.origin >> 48) as usize;
+                        self.ack_when_durable(before, peer, token, matched, refused);
                     }
                 }
-                ShardMsg::PublishAck { token, matched } => self.on_publish_ack(token, matched),
+                ShardMsg::PublishAck {
+                    token,
+                    matched,
+                    refused,
+                } => self.on_publish_ack(token, matched, refused),
                 ShardMsg::RouteAdd {
                     filter,
                     from,
@@ -1575,13 +2278,11 @@ impl ShardState {
                 ShardMsg::RouteAck { token } => self.on_route_ack(token),
                 ShardMsg::RouteRemove { filter, from } => self.routes.remove(&filter, from),
                 ShardMsg::RetainSet { msg, ack } => {
-                    let origin = (msg.origin >> 48) as usize;
-                    self.retain_set(msg);
+                    let peer = (msg.origin >> 48) as usize;
+                    let before = self.jseq();
+                    let stored = self.retain_set(msg);
                     if let Some(token) = ack {
-                        self.outbox[origin].push(ShardMsg::PublishAck {
-                            token,
-                            matched: false,
-                        });
+                        self.ack_when_durable(before, peer, token, false, !stored);
                     }
                 }
                 ShardMsg::RetainQuery(q) => self.answer_retained(*q),
@@ -1599,6 +2300,35 @@ impl ShardState {
             }
         }
         self.flush();
+    }
+
+    /// Answers an acknowledged cross-shard message once what it wrote here is durable.
+    fn ack_when_durable(
+        &mut self,
+        before: u64,
+        peer: usize,
+        token: u64,
+        matched: bool,
+        refused: bool,
+    ) {
+        let need = self.jneed(before);
+        if need > 0 {
+            self.after_sync(
+                need,
+                AfterSync::MeshAck {
+                    peer,
+                    token,
+                    matched,
+                    refused,
+                },
+            );
+        } else {
+            self.outbox[peer].push(ShardMsg::PublishAck {
+                token,
+                matched,
+                refused,
+            });
+        }
     }
 
     // ---------------------------------------------------------------- metrics
@@ -1620,9 +2350,22 @@ impl ShardState {
             g.queued_messages += s.outbound.queued_len() as u64;
             g.inflight_messages += s.outbound.inflight_len() as u64;
         }
+        let mut counters = self.counters.clone();
+        if let Some(d) = &self.durable {
+            g.journal_bytes = d.journal.disk_bytes();
+            g.journal_pending_acks = d.waiting.len() as u64;
+            let st = d.journal.stats();
+            counters.journal_appends = st.appends;
+            counters.journal_bytes_appended = st.bytes_appended;
+            counters.journal_syncs = st.syncs;
+            counters.journal_segments_created = st.segments_created;
+            counters.journal_segments_removed = st.segments_removed;
+            counters.journal_sync_segment_creates = st.sync_segment_creates;
+            counters.journal_write_errors = d.write_errors;
+        }
         ShardMetrics {
             shard: self.id,
-            counters: self.counters.clone(),
+            counters,
             histograms: self.histograms.clone(),
             gauges: g,
         }
@@ -1701,6 +2444,11 @@ impl ShardState {
             self.close_conn(key, Close::Shutdown);
         }
         self.flush();
+        if let Some(d) = self.durable.as_mut() {
+            if let Err(e) = d.journal.sync_blocking() {
+                tracing::error!(shard = self.id, error = %e, "journal sync at shutdown failed");
+            }
+        }
     }
 
     // ---------------------------------------------------------------- output
@@ -1866,6 +2614,43 @@ impl ShardState {
             }
         }
     }
+}
+
+/// The journal record of one delivery to a persistent session.
+#[allow(clippy::too_many_arguments)]
+fn msg_record(
+    client_id: &str,
+    id: u64,
+    qos: QoS,
+    retain: bool,
+    packet_id: u16,
+    state: u8,
+    m: &Message,
+    subscription_ids: &[u32],
+) -> Record {
+    Record::Msg(Box::new(MsgRecord {
+        client_id: client_id.to_owned(),
+        id,
+        qos,
+        retain,
+        packet_id,
+        state,
+        topic: m.topic.to_string(),
+        payload: m.payload.clone(),
+        properties: m.properties.as_ref().map(|p| (**p).clone()),
+        expires_unix_ms: durable::instant_to_unix_ms(m.expires_at),
+        subscription_ids: subscription_ids.to_vec(),
+    }))
+}
+
+fn retain_record(m: &Message) -> Record {
+    Record::Retain(Box::new(RetainRecord {
+        topic: m.topic.to_string(),
+        qos: m.qos,
+        payload: m.payload.clone(),
+        properties: m.properties.as_ref().map(|p| (**p).clone()),
+        expires_unix_ms: durable::instant_to_unix_ms(m.expires_at),
+    }))
 }
 
 /// The PUBLISH a subscriber receives. Properties are forwarded as published, plus this

@@ -1,0 +1,497 @@
+//! What a shard writes to its journal: one record per change of durable state, each an upsert
+//! or a delete keyed by client id (and filter, delivery id or packet id) or by topic. Replaying
+//! the records in order rebuilds the state; replaying one twice changes nothing, which is what
+//! lets compaction re-append live state before dropping old segments.
+//!
+//! Layout of every payload: little-endian integers; strings and byte strings prefixed by their
+//! length (u16 for client ids, filters and topics, u32 for payloads and properties). The journal
+//! frames each payload with its kind byte, sequence number and CRC32C (see
+//! shards/journal/FORMAT.md); docs/journal.md lists these record kinds.
+
+use bytes::{Bytes, BytesMut};
+use ringmq_codec::{
+    decode_publish_properties, encode_publish_properties, Properties, QoS, RetainHandling,
+    SubscriptionOptions,
+};
+
+pub const SESSION: u8 = 1;
+pub const SESSION_GONE: u8 = 2;
+pub const SUB: u8 = 3;
+pub const UNSUB: u8 = 4;
+pub const MSG: u8 = 5;
+pub const MSG_STATE: u8 = 6;
+pub const MSG_DONE: u8 = 7;
+pub const QOS2_IN: u8 = 8;
+pub const QOS2_DONE: u8 = 9;
+pub const RETAIN: u8 = 10;
+pub const RETAIN_CLEAR: u8 = 11;
+
+/// Delivery states as stored.
+pub const STATE_QUEUED: u8 = 0;
+pub const STATE_AWAIT_ACK: u8 = 1;
+pub const STATE_AWAIT_PUBCOMP: u8 = 2;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MsgRecord {
+    pub client_id: String,
+    /// Unique per shard for the life of the journal.
+    pub id: u64,
+    pub qos: QoS,
+    /// The retain flag as it is to be sent.
+    pub retain: bool,
+    /// 0 while queued.
+    pub packet_id: u16,
+    pub state: u8,
+    pub topic: String,
+    pub payload: Bytes,
+    pub properties: Option<Properties>,
+    /// Wall-clock milliseconds since the Unix epoch; 0 = never.
+    pub expires_unix_ms: u64,
+    pub subscription_ids: Vec<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetainRecord {
+    pub topic: String,
+    pub qos: QoS,
+    pub payload: Bytes,
+    pub properties: Option<Properties>,
+    pub expires_unix_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Record {
+    /// A persistent session exists. `fresh` (Clean Start) discards what an earlier record of
+    /// the same client id left; `disconnected_unix_ms` is 0 while connected.
+    Session {
+        client_id: String,
+        expiry_interval: u32,
+        protocol: u8,
+        disconnected_unix_ms: u64,
+        fresh: bool,
+    },
+    SessionGone {
+        client_id: String,
+    },
+    Sub {
+        client_id: String,
+        filter: String,
+        options: SubscriptionOptions,
+        subscription_id: u32,
+    },
+    Unsub {
+        client_id: String,
+        filter: String,
+    },
+    Msg(Box<MsgRecord>),
+    MsgState {
+        client_id: String,
+        id: u64,
+        packet_id: u16,
+        state: u8,
+    },
+    MsgDone {
+        client_id: String,
+        id: u64,
+    },
+    Qos2In {
+        client_id: String,
+        packet_id: u16,
+    },
+    Qos2Done {
+        client_id: String,
+        packet_id: u16,
+    },
+    Retain(Box<RetainRecord>),
+    RetainClear {
+        topic: String,
+    },
+}
+
+pub fn options_byte(o: &SubscriptionOptions) -> u8 {
+    let rh = match o.retain_handling {
+        RetainHandling::SendAtSubscribe => 0,
+        RetainHandling::SendIfNew => 1,
+        RetainHandling::DoNotSend => 2,
+    };
+    o.qos as u8 | (u8::from(o.no_local) << 2) | (u8::from(o.retain_as_published) << 3) | (rh << 4)
+}
+
+fn options_from(b: u8) -> Option<SubscriptionOptions> {
+    Some(SubscriptionOptions {
+        qos: QoS::from_u8(b & 3)?,
+        no_local: b & 4 != 0,
+        retain_as_published: b & 8 != 0,
+        retain_handling: match (b >> 4) & 3 {
+            0 => RetainHandling::SendAtSubscribe,
+            1 => RetainHandling::SendIfNew,
+            2 => RetainHandling::DoNotSend,
+            _ => return None,
+        },
+    })
+}
+
+struct W<'a>(&'a mut Vec<u8>);
+
+impl W<'_> {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn str(&mut self, s: &str) {
+        // Client ids, filters and topics are at most 65,535 bytes by the protocol.
+        self.u16(s.len() as u16);
+        self.0.extend_from_slice(s.as_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.u32(b.len() as u32);
+        self.0.extend_from_slice(b);
+    }
+    fn props(&mut self, p: &Option<Properties>) {
+        match p {
+            None => self.u32(0),
+            Some(p) => {
+                let mut b = BytesMut::new();
+                // Properties that came from a decoded PUBLISH always encode.
+                let _ = encode_publish_properties(p, &mut b);
+                self.bytes(&b);
+            }
+        }
+    }
+}
+
+struct R<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> R<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if n > self.b.len() {
+            return None;
+        }
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        Some(h)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn str(&mut self) -> Option<String> {
+        let n = self.u16()? as usize;
+        String::from_utf8(self.take(n)?.to_vec()).ok()
+    }
+    fn bytes(&mut self) -> Option<Bytes> {
+        let n = self.u32()? as usize;
+        Some(Bytes::copy_from_slice(self.take(n)?))
+    }
+    fn props(&mut self) -> Option<Option<Properties>> {
+        let b = self.bytes()?;
+        if b.is_empty() {
+            return Some(None);
+        }
+        Some(Some(decode_publish_properties(&b).ok()?))
+    }
+}
+
+impl Record {
+    pub fn kind(&self) -> u8 {
+        match self {
+            Record::Session { .. } => SESSION,
+            Record::SessionGone { .. } => SESSION_GONE,
+            Record::Sub { .. } => SUB,
+            Record::Unsub { .. } => UNSUB,
+            Record::Msg(_) => MSG,
+            Record::MsgState { .. } => MSG_STATE,
+            Record::MsgDone { .. } => MSG_DONE,
+            Record::Qos2In { .. } => QOS2_IN,
+            Record::Qos2Done { .. } => QOS2_DONE,
+            Record::Retain(_) => RETAIN,
+            Record::RetainClear { .. } => RETAIN_CLEAR,
+        }
+    }
+
+    /// Appends the payload (without kind) to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut w = W(out);
+        match self {
+            Record::Session {
+                client_id,
+                expiry_interval,
+                protocol,
+                disconnected_unix_ms,
+                fresh,
+            } => {
+                w.str(client_id);
+                w.u32(*expiry_interval);
+                w.u8(*protocol);
+                w.u64(*disconnected_unix_ms);
+                w.u8(u8::from(*fresh));
+            }
+            Record::SessionGone { client_id } => w.str(client_id),
+            Record::Sub {
+                client_id,
+                filter,
+                options,
+                subscription_id,
+            } => {
+                w.str(client_id);
+                w.str(filter);
+                w.u8(options_byte(options));
+                w.u32(*subscription_id);
+            }
+            Record::Unsub { client_id, filter } => {
+                w.str(client_id);
+                w.str(filter);
+            }
+            Record::Msg(m) => {
+                w.str(&m.client_id);
+                w.u64(m.id);
+                w.u8(m.qos as u8);
+                w.u8(u8::from(m.retain));
+                w.u16(m.packet_id);
+                w.u8(m.state);
+                w.u64(m.expires_unix_ms);
+                w.u16(m.subscription_ids.len() as u16);
+                for id in &m.subscription_ids {
+                    w.u32(*id);
+                }
+                w.str(&m.topic);
+                w.props(&m.properties);
+                w.bytes(&m.payload);
+            }
+            Record::MsgState {
+                client_id,
+                id,
+                packet_id,
+                state,
+            } => {
+                w.str(client_id);
+                w.u64(*id);
+                w.u16(*packet_id);
+                w.u8(*state);
+            }
+            Record::MsgDone { client_id, id } => {
+                w.str(client_id);
+                w.u64(*id);
+            }
+            Record::Qos2In {
+                client_id,
+                packet_id,
+            }
+            | Record::Qos2Done {
+                client_id,
+                packet_id,
+            } => {
+                w.str(client_id);
+                w.u16(*packet_id);
+            }
+            Record::Retain(r) => {
+                w.str(&r.topic);
+                w.u8(r.qos as u8);
+                w.u64(r.expires_unix_ms);
+                w.props(&r.properties);
+                w.bytes(&r.payload);
+            }
+            Record::RetainClear { topic } => w.str(topic),
+        }
+    }
+
+    /// `None` if the payload is not a valid record of `kind` (a CRC-valid record that does not
+    /// decode means a format mismatch, not a torn write).
+    pub fn decode(kind: u8, payload: &[u8]) -> Option<Record> {
+        let mut r = R { b: payload };
+        let rec = match kind {
+            SESSION => Record::Session {
+                client_id: r.str()?,
+                expiry_interval: r.u32()?,
+                protocol: r.u8()?,
+                disconnected_unix_ms: r.u64()?,
+                fresh: r.u8()? != 0,
+            },
+            SESSION_GONE => Record::SessionGone {
+                client_id: r.str()?,
+            },
+            SUB => Record::Sub {
+                client_id: r.str()?,
+                filter: r.str()?,
+                options: options_from(r.u8()?)?,
+                subscription_id: r.u32()?,
+            },
+            UNSUB => Record::Unsub {
+                client_id: r.str()?,
+                filter: r.str()?,
+            },
+            MSG => {
+                let client_id = r.str()?;
+                let id = r.u64()?;
+                let qos = QoS::from_u8(r.u8()?)?;
+                let retain = r.u8()? != 0;
+                let packet_id = r.u16()?;
+                let state = r.u8()?;
+                let expires_unix_ms = r.u64()?;
+                let n = r.u16()? as usize;
+                let mut subscription_ids = Vec::with_capacity(n.min(64));
+                for _ in 0..n {
+                    subscription_ids.push(r.u32()?);
+                }
+                Record::Msg(Box::new(MsgRecord {
+                    client_id,
+                    id,
+                    qos,
+                    retain,
+                    packet_id,
+                    state,
+                    expires_unix_ms,
+                    subscription_ids,
+                    topic: r.str()?,
+                    properties: r.props()?,
+                    payload: r.bytes()?,
+                }))
+            }
+            MSG_STATE => Record::MsgState {
+                client_id: r.str()?,
+                id: r.u64()?,
+                packet_id: r.u16()?,
+                state: r.u8()?,
+            },
+            MSG_DONE => Record::MsgDone {
+                client_id: r.str()?,
+                id: r.u64()?,
+            },
+            QOS2_IN => Record::Qos2In {
+                client_id: r.str()?,
+                packet_id: r.u16()?,
+            },
+            QOS2_DONE => Record::Qos2Done {
+                client_id: r.str()?,
+                packet_id: r.u16()?,
+            },
+            RETAIN => Record::Retain(Box::new(RetainRecord {
+                topic: r.str()?,
+                qos: QoS::from_u8(r.u8()?)?,
+                expires_unix_ms: r.u64()?,
+                properties: r.props()?,
+                payload: r.bytes()?,
+            })),
+            RETAIN_CLEAR => Record::RetainClear { topic: r.str()? },
+            _ => return None,
+        };
+        r.b.is_empty().then_some(rec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringmq_codec::ByteStr;
+
+    fn all() -> Vec<Record> {
+        let props = Properties {
+            content_type: Some(ByteStr::from("text/plain")),
+            user_properties: vec![(ByteStr::from("k"), ByteStr::from("v"))],
+            ..Default::default()
+        };
+        vec![
+            Record::Session {
+                client_id: "c1".into(),
+                expiry_interval: 300,
+                protocol: 5,
+                disconnected_unix_ms: 12345,
+                fresh: true,
+            },
+            Record::SessionGone {
+                client_id: "c1".into(),
+            },
+            Record::Sub {
+                client_id: "c1".into(),
+                filter: "a/+/#".into(),
+                options: SubscriptionOptions {
+                    qos: QoS::ExactlyOnce,
+                    no_local: true,
+                    retain_as_published: true,
+                    retain_handling: RetainHandling::DoNotSend,
+                },
+                subscription_id: 7,
+            },
+            Record::Unsub {
+                client_id: "c1".into(),
+                filter: "a".into(),
+            },
+            Record::Msg(Box::new(MsgRecord {
+                client_id: "c1".into(),
+                id: 99,
+                qos: QoS::AtLeastOnce,
+                retain: true,
+                packet_id: 4,
+                state: STATE_AWAIT_ACK,
+                topic: "t/1".into(),
+                payload: Bytes::from_static(b"hello"),
+                properties: Some(props.clone()),
+                expires_unix_ms: 777,
+                subscription_ids: vec![1, 2],
+            })),
+            Record::MsgState {
+                client_id: "c1".into(),
+                id: 99,
+                packet_id: 4,
+                state: STATE_AWAIT_PUBCOMP,
+            },
+            Record::MsgDone {
+                client_id: "c1".into(),
+                id: 99,
+            },
+            Record::Qos2In {
+                client_id: "c1".into(),
+                packet_id: 65535,
+            },
+            Record::Qos2Done {
+                client_id: "c1".into(),
+                packet_id: 1,
+            },
+            Record::Retain(Box::new(RetainRecord {
+                topic: "r".into(),
+                qos: QoS::AtMostOnce,
+                payload: Bytes::from_static(b""),
+                properties: None,
+                expires_unix_ms: 0,
+            })),
+            Record::RetainClear { topic: "r".into() },
+        ]
+    }
+
+    #[test]
+    fn every_record_round_trips_and_truncations_fail() {
+        for rec in all() {
+            let mut b = Vec::new();
+            rec.encode(&mut b);
+            assert_eq!(Record::decode(rec.kind(), &b).as_ref(), Some(&rec));
+            for cut in 0..b.len() {
+                assert!(
+                    Record::decode(rec.kind(), &b[..cut]).is_none(),
+                    "{rec:?} {cut}"
+                );
+            }
+            let mut longer = b.clone();
+            longer.push(0);
+            assert!(Record::decode(rec.kind(), &longer).is_none());
+        }
+        assert!(Record::decode(200, &[]).is_none());
+    }
+}
