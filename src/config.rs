@@ -30,6 +30,10 @@ pub enum Kind {
     Filter,
     /// `always`, `never` or `every=<ms>` (1 to 10000).
     Fsync,
+    /// true or false (TOML booleans in a file).
+    Bool,
+    /// Any string, empty allowed.
+    Text,
 }
 
 impl Kind {
@@ -50,6 +54,8 @@ impl Kind {
             Kind::Choice(words) => format!("one of {}", words.join(", ")),
             Kind::Filter => "a log filter in tracing's EnvFilter syntax (e.g. info)".into(),
             Kind::Fsync => "always, never or every=<ms> with ms from 1 to 10000".into(),
+            Kind::Bool => "true or false".into(),
+            Kind::Text => "a string".into(),
         }
     }
 }
@@ -141,6 +147,51 @@ pub const SPECS: &[Spec] = &[
         key: "metrics_addr",
         kind: Kind::AddrOrNone,
         default: Some("127.0.0.1:9883"),
+    },
+    Spec {
+        key: "max_qos",
+        kind: int(0, 2),
+        default: Some("2"),
+    },
+    Spec {
+        key: "retain_available",
+        kind: Kind::Bool,
+        default: Some("true"),
+    },
+    Spec {
+        key: "wildcard_subscriptions",
+        kind: Kind::Bool,
+        default: Some("true"),
+    },
+    Spec {
+        key: "subscription_identifiers",
+        kind: Kind::Bool,
+        default: Some("true"),
+    },
+    Spec {
+        key: "shared_subscriptions",
+        kind: Kind::Bool,
+        default: Some("true"),
+    },
+    Spec {
+        key: "topic_alias_maximum",
+        kind: int(0, 65_535),
+        default: Some("64"),
+    },
+    Spec {
+        key: "max_session_expiry",
+        kind: int(0, 4_294_967_295),
+        default: Some("4294967295"),
+    },
+    Spec {
+        key: "server_reference",
+        kind: Kind::Text,
+        default: Some(""),
+    },
+    Spec {
+        key: "server_moved",
+        kind: Kind::Bool,
+        default: Some("false"),
     },
     Spec {
         key: "sys_interval",
@@ -342,6 +393,7 @@ pub fn file_layer(text: &str, path: &Path) -> Result<Layer, ConfigError> {
         let shown = value.to_string();
         let values = match (spec.kind, value) {
             (Kind::Int { .. } | Kind::Pow2 { .. }, toml::Value::Integer(n)) => vec![n.to_string()],
+            (Kind::Bool, toml::Value::Boolean(b)) => vec![b.to_string()],
             (Kind::Addrs, toml::Value::Array(items)) => {
                 let mut v = Vec::new();
                 for item in items {
@@ -353,7 +405,12 @@ pub fn file_layer(text: &str, path: &Path) -> Result<Layer, ConfigError> {
                 v
             }
             (
-                Kind::Path | Kind::Choice(_) | Kind::Filter | Kind::AddrOrNone | Kind::Fsync,
+                Kind::Path
+                | Kind::Choice(_)
+                | Kind::Filter
+                | Kind::AddrOrNone
+                | Kind::Fsync
+                | Kind::Text,
                 toml::Value::String(s),
             ) => {
                 vec![s.clone()]
@@ -435,6 +492,12 @@ fn check(spec: &Spec, raw: &Raw) -> Result<Val, ConfigError> {
                 Err(bad())
             }
         }
+        Kind::Bool => match one() {
+            "true" => Ok(Val::Int(1)),
+            "false" => Ok(Val::Int(0)),
+            _ => Err(bad()),
+        },
+        Kind::Text => Ok(Val::Str(raw.values.first().cloned().unwrap_or_default())),
         Kind::Fsync => {
             let w = one();
             match w {
@@ -492,6 +555,16 @@ pub struct Settings {
     pub max_subscriptions_per_client: usize,
     /// Where the Prometheus/health HTTP endpoint listens; `None` disables it.
     pub metrics_addr: Option<SocketAddr>,
+    pub max_qos: u8,
+    pub retain_available: bool,
+    pub wildcard_subscriptions: bool,
+    pub subscription_identifiers: bool,
+    pub shared_subscriptions: bool,
+    pub topic_alias_maximum: u16,
+    pub max_session_expiry: u32,
+    /// Empty: no redirection.
+    pub server_reference: String,
+    pub server_moved: bool,
     /// Seconds between $SYS publications; 0 = none.
     pub sys_interval: u64,
     pub fsync: Fsync,
@@ -588,6 +661,15 @@ pub fn resolve(layers: &[&Layer]) -> Result<Settings, ConfigError> {
             "none" => None,
             a => Some(a.parse().expect("checked by its spec")),
         },
+        max_qos: int("max_qos") as u8,
+        retain_available: int("retain_available") == 1,
+        wildcard_subscriptions: int("wildcard_subscriptions") == 1,
+        subscription_identifiers: int("subscription_identifiers") == 1,
+        shared_subscriptions: int("shared_subscriptions") == 1,
+        topic_alias_maximum: int("topic_alias_maximum") as u16,
+        max_session_expiry: int("max_session_expiry") as u32,
+        server_reference: text("server_reference"),
+        server_moved: int("server_moved") == 1,
         sys_interval: int("sys_interval"),
         fsync: match text("fsync").as_str() {
             "always" => Fsync::Always,
@@ -640,6 +722,15 @@ impl Settings {
                 self.metrics_addr
                     .map_or_else(|| "none".to_owned(), |a| a.to_string()),
             ),
+            "max_qos" => n(self.max_qos.into()),
+            "retain_available" => V::Boolean(self.retain_available),
+            "wildcard_subscriptions" => V::Boolean(self.wildcard_subscriptions),
+            "subscription_identifiers" => V::Boolean(self.subscription_identifiers),
+            "shared_subscriptions" => V::Boolean(self.shared_subscriptions),
+            "topic_alias_maximum" => n(self.topic_alias_maximum.into()),
+            "max_session_expiry" => n(self.max_session_expiry.into()),
+            "server_reference" => V::String(self.server_reference.clone()),
+            "server_moved" => V::Boolean(self.server_moved),
             "sys_interval" => n(self.sys_interval),
             "fsync" => V::String(match self.fsync {
                 Fsync::Always => "always".into(),

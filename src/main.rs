@@ -96,6 +96,54 @@ struct Args {
     #[arg(long, value_name = "ADDR:PORT|none")]
     metrics_addr: Option<String>,
 
+    /// Highest QoS accepted (0 to 2), advertised to MQTT 5 clients as Maximum QoS; subscriptions
+    /// are granted at most this, a PUBLISH above it closes the connection (MQTT 5: 0x9B).
+    /// [default: 2]
+    #[arg(long, value_name = "QOS")]
+    max_qos: Option<String>,
+
+    /// Whether retained messages are supported (Retain Available); when false a PUBLISH with
+    /// RETAIN closes the connection (MQTT 5: 0x9A). [default: true]
+    #[arg(long, value_name = "true|false")]
+    retain_available: Option<String>,
+
+    /// Whether filters with + or # are accepted (Wildcard Subscription Available); when false
+    /// they get SUBACK 0xA2. [default: true]
+    #[arg(long, value_name = "true|false")]
+    wildcard_subscriptions: Option<String>,
+
+    /// Whether Subscription Identifiers are accepted (Subscription Identifiers Available).
+    /// [default: true]
+    #[arg(long, value_name = "true|false")]
+    subscription_identifiers: Option<String>,
+
+    /// Whether $share/{group}/{filter} subscriptions are accepted (Shared Subscription
+    /// Available); when false they get SUBACK 0x9E. [default: true]
+    #[arg(long, value_name = "true|false")]
+    shared_subscriptions: Option<String>,
+
+    /// Topic aliases an MQTT 5 client may set per connection (Topic Alias Maximum, 0 to
+    /// 65535); 0 refuses aliases. [default: 64]
+    #[arg(long, value_name = "N")]
+    topic_alias_maximum: Option<String>,
+
+    /// Largest Session Expiry Interval granted, in seconds; larger requests are lowered to it and
+    /// the client is told in CONNACK. 4294967295 = sessions may never expire.
+    /// [default: 4294967295]
+    #[arg(long, value_name = "SECS")]
+    max_session_expiry: Option<String>,
+
+    /// Redirect every client: MQTT 5 clients get CONNACK 0x9C Use another server (0x9D Server
+    /// moved with --server-moved true) with this Server Reference; 3.1.x clients get return
+    /// code 3 (server unavailable). Empty: no redirection. [default: ]
+    #[arg(long, value_name = "REFERENCE")]
+    server_reference: Option<String>,
+
+    /// With --server-reference: the server has moved for good (0x9D) rather than temporarily
+    /// (0x9C). [default: false]
+    #[arg(long, value_name = "true|false")]
+    server_moved: Option<String>,
+
     /// Seconds between publications of broker statistics under $SYS/broker/... (retained);
     /// 0 turns them off. [default: 10]
     #[arg(long, value_name = "SECS")]
@@ -210,6 +258,15 @@ fn main() {
         max_topic_levels: s.max_topic_levels,
         max_subscriptions_per_client: s.max_subscriptions_per_client,
         metrics_addr: s.metrics_addr,
+        max_qos: s.max_qos,
+        retain_available: s.retain_available,
+        wildcard_subscriptions: s.wildcard_subscriptions,
+        subscription_identifiers: s.subscription_identifiers,
+        shared_subscriptions: s.shared_subscriptions,
+        topic_alias_maximum: s.topic_alias_maximum,
+        max_session_expiry: s.max_session_expiry,
+        server_reference: (!s.server_reference.is_empty()).then_some(s.server_reference),
+        server_moved: s.server_moved,
         sys_interval: Duration::from_secs(s.sys_interval),
         fsync: match s.fsync {
             config::Fsync::Always => ringmq_shard::config::Fsync::Always,

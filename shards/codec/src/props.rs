@@ -181,13 +181,9 @@ fn decode_list(r: &mut Reader<'_>, ctx: Ctx) -> Result<Properties, DecodeError> 
                 p.receive_maximum = Some(v)
             }
             TOPIC_ALIAS_MAXIMUM => p.topic_alias_maximum = Some(r.u16(TRUNC)?),
-            TOPIC_ALIAS => {
-                let v = r.u16(TRUNC)?;
-                if v == 0 {
-                    return Err(Protocol("Topic Alias 0 [MQTT-3.3.2-8]"));
-                }
-                p.topic_alias = Some(v)
-            }
+            // 0 is not a valid alias [MQTT-3.3.2-8]; the receiver answers 0x94 Topic Alias
+            // invalid, which it decides along with its own Topic Alias Maximum.
+            TOPIC_ALIAS => p.topic_alias = Some(r.u16(TRUNC)?),
             MAXIMUM_QOS => {
                 p.maximum_qos = Some(bool_byte(r, "Maximum QoS not 0 or 1 [3.2.2.3.4]")?)
             }

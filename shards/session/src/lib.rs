@@ -88,6 +88,9 @@ pub struct Inflight {
     pub subscription_ids: Vec<u32>,
     /// Id of this delivery in the shard's journal; 0 if it is not journaled.
     pub journal_id: u64,
+    /// The shared subscription group it was delivered through (shard-local id), 0 if none: if
+    /// the session ends unacknowledged, another member of the group gets it.
+    pub shared_group: u32,
 }
 
 /// A message waiting for room in the inflight window.
@@ -99,6 +102,8 @@ pub struct Queued {
     pub subscription_ids: Vec<u32>,
     /// Id of this delivery in the shard's journal; 0 if it is not journaled.
     pub journal_id: u64,
+    /// See [`Inflight::shared_group`].
+    pub shared_group: u32,
 }
 
 /// What a PUBREC did to the QoS 2 delivery it acknowledged.
@@ -212,6 +217,7 @@ impl Outbound {
             retain: q.retain,
             subscription_ids: q.subscription_ids,
             journal_id: q.journal_id,
+            shared_group: q.shared_group,
         });
         packet_id
     }
@@ -486,6 +492,7 @@ mod tests {
             retain: false,
             subscription_ids: Vec::new(),
             journal_id: 9,
+            shared_group: 0,
         }
     }
 
@@ -586,6 +593,7 @@ mod tests {
             retain: false,
             subscription_ids: vec![],
             journal_id: 3,
+            shared_group: 0,
         });
         o.restore_queued(msg(QoS::AtLeastOnce));
         assert_eq!(o.refill(|_| true).0, vec![pid(6)]);

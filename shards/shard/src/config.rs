@@ -32,6 +32,19 @@ pub struct Config {
     pub max_subscriptions_per_client: usize,
     /// Where shard 0 serves `GET /metrics` and `GET /healthz`; `None` disables it.
     pub metrics_addr: Option<SocketAddr>,
+    /// Highest QoS accepted (Maximum QoS).
+    pub max_qos: u8,
+    pub retain_available: bool,
+    pub wildcard_subscriptions: bool,
+    pub subscription_identifiers: bool,
+    pub shared_subscriptions: bool,
+    /// Topic aliases a client may set per connection.
+    pub topic_alias_maximum: u16,
+    /// Largest Session Expiry Interval granted.
+    pub max_session_expiry: u32,
+    /// Redirect every client there (CONNACK 0x9C, or 0x9D with `server_moved`).
+    pub server_reference: Option<String>,
+    pub server_moved: bool,
     /// Between $SYS publications (by shard 0); zero = none.
     pub sys_interval: Duration,
     pub fsync: Fsync,
@@ -82,6 +95,15 @@ impl Default for Config {
             max_topic_levels: 128,
             max_subscriptions_per_client: 1000,
             metrics_addr: None,
+            max_qos: 2,
+            retain_available: true,
+            wildcard_subscriptions: true,
+            subscription_identifiers: true,
+            shared_subscriptions: true,
+            topic_alias_maximum: 64,
+            max_session_expiry: u32::MAX,
+            server_reference: None,
+            server_moved: false,
             sys_interval: Duration::ZERO,
             fsync: Fsync::Every(Duration::from_millis(2)),
             journal_segment_bytes: 64 << 20,

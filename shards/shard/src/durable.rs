@@ -65,6 +65,9 @@ pub struct Durable {
     pub checkpoint: Option<Checkpoint>,
     /// Bytes the last compaction re-appended: an estimate of live state.
     pub live_bytes: u64,
+    /// `bytes_appended` when the last compaction finished.
+    pub appended_at_compaction: u64,
+    pub compacted_at: Option<Instant>,
     /// Appends that failed (I/O error or full) for bookkeeping records, which are never refused.
     pub write_errors: u64,
     /// Data refused because `--journal-max-bytes` was reached.
@@ -123,6 +126,8 @@ impl Durable {
             bell: None,
             checkpoint: None,
             live_bytes: 0,
+            appended_at_compaction: 0,
+            compacted_at: None,
             write_errors: 0,
             refused: 0,
         }
@@ -171,18 +176,22 @@ impl Durable {
         }
     }
 
-    /// Whether compaction should start: the journal holds much more than live state.
+    /// Whether compaction should start: the journal holds much more than live state, or it
+    /// is at `--journal-max-bytes` and enough was appended since the last compaction that
+    /// another may free something (so a journal full of live state does not compact in a loop).
     pub fn should_compact(&self) -> bool {
-        if self.checkpoint.is_some() {
+        if self.checkpoint.is_some() || self.journal.segments().len() < 2 {
             return false;
         }
-        let segments = self.journal.segments().len() as u64;
-        if segments < 2 {
-            return false;
-        }
-        let disk = segments * self.segment_bytes;
-        disk > 2 * self.live_bytes + 4 * self.segment_bytes
-            || (!self.has_room() && disk > self.live_bytes + 2 * self.segment_bytes)
+        let disk = self.journal.disk_bytes();
+        let appended = self.journal.stats().bytes_appended - self.appended_at_compaction;
+        // Full: retry at most once a second unless much was appended, since acknowledgements
+        // (tiny records) are what frees the space of large ones.
+        let retry = appended >= self.segment_bytes / 2
+            || self
+                .compacted_at
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        disk > 2 * self.live_bytes + 4 * self.segment_bytes || (!self.has_room() && retry)
     }
 }
 

@@ -24,6 +24,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod records;
 pub mod runtime;
+pub mod shared;
 pub mod state;
 pub mod sys;
 

@@ -44,6 +44,28 @@ pub enum ShardMsg {
     RouteAck {
         token: u64,
     },
+    /// A session on the sender joined the shared subscription `key` (`$share/{group}/{filter}`);
+    /// answer with `RouteAck { token }` (0: nobody waits).
+    ShareJoin {
+        key: ByteStr,
+        member: crate::shared::Member,
+        token: u64,
+    },
+    /// A session left the shared subscription `key`.
+    ShareLeave {
+        key: ByteStr,
+        shard: u16,
+        session: u64,
+    },
+    /// Deliver to one member of a shared subscription, the receiver's session `session`. If it
+    /// is no longer a member, the receiver picks another (at most `hops` more times).
+    SharedPublish {
+        msg: Message,
+        key: ByteStr,
+        session: u64,
+        ack: Option<u64>,
+        hops: u8,
+    },
     /// The sender's last local subscriber for `filter` is gone.
     RouteRemove {
         filter: ByteStr,

@@ -26,6 +26,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 static SHUTDOWN: AtomicBool = AtomicBool::new(false);
 /// Shards that have closed their listeners and connections.
 static SHARDS_DONE: AtomicUsize = AtomicUsize::new(0);
+/// Shards that have recovered their journal and whose restored subscriptions every other
+/// shard has acknowledged: nobody listens before all have, or a publish right after a restart
+/// could miss a restored session on another shard.
+static SHARDS_READY: AtomicUsize = AtomicUsize::new(0);
 
 pub struct Shard {
     pub state: RefCell<ShardState>,
@@ -45,6 +49,7 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
     assert!(cfg.shards >= 1 && cfg.shards <= 256, "1..=256 shards");
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let _ = STARTED.set(std::time::Instant::now());
+    check_shard_count(&cfg.data_dir, cfg.shards)?;
     let cfg = Arc::new(cfg);
     let conn_count = Arc::new(AtomicUsize::new(0));
     let mesh = (cfg.shards > 1)
@@ -78,7 +83,16 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
             b = b.spin_before_park(spin);
         }
         let h = b
-            .spawn(move || async move { shard_main(cfg, mesh, conn_count, metrics_fd).await })
+            .spawn(move || async move {
+                let r = shard_main(cfg, mesh, conn_count, metrics_fd).await;
+                if let Err(e) = &r {
+                    // One shard missing would leave its clients' sessions unreachable: the
+                    // whole process stops.
+                    eprintln!("ringmq: shard {i}: {e}");
+                    std::process::exit(1);
+                }
+                r
+            })
             .map_err(|e| std::io::Error::other(format!("cannot start shard {i}: {e}")))?;
         handles.push(h);
     }
@@ -91,6 +105,33 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
         }
     }
     result
+}
+
+/// Sessions and retained messages live on the shard their hash picks, so a data directory is
+/// only valid with the shard count that wrote it. The count is recorded at first start.
+fn check_shard_count(data_dir: &std::path::Path, shards: usize) -> std::io::Result<()> {
+    let path = data_dir.join("shards");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let had: usize = text.trim().parse().map_err(|_| {
+                std::io::Error::other(format!("{} is not a shard count", path.display()))
+            })?;
+            if had != shards {
+                return Err(std::io::Error::other(format!(
+                    "the data directory {} was written with --shards {had}; start with \
+                     --shards {had} (its journals place sessions by client id hash over {had} \
+                     shards), or use another --data-dir",
+                    data_dir.display()
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(&path, format!("{shards}\n"))?;
+            std::fs::File::open(data_dir)?.sync_all()
+        }
+        Err(e) => Err(e),
+    }
 }
 
 async fn shard_main(
@@ -179,6 +220,19 @@ async fn shard_main(
         // SAFETY: the listening socket bound in `run`, handed to this shard alone.
         let listener = unsafe { TcpListener::from_raw_fd(fd) };
         glommio::spawn_local(metrics_accept_loop(listener)).detach();
+    }
+
+    // Listen only once every shard has recovered and announced its restored subscriptions.
+    loop {
+        let pending = shard.state.borrow().restore_pending;
+        if pending == 0 {
+            break;
+        }
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+    SHARDS_READY.fetch_add(1, Ordering::SeqCst);
+    while SHARDS_READY.load(Ordering::SeqCst) < cfg.shards {
+        glommio::timer::sleep(Duration::from_millis(1)).await;
     }
 
     if id == 0 && !cfg.sys_interval.is_zero() {

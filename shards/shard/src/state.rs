@@ -12,6 +12,7 @@ use crate::io;
 use crate::mesh::{Batch, Handoff, RetainQuery, RetainReply, ShardMsg};
 use crate::metrics::{record_us, Counters, Gauges, Histograms, ShardMetrics};
 use crate::records::{self, MsgRecord, Record, RetainRecord};
+use crate::shared::{GroupId, Member, SharedGroups};
 use bytes::{Bytes, BytesMut};
 use glommio::channels::channel_mesh::Senders;
 use ringmq_codec::{
@@ -124,6 +125,24 @@ pub struct Conn {
     /// Accepted (or adopted) at this many µs of the shard's clock.
     pub opened_us: u64,
     handoff: Option<Box<Connect>>,
+    /// Topic aliases in both directions (MQTT 5); allocated on first use, so connections that
+    /// use none pay a pointer.
+    aliases: Option<Box<Aliases>>,
+}
+
+#[derive(Default)]
+struct Aliases {
+    /// Set by the client, indexed by alias - 1.
+    input: Vec<Option<ByteStr>>,
+    /// Used by the server towards the client, when the client allows them.
+    out: Option<AliasOut>,
+}
+
+/// Server-to-client topic aliases of one connection: the first `max` distinct topics sent get
+/// an alias each and are afterwards sent as an alias alone [MQTT-3.3.2-12].
+struct AliasOut {
+    max: u16,
+    map: HashMap<ByteStr, u16>,
 }
 
 impl Conn {
@@ -144,6 +163,7 @@ impl Conn {
             last_rx_ms: now_ms,
             opened_us: now_us,
             handoff: None,
+            aliases: None,
         }
     }
 
@@ -196,6 +216,15 @@ struct AckSlot {
     durable: u64,
     /// A shard's journal had no room for it: answer 0x97, never success.
     refused: bool,
+}
+
+/// A will held back by its Will Delay Interval.
+struct DelayedWill {
+    session: u64,
+    /// On the shard's millisecond clock.
+    due_ms: u64,
+    will: Box<LastWill>,
+    origin: u64,
 }
 
 /// Where `route` sent a message.
@@ -258,6 +287,15 @@ pub struct ShardState {
     pub durable: Option<Durable>,
     /// Set by a delivery the journal had no room for, during one publish.
     delivery_refused: bool,
+    /// Wills waiting for their Will Delay Interval or their session's end.
+    delayed_wills: Vec<DelayedWill>,
+    /// Every shared subscription group and its members on all shards.
+    shared: SharedGroups,
+    group_buf: Vec<GroupId>,
+    /// Route acknowledgements still expected for the subscriptions restored at start; the
+    /// shard listens only once every shard has none left.
+    pub restore_pending: usize,
+    restore_token: u64,
 }
 
 impl ShardState {
@@ -294,6 +332,11 @@ impl ShardState {
             assigned_ids: 0,
             durable: None,
             delivery_refused: false,
+            delayed_wills: Vec::new(),
+            shared: SharedGroups::default(),
+            group_buf: Vec::new(),
+            restore_pending: 0,
+            restore_token: 0,
         }
     }
 
@@ -403,6 +446,9 @@ impl ShardState {
         if let Some(d) = self.durable.as_mut() {
             d.next_msg_id = rec.max_msg_id + 1;
         }
+        self.restore_token = self.next_token;
+        self.next_token += 1;
+        let token = self.restore_token;
         for (client_id, rs) in rec.sessions {
             // Sessions that were connected at the crash are taken as disconnected now.
             let gone_ms = if rs.disconnected_unix_ms == 0 {
@@ -438,6 +484,7 @@ impl ShardState {
             s.expiry_interval = expiry;
             s.disconnected_at = Some(self.now_s());
             s.journaled = true;
+            let mut restored_subs = Vec::new();
             for (filter, (options, id)) in rs.subs {
                 let filter = ByteStr::from(filter);
                 let subscription_id = (id != 0).then_some(id);
@@ -448,27 +495,7 @@ impl ShardState {
                         subscription_id,
                     },
                 );
-                let first = self.subs.subscribers(&filter).next().is_none();
-                self.subs.insert(
-                    &filter,
-                    sid,
-                    SubEntry {
-                        options,
-                        subscription_id,
-                    },
-                );
-                if first {
-                    for peer in 0..self.nshards {
-                        if peer != self.id {
-                            // Token 0: no SUBACK waits for these acknowledgements.
-                            self.outbox[peer].push(ShardMsg::RouteAdd {
-                                filter: filter.clone(),
-                                from: self.id as u16,
-                                token: 0,
-                            });
-                        }
-                    }
-                }
+                restored_subs.push((filter, options, subscription_id));
             }
             for pid in rs.qos2_in {
                 if let Some(pid) = PacketId::new(pid) {
@@ -504,6 +531,7 @@ impl ShardState {
                             retain: m.retain,
                             subscription_ids: m.subscription_ids,
                             journal_id: m.id,
+                            shared_group: 0,
                         });
                     }
                     _ => s.outbound.restore_queued(Queued {
@@ -512,11 +540,16 @@ impl ShardState {
                         retain: m.retain,
                         subscription_ids: m.subscription_ids,
                         journal_id: m.id,
+                        shared_group: 0,
                     }),
                 }
             }
             self.by_client.insert(cid, sid);
             self.sessions.insert(sid, Box::new(s));
+            for (filter, options, subscription_id) in restored_subs {
+                self.restore_pending +=
+                    self.install_subscription(sid, &filter, options, subscription_id, token);
+            }
         }
         for client_id in expired {
             self.jnote(Record::SessionGone { client_id });
@@ -641,6 +674,8 @@ impl ShardState {
             }
         }
         d.checkpoint = None;
+        d.appended_at_compaction = d.journal.stats().bytes_appended;
+        d.compacted_at = Some(Instant::now());
         tracing::debug!(
             shard = self.id,
             freed,
@@ -778,7 +813,21 @@ impl ShardState {
         }
         if close.publishes_will() {
             if let Some(w) = will {
-                self.publish_will(*w, origin);
+                // Sent at the earlier of the Will Delay Interval and the session's end
+                // [MQTT-3.1.3-9]; a session ending now sends it now.
+                let delay = w.properties.will_delay_interval.unwrap_or(0);
+                if delay == 0 || ends {
+                    self.publish_will(*w, origin);
+                } else {
+                    let expiry = self.sessions[&sid].expiry_interval;
+                    let wait_s = u64::from(delay.min(expiry));
+                    self.delayed_wills.push(DelayedWill {
+                        session: sid,
+                        due_ms: self.now_ms() + wait_s * 1000,
+                        will: w,
+                        origin,
+                    });
+                }
             }
         }
         if ends {
@@ -817,7 +866,10 @@ impl ShardState {
             if conn.version.is_v5() && conn.phase == Phase::Active {
                 let d = Packet::Disconnect(Box::new(Disconnect {
                     reason: r,
-                    properties: Properties::default(),
+                    properties: Properties {
+                        reason_string: reason_text(r).map(ByteStr::from),
+                        ..Properties::default()
+                    },
                 }));
                 self.send(key, &d);
             }
@@ -1093,10 +1145,18 @@ impl ShardState {
     // ---------------------------------------------------------------- CONNECT
 
     fn reject(&mut self, key: usize, reason: ReasonCode) {
+        self.reject_with(key, reason, Properties::default());
+    }
+
+    fn reject_with(&mut self, key: usize, reason: ReasonCode, mut properties: Properties) {
+        if self.conns[key].version.is_v5() {
+            // A CONNACK may always carry a Reason String [MQTT-3.2.2-19 allows it here].
+            properties.reason_string = reason_text(reason).map(ByteStr::from);
+        }
         let ack = Packet::ConnAck(Box::new(ConnAck {
             session_present: false,
             reason,
-            properties: Properties::default(),
+            properties,
         }));
         self.send(key, &ack);
         self.counters.connections_rejected += 1;
@@ -1111,9 +1171,33 @@ impl ShardState {
             // No enhanced authentication method is configured [MQTT-4.12.0-1].
             return self.reject(key, ReasonCode::BAD_AUTHENTICATION_METHOD);
         }
+        if let Some(reference) = &self.cfg.server_reference {
+            // Server redirection (MQTT 5 section 4.11); 3.1.x has no way to say where to go.
+            if !v5 {
+                return self.reject(key, ReasonCode::SERVER_UNAVAILABLE);
+            }
+            let code = if self.cfg.server_moved {
+                ReasonCode::SERVER_MOVED
+            } else {
+                ReasonCode::USE_ANOTHER_SERVER
+            };
+            let props = Properties {
+                server_reference: Some(ByteStr::from(reference.as_str())),
+                ..Properties::default()
+            };
+            return self.reject_with(key, code, props);
+        }
         if let Some(w) = &c.will {
             if validate_topic_name(&w.topic, self.cfg.max_topic_levels).is_err() {
                 return self.reject(key, ReasonCode::TOPIC_NAME_INVALID);
+            }
+            // [MQTT-3.2.2-12] a will above Maximum QoS; [MQTT-3.2.2-13] a retained will
+            // without Retain Available.
+            if w.qos as u8 > self.cfg.max_qos {
+                return self.reject(key, ReasonCode::QOS_NOT_SUPPORTED);
+            }
+            if w.retain && !self.cfg.retain_available {
+                return self.reject(key, ReasonCode::RETAIN_NOT_SUPPORTED);
             }
         }
         let mut assigned = None;
@@ -1213,7 +1297,7 @@ impl ShardState {
                 if self.conns.get(old_key).is_some_and(|c| c.close.is_none()) {
                     self.on_readable(old_key, None);
                 }
-                self.take_over(old_key, sid);
+                self.take_over(old_key, sid, !c.clean_start);
             }
             // A session that ends with its connection ends with the one just taken over too
             // [MQTT-3.1.2-6]: it is not there to resume.
@@ -1252,13 +1336,16 @@ impl ShardState {
         let s = self.sessions.get_mut(&sid).expect("just ensured");
         s.protocol = c.protocol;
         s.outbound.set_window(window);
-        s.expiry_interval = if v5 {
+        let requested = if v5 {
             c.properties.session_expiry_interval.unwrap_or(0)
         } else if c.clean_start {
             0
         } else {
             u32::MAX
         };
+        // The server's maximum; an MQTT 5 client is told what it got [MQTT-3.2.2-?].
+        s.expiry_interval = requested.min(cfg.max_session_expiry);
+        let granted_expiry = (requested != s.expiry_interval).then_some(s.expiry_interval);
         s.max_packet_size = c.properties.maximum_packet_size.unwrap_or(u32::MAX);
         s.problem_information = c.properties.request_problem_information != Some(0);
         s.will = will;
@@ -1296,15 +1383,44 @@ impl ShardState {
         conn.session = Some(sid);
         conn.keep_alive_s = keep_alive;
         conn.last_rx_ms = now_ms;
+        conn.aliases = c
+            .properties
+            .topic_alias_maximum
+            .filter(|m| *m > 0 && v5)
+            .map(|max| {
+                Box::new(Aliases {
+                    input: Vec::new(),
+                    out: Some(AliasOut {
+                        max,
+                        map: HashMap::new(),
+                    }),
+                })
+            });
+        // A reconnect within the Will Delay Interval cancels the pending will [MQTT-3.1.3-9].
+        if session_present {
+            self.delayed_wills.retain(|w| w.session != sid);
+        }
 
         let mut props = Properties::default();
         if v5 {
             props.receive_maximum = Some(cfg.max_inflight);
             props.maximum_packet_size = Some(cfg.max_packet_size as u32);
-            props.shared_subscription_available = Some(0);
+            // Absent means available (or QoS 2): only limits are announced.
+            props.maximum_qos = (cfg.max_qos < 2).then_some(cfg.max_qos);
+            props.retain_available = (!cfg.retain_available).then_some(0);
+            props.wildcard_subscription_available = (!cfg.wildcard_subscriptions).then_some(0);
+            props.subscription_identifier_available = (!cfg.subscription_identifiers).then_some(0);
+            props.shared_subscription_available = (!cfg.shared_subscriptions).then_some(0);
             props.server_keep_alive = server_keep_alive;
             props.assigned_client_identifier = assigned;
-            props.topic_alias_maximum = None;
+            props.topic_alias_maximum =
+                (cfg.topic_alias_maximum > 0).then_some(cfg.topic_alias_maximum);
+            props.session_expiry_interval = granted_expiry;
+            if c.properties.request_response_information == Some(1) {
+                // A topic prefix this client may use for responses (section 4.10).
+                props.response_information =
+                    Some(ByteStr::from(format!("response/{}", c.client_id)));
+            }
         }
         let ack = Packet::ConnAck(Box::new(ConnAck {
             session_present,
@@ -1323,7 +1439,7 @@ impl ShardState {
     }
 
     /// Detaches a session from its old connection and closes that connection.
-    fn take_over(&mut self, old_key: usize, sid: u64) {
+    fn take_over(&mut self, old_key: usize, sid: u64, resume: bool) {
         let origin = self.global_id(sid);
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
@@ -1332,10 +1448,15 @@ impl ShardState {
             return;
         }
         s.connection = None;
-        // The old connection ends without DISCONNECT from its client: its will is due.
+        // The old connection ends without DISCONNECT from its client: its will is due, unless
+        // it has a Will Delay Interval and the new connection continues the session
+        // [MQTT-3.1.3-9].
         let will = s.will.take();
         if let Some(w) = will {
-            self.publish_will(*w, origin);
+            let delayed = w.properties.will_delay_interval.is_some_and(|d| d > 0);
+            if !(delayed && resume) {
+                self.publish_will(*w, origin);
+            }
         }
         self.counters.takeovers += 1;
         self.close_conn(old_key, Close::TakenOver);
@@ -1352,8 +1473,29 @@ impl ShardState {
             });
         }
         for filter in s.subscriptions.keys() {
-            self.subs.remove(filter, sid);
-            self.drop_interest(filter);
+            self.uninstall_subscription(sid, filter);
+        }
+        // Deliveries a shared subscription gave this session and it never acknowledged go to
+        // another member of the group (4.8.2).
+        let me = (self.id as u16, sid);
+        let mut again: Vec<(GroupId, Message)> = Vec::new();
+        for i in s.outbound.inflight().filter(|i| i.shared_group != 0) {
+            if i.state != InflightState::AwaitPubComp {
+                again.push((i.shared_group, i.message.clone()));
+            }
+        }
+        for q in s.outbound.queued().filter(|q| q.shared_group != 0) {
+            again.push((q.shared_group, q.message.clone()));
+        }
+        for (gid, msg) in again {
+            if let Some(m) = self.shared.pick(gid, Some(me)) {
+                self.send_to_member(gid, m, &msg, None);
+            }
+        }
+        // The session ended before its will's delay ran out: the will goes now.
+        if let Some(i) = self.delayed_wills.iter().position(|w| w.session == sid) {
+            let w = self.delayed_wills.swap_remove(i);
+            self.publish_will(*w.will, w.origin);
         }
     }
 
@@ -1382,13 +1524,36 @@ impl ShardState {
 
     // ---------------------------------------------------------------- PUBLISH in
 
-    fn on_publish(&mut self, key: usize, sid: u64, p: Publish) {
-        if p.properties
-            .as_ref()
-            .is_some_and(|pr| pr.topic_alias.is_some())
-        {
-            // Topic Alias Maximum is 0: any alias is invalid [MQTT-3.3.2-8].
-            return self.close_conn(key, Close::Error(ReasonCode::TOPIC_ALIAS_INVALID));
+    fn on_publish(&mut self, key: usize, sid: u64, mut p: Publish) {
+        // [MQTT-3.2.2-11] above Maximum QoS; [MQTT-3.2.2-14] RETAIN without Retain Available.
+        if p.qos as u8 > self.cfg.max_qos {
+            return self.close_conn(key, Close::Error(ReasonCode::QOS_NOT_SUPPORTED));
+        }
+        if p.retain && !self.cfg.retain_available {
+            return self.close_conn(key, Close::Error(ReasonCode::RETAIN_NOT_SUPPORTED));
+        }
+        if let Some(alias) = p.properties.as_ref().and_then(|pr| pr.topic_alias) {
+            // [MQTT-3.3.2-8] 0 and [MQTT-3.3.2-9] above Topic Alias Maximum are invalid.
+            let max = self.cfg.topic_alias_maximum;
+            if alias == 0 || alias > max {
+                return self.close_conn(key, Close::Error(ReasonCode::TOPIC_ALIAS_INVALID));
+            }
+            let conn = &mut self.conns[key];
+            let table = &mut conn.aliases.get_or_insert_with(Box::default).input;
+            if table.len() < max as usize {
+                table.resize(max as usize, None);
+            }
+            let slot = &mut table[alias as usize - 1];
+            if p.topic.is_empty() {
+                // An alias never set on this connection is a protocol error (3.3.2.3.4).
+                match slot {
+                    Some(t) => p.topic = t.clone(),
+                    None => return self.close_conn(key, Close::Error(ReasonCode::PROTOCOL_ERROR)),
+                }
+            } else if validate_topic_name(&p.topic, self.cfg.max_topic_levels).is_ok() {
+                // Kept for the connection's life: not a slice of the read buffer.
+                *slot = Some(ByteStr::from(p.topic.as_str()));
+            }
         }
         if validate_topic_name(&p.topic, self.cfg.max_topic_levels).is_err() {
             return self.close_conn(key, Close::Error(ReasonCode::TOPIC_NAME_INVALID));
@@ -1547,7 +1712,17 @@ impl ShardState {
                         s.inbound_qos2.on_pubrel(a.packet_id);
                     }
                 }
-                let r = PubResp::with_reason(a.packet_id, ReasonCode::QUOTA_EXCEEDED);
+                let mut r = PubResp::with_reason(a.packet_id, ReasonCode::QUOTA_EXCEEDED);
+                if self
+                    .sessions
+                    .get(&sid)
+                    .is_some_and(|s| s.problem_information)
+                {
+                    r.properties = Some(Box::new(Properties {
+                        reason_string: reason_text(ReasonCode::QUOTA_EXCEEDED).map(ByteStr::from),
+                        ..Properties::default()
+                    }));
+                }
                 let packet = if a.qos == QoS::ExactlyOnce {
                     Packet::PubRec(r)
                 } else {
@@ -1611,10 +1786,143 @@ impl ShardState {
             self.counters.cross_shard_out += 1;
             routed.awaiting += usize::from(ack.is_some());
         }
+        if !self.shared.is_empty() {
+            let mut groups = std::mem::take(&mut self.group_buf);
+            groups.clear();
+            self.shared.matching(&msg.topic, &mut groups);
+            for &gid in &groups {
+                let Some(m) = self.shared.pick(gid, None) else {
+                    continue;
+                };
+                if m.shard as usize == self.id {
+                    routed.matched_here |= self.deliver_shared_local(m.session, gid, &msg);
+                } else {
+                    self.send_to_member(gid, m, &msg, ack);
+                    routed.awaiting += usize::from(ack.is_some());
+                }
+            }
+            let any = !groups.is_empty();
+            self.group_buf = groups;
+            if any {
+                return routed;
+            }
+        }
         if shards.is_empty() && !routed.matched_here {
             self.counters.dropped_no_subscriber += 1;
         }
         routed
+    }
+
+    /// Sends a message to the chosen member of a shared subscription on another shard (or
+    /// delivers it here).
+    fn send_to_member(&mut self, gid: GroupId, m: Member, msg: &Message, ack: Option<u64>) {
+        if m.shard as usize == self.id {
+            self.deliver_shared_local(m.session, gid, msg);
+            return;
+        }
+        let Some(key) = self.shared.key(gid).cloned() else {
+            return;
+        };
+        self.outbox[m.shard as usize].push(ShardMsg::SharedPublish {
+            msg: msg.clone(),
+            key,
+            session: m.session,
+            ack,
+            hops: self.nshards.min(8) as u8,
+        });
+        self.counters.cross_shard_out += 1;
+    }
+
+    /// Delivers to a local member of a shared subscription, with that subscription's options.
+    fn deliver_shared_local(&mut self, sid: u64, gid: GroupId, msg: &Message) -> bool {
+        let Some(key) = self.shared.key(gid) else {
+            return false;
+        };
+        let Some(sub) = self
+            .sessions
+            .get(&sid)
+            .and_then(|s| s.subscriptions.get(key))
+        else {
+            return false;
+        };
+        let qos = sub.options.qos.min(msg.qos);
+        let retain = sub.options.retain_as_published && msg.retain;
+        let ids: Vec<u32> = sub.subscription_id.into_iter().collect();
+        self.deliver_to_session(sid, msg, qos, retain, ids, true, gid);
+        true
+    }
+
+    /// Adds a subscription of a local session to the matching structures and tells the other
+    /// shards; returns how many `RouteAck { token }` to expect.
+    fn install_subscription(
+        &mut self,
+        sid: u64,
+        filter: &ByteStr,
+        options: SubscriptionOptions,
+        subscription_id: Option<u32>,
+        token: u64,
+    ) -> usize {
+        let mut awaiting = 0;
+        if let Ok(Some(sh)) = parse_shared(filter, usize::MAX) {
+            let member = Member {
+                shard: self.id as u16,
+                session: sid,
+                options,
+                subscription_id,
+            };
+            self.shared.join(filter, sh.filter, member);
+            for peer in 0..self.nshards {
+                if peer != self.id {
+                    self.outbox[peer].push(ShardMsg::ShareJoin {
+                        key: filter.clone(),
+                        member,
+                        token,
+                    });
+                    awaiting += 1;
+                }
+            }
+            return awaiting;
+        }
+        let entry = SubEntry {
+            options,
+            subscription_id,
+        };
+        // The first local subscriber of a filter is news for the other shards.
+        let first = self.subs.subscribers(filter).next().is_none();
+        self.subs.insert(filter, sid, entry);
+        if first {
+            for peer in 0..self.nshards {
+                if peer != self.id {
+                    self.outbox[peer].push(ShardMsg::RouteAdd {
+                        filter: filter.clone(),
+                        from: self.id as u16,
+                        token,
+                    });
+                    awaiting += 1;
+                }
+            }
+        }
+        awaiting
+    }
+
+    /// Removes a local session's subscription from the matching structures and tells the
+    /// other shards when that changes what they send here.
+    fn uninstall_subscription(&mut self, sid: u64, filter: &ByteStr) {
+        if let Ok(Some(sh)) = parse_shared(filter, usize::MAX) {
+            self.shared.leave(filter, sh.filter, self.id as u16, sid);
+            for peer in 0..self.nshards {
+                if peer != self.id {
+                    self.outbox[peer].push(ShardMsg::ShareLeave {
+                        key: filter.clone(),
+                        shard: self.id as u16,
+                        session: sid,
+                    });
+                }
+            }
+            return;
+        }
+        self.subs.remove(filter, sid);
+        self.drop_interest(filter);
     }
 
     /// Publishes broker statistics as retained QoS 0 messages, like any publish but not
@@ -1727,13 +2035,14 @@ impl ShardState {
             if let Some(q) = qos {
                 delivered = true;
                 // [MQTT-3.3.1-12] live deliveries clear the retain flag unless Retain As Published.
-                self.deliver_to_session(sid, msg, q.min(msg.qos), rap && msg.retain, ids, true);
+                self.deliver_to_session(sid, msg, q.min(msg.qos), rap && msg.retain, ids, true, 0);
             }
         }
         self.match_buf = m;
         delivered
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn deliver_to_session(
         &mut self,
         sid: u64,
@@ -1742,6 +2051,7 @@ impl ShardState {
         retain: bool,
         ids: Vec<u32>,
         live: bool,
+        shared_group: GroupId,
     ) {
         // Retained messages were received long ago: no publish-to-write latency for them.
         let received = live.then_some(msg);
@@ -1796,6 +2106,7 @@ impl ShardState {
             retain,
             subscription_ids: ids,
             journal_id,
+            shared_group,
         };
         let rec_ids = journaled.then(|| q.subscription_ids.clone());
         let offer = s.outbound.offer(q, conn.is_some());
@@ -1974,6 +2285,14 @@ impl ShardState {
     // ---------------------------------------------------------------- SUBSCRIBE
 
     fn on_subscribe(&mut self, key: usize, sid: u64, sub: Subscribe) {
+        if !self.cfg.subscription_identifiers && !sub.properties.subscription_identifiers.is_empty()
+        {
+            // Announced as unavailable in CONNACK (section 3.8.2.1.2).
+            return self.close_conn(
+                key,
+                Close::Error(ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED),
+            );
+        }
         let v5 = self.conns[key].version.is_v5();
         let levels = self.cfg.max_topic_levels;
         let max_subs = self.cfg.max_subscriptions_per_client;
@@ -1984,12 +2303,31 @@ impl ShardState {
         let mut awaiting = 0;
         let mut codes = Vec::with_capacity(sub.filters.len());
         let mut retained = Vec::new();
-        for f in sub.filters {
+        let max_qos = self.cfg.max_qos;
+        for mut f in sub.filters {
+            // Granted at most the server's Maximum QoS [MQTT-3.2.2-?].
+            if f.options.qos as u8 > max_qos {
+                f.options.qos = QoS::from_u8(max_qos).unwrap_or(QoS::AtMostOnce);
+            }
+            let shared = matches!(parse_shared(&f.filter, levels), Ok(Some(_)));
             let code = match parse_shared(&f.filter, levels) {
                 Err(_) => ReasonCode::TOPIC_FILTER_INVALID,
-                Ok(Some(_)) => ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
+                Ok(Some(_)) if !self.cfg.shared_subscriptions => {
+                    ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
+                }
+                Ok(Some(_)) if f.options.no_local => {
+                    // [MQTT-3.8.3-4] No Local on a shared subscription is a protocol error.
+                    return self.close_conn(key, Close::Error(ReasonCode::PROTOCOL_ERROR));
+                }
+                Ok(Some(sh)) if !self.cfg.wildcard_subscriptions && has_wildcards(sh.filter) => {
+                    ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
+                }
+                Ok(Some(_)) => ReasonCode(f.options.qos as u8),
                 Ok(None) => match validate_topic_filter(&f.filter, levels) {
                     Err(_) => ReasonCode::TOPIC_FILTER_INVALID,
+                    Ok(()) if !self.cfg.wildcard_subscriptions && has_wildcards(&f.filter) => {
+                        ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
+                    }
                     Ok(()) => ReasonCode(f.options.qos as u8),
                 },
             };
@@ -2029,24 +2367,11 @@ impl ShardState {
                     subscription_id,
                 },
             );
-            let entry = SubEntry {
-                options: f.options,
-                subscription_id,
-            };
-            // The first local subscriber of a filter is news for the other shards.
-            let first = self.subs.subscribers(&filter).next().is_none();
-            self.subs.insert(&filter, sid, entry);
-            if first {
-                for peer in 0..self.nshards {
-                    if peer != self.id {
-                        self.outbox[peer].push(ShardMsg::RouteAdd {
-                            filter: filter.clone(),
-                            from: self.id as u16,
-                            token,
-                        });
-                        awaiting += 1;
-                    }
-                }
+            awaiting += self.install_subscription(sid, &filter, f.options, subscription_id, token);
+            if shared {
+                // Retained messages are not sent for a shared subscription (4.8.2).
+                codes.push(code);
+                continue;
             }
             use ringmq_codec::RetainHandling::*;
             let send_retained = match f.options.retain_handling {
@@ -2068,10 +2393,23 @@ impl ShardState {
         if !v5 {
             // 3.1.x knows only 0x80 for a refused filter; the encoder maps, this keeps intent.
         }
+        let mut properties = Properties::default();
+        if v5
+            && self
+                .sessions
+                .get(&sid)
+                .is_some_and(|s| s.problem_information)
+        {
+            // [MQTT-3.1.2-29] only when the client did not turn Request Problem Information off.
+            properties.reason_string = codes
+                .iter()
+                .find_map(|c| reason_text(*c))
+                .map(ByteStr::from);
+        }
         let suback = SubAck {
             packet_id: sub.packet_id,
             reason_codes: codes,
-            properties: Properties::default(),
+            properties,
         };
         // A persistent session's SUBACK waits for its subscriptions to be durable.
         let need = self.jneed(before);
@@ -2102,6 +2440,10 @@ impl ShardState {
     }
 
     fn on_route_ack(&mut self, token: u64) {
+        if token == self.restore_token && self.restore_pending > 0 {
+            self.restore_pending -= 1;
+            return;
+        }
         let Some(p) = self.pending_subacks.get_mut(&token) else {
             return;
         };
@@ -2178,7 +2520,7 @@ impl ShardState {
         let ids: Vec<u32> = r.subscription_id.into_iter().collect();
         for m in &r.messages {
             let qos = m.qos.min(r.options.qos);
-            self.deliver_to_session(r.session, m, qos, true, ids.clone(), false);
+            self.deliver_to_session(r.session, m, qos, true, ids.clone(), false, 0);
         }
     }
 
@@ -2197,8 +2539,7 @@ impl ShardState {
                 });
             }
             if removed {
-                self.subs.remove(f, sid);
-                self.drop_interest(f);
+                self.uninstall_subscription(sid, f);
                 codes.push(ReasonCode::SUCCESS);
             } else {
                 codes.push(ReasonCode::NO_SUBSCRIPTION_EXISTED);
@@ -2276,6 +2617,61 @@ impl ShardState {
                     self.outbox[from as usize].push(ShardMsg::RouteAck { token });
                 }
                 ShardMsg::RouteAck { token } => self.on_route_ack(token),
+                ShardMsg::ShareJoin { key, member, token } => {
+                    if let Ok(Some(sh)) = parse_shared(&key, usize::MAX) {
+                        self.shared.join(&key, sh.filter, member);
+                    }
+                    if token != 0 {
+                        self.outbox[member.shard as usize].push(ShardMsg::RouteAck { token });
+                    }
+                }
+                ShardMsg::ShareLeave {
+                    key,
+                    shard,
+                    session,
+                } => {
+                    if let Ok(Some(sh)) = parse_shared(&key, usize::MAX) {
+                        self.shared.leave(&key, sh.filter, shard, session);
+                    }
+                }
+                ShardMsg::SharedPublish {
+                    msg,
+                    key,
+                    session,
+                    ack,
+                    hops,
+                } => {
+                    self.counters.cross_shard_in += 1;
+                    let before = self.jseq();
+                    self.delivery_refused = false;
+                    let gid = self.shared.id(&key);
+                    let mut matched =
+                        gid.is_some_and(|g| self.deliver_shared_local(session, g, &msg));
+                    if !matched && hops > 0 {
+                        // The member left meanwhile: another one takes it.
+                        if let Some(g) = gid {
+                            if let Some(m) = self.shared.pick(g, Some((self.id as u16, session))) {
+                                if m.shard as usize == self.id {
+                                    matched = self.deliver_shared_local(m.session, g, &msg);
+                                } else {
+                                    self.outbox[m.shard as usize].push(ShardMsg::SharedPublish {
+                                        msg,
+                                        key,
+                                        session: m.session,
+                                        ack,
+                                        hops: hops - 1,
+                                    });
+                                    continue;
+                                }
+                            }
+                        }
+                    }
+                    let refused = std::mem::take(&mut self.delivery_refused);
+                    if let Some(token) = ack {
+                        let peer = (msg.origin >> 48) as usize;
+                        self.ack_when_durable(before, peer, token, matched, refused);
+                    }
+                }
                 ShardMsg::RouteRemove { filter, from } => self.routes.remove(&filter, from),
                 ShardMsg::RetainSet { msg, ack } => {
                     let peer = (msg.origin >> 48) as usize;
@@ -2433,6 +2829,18 @@ impl ShardState {
         for sid in ended {
             self.remove_session(sid);
         }
+        if !self.delayed_wills.is_empty() {
+            let now = self.now_ms();
+            let mut i = 0;
+            while i < self.delayed_wills.len() {
+                if self.delayed_wills[i].due_ms <= now {
+                    let w = self.delayed_wills.swap_remove(i);
+                    self.publish_will(*w.will, w.origin);
+                } else {
+                    i += 1;
+                }
+            }
+        }
         self.flush();
     }
 
@@ -2489,6 +2897,12 @@ impl ShardState {
             return;
         }
         let v = conn.version;
+        let aliased = self.conns[key]
+            .aliases
+            .as_mut()
+            .and_then(|a| a.out.as_mut())
+            .and_then(|a| with_topic_alias(a, p));
+        let p = aliased.as_ref().unwrap_or(p);
         let hl = publish_header_len(p, v);
         self.reserve_arena(hl + INLINE_PAYLOAD_MAX);
         if encode_publish_header(p, v, &mut self.arena).is_err() {
@@ -2616,6 +3030,46 @@ impl ShardState {
     }
 }
 
+/// `p` as sent over a connection with server-to-client topic aliases: a topic seen before goes
+/// as its alias alone, a new one gets the next free alias; `None` once all are taken and the
+/// topic is not among them (then the full topic goes, without alias).
+fn with_topic_alias(a: &mut AliasOut, p: &Publish) -> Option<Publish> {
+    let (alias, known) = match a.map.get(&p.topic) {
+        Some(n) => (*n, true),
+        None if (a.map.len() as u16) < a.max => {
+            let n = a.map.len() as u16 + 1;
+            a.map.insert(ByteStr::from(p.topic.as_str()), n);
+            (n, false)
+        }
+        None => return None,
+    };
+    let mut q = p.clone();
+    q.properties.get_or_insert_with(Box::default).topic_alias = Some(alias);
+    if known {
+        q.topic = ByteStr::from("");
+    }
+    Some(q)
+}
+
+/// The Reason String sent with a failure code, where the client allows it.
+fn reason_text(code: ReasonCode) -> Option<&'static str> {
+    Some(match code {
+        ReasonCode::QUOTA_EXCEEDED => "quota exceeded: the broker's journal or a limit is full",
+        ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED => "shared subscriptions are disabled",
+        ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED => "wildcard subscriptions are disabled",
+        ReasonCode::TOPIC_FILTER_INVALID => "invalid topic filter",
+        ReasonCode::TOPIC_NAME_INVALID => "invalid topic name",
+        ReasonCode::BAD_AUTHENTICATION_METHOD => "authentication method not supported",
+        ReasonCode::QOS_NOT_SUPPORTED => "QoS above the server's Maximum QoS",
+        ReasonCode::RETAIN_NOT_SUPPORTED => "retained messages are disabled",
+        ReasonCode::USE_ANOTHER_SERVER => "use the server in Server Reference",
+        ReasonCode::SERVER_MOVED => "the server moved to Server Reference",
+        ReasonCode::CLIENT_IDENTIFIER_NOT_VALID => "client identifier not valid",
+        ReasonCode::PROTOCOL_ERROR => "protocol error",
+        _ => return None,
+    })
+}
+
 /// The journal record of one delivery to a persistent session.
 #[allow(clippy::too_many_arguments)]
 fn msg_record(
@@ -2699,7 +3153,8 @@ mod tests {
     /// the broker's own parts of it, so growth is a deliberate decision, not an accident.
     #[test]
     fn per_connection_structs_stay_within_budget() {
-        assert!(std::mem::size_of::<super::Conn>() <= 144, "Conn grew");
+        // 152: +8 in 2026-11 for the topic alias tables (one pointer, allocated on use).
+        assert!(std::mem::size_of::<super::Conn>() <= 152, "Conn grew");
         assert!(
             std::mem::size_of::<ringmq_session::Session>() <= 256,
             "Session grew"
