@@ -194,6 +194,11 @@ pub const SPECS: &[Spec] = &[
         default: Some("false"),
     },
     Spec {
+        key: "auth_challenge_secret",
+        kind: Kind::Text,
+        default: Some(""),
+    },
+    Spec {
         key: "sys_interval",
         kind: int(0, 86_400),
         default: Some("10"),
@@ -565,6 +570,8 @@ pub struct Settings {
     /// Empty: no redirection.
     pub server_reference: String,
     pub server_moved: bool,
+    /// Empty: the RINGMQ-CHALLENGE-SHA256 method is not offered.
+    pub auth_challenge_secret: String,
     /// Seconds between $SYS publications; 0 = none.
     pub sys_interval: u64,
     pub fsync: Fsync,
@@ -670,6 +677,7 @@ pub fn resolve(layers: &[&Layer]) -> Result<Settings, ConfigError> {
         max_session_expiry: int("max_session_expiry") as u32,
         server_reference: text("server_reference"),
         server_moved: int("server_moved") == 1,
+        auth_challenge_secret: text("auth_challenge_secret"),
         sys_interval: int("sys_interval"),
         fsync: match text("fsync").as_str() {
             "always" => Fsync::Always,
@@ -731,6 +739,7 @@ impl Settings {
             "max_session_expiry" => n(self.max_session_expiry.into()),
             "server_reference" => V::String(self.server_reference.clone()),
             "server_moved" => V::Boolean(self.server_moved),
+            "auth_challenge_secret" => V::String(self.auth_challenge_secret.clone()),
             "sys_interval" => n(self.sys_interval),
             "fsync" => V::String(match self.fsync {
                 Fsync::Always => "always".into(),

@@ -144,6 +144,13 @@ struct Args {
     #[arg(long, value_name = "true|false")]
     server_moved: Option<String>,
 
+    /// Offers MQTT 5 enhanced authentication method RINGMQ-CHALLENGE-SHA256 with this shared
+    /// secret: the client must answer a random nonce with HMAC-SHA256(secret, client id ||
+    /// nonce) (docs/protocol.md). Empty: no method is offered and any Authentication Method gets
+    /// CONNACK 0x8C. [default: ]
+    #[arg(long, value_name = "SECRET")]
+    auth_challenge_secret: Option<String>,
+
     /// Seconds between publications of broker statistics under $SYS/broker/... (retained);
     /// 0 turns them off. [default: 10]
     #[arg(long, value_name = "SECS")]
@@ -179,8 +186,9 @@ struct Args {
     io_memory: Option<String>,
 
     /// Entries of each io_uring ring per shard (a power of two from 128 to 32768). Every idle
-    /// connection keeps a poll armed in the kernel; deeper rings make finding one (on each
-    /// cancel) cheaper. [default: 4096]
+    /// connection keeps a poll armed in the kernel; deeper rings, up to 4096 (where the kernel's
+    /// cancel hash reaches its 256 buckets), make finding one on each cancel cheaper.
+    /// [default: 4096]
     #[arg(long, value_name = "N")]
     ring_depth: Option<String>,
 
@@ -267,6 +275,13 @@ fn main() {
         max_session_expiry: s.max_session_expiry,
         server_reference: (!s.server_reference.is_empty()).then_some(s.server_reference),
         server_moved: s.server_moved,
+        auth: ringmq_shard::auth::AuthMethods(if s.auth_challenge_secret.is_empty() {
+            Vec::new()
+        } else {
+            vec![std::sync::Arc::new(
+                ringmq_shard::auth::ChallengeSha256::new(s.auth_challenge_secret.as_bytes()),
+            )]
+        }),
         sys_interval: Duration::from_secs(s.sys_interval),
         fsync: match s.fsync {
             config::Fsync::Always => ringmq_shard::config::Fsync::Always,

@@ -407,3 +407,94 @@ def test_publish_to_assigned_response_topic_round_trip(broker, clients):
                    properties=publish_props(CorrelationData=p.CorrelationData))
     r = client.get()
     assert r.payload == b"pong" and r.properties.CorrelationData == b"\x01\x02"
+
+
+def test_unsupported_authentication_method_gets_0x8c(broker):
+    """[MQTT-4.12.0-1] a CONNECT with an Authentication Method the server does not support is
+    answered with CONNACK 0x8C Bad authentication method, then the connection closes."""
+    c = rawmqtt.RawClient(broker.host, broker.port, version=5)
+    sp, rc, props = c.connect("auth-x", expect_rc=None,
+                              properties={"authentication_method": "SCRAM-SHA-1",
+                                          "authentication_data": b"n,,n=user,r=abc"})
+    assert rc == 0x8C
+    c.expect_closed()
+
+
+# ------------------------------------------------------------------ enhanced authentication
+
+SECRET = b"test-secret"
+METHOD = "RINGMQ-CHALLENGE-SHA256"
+
+
+def auth_packet(reason, props):
+    return rawmqtt.packet(rawmqtt.AUTH, 0, bytes([reason]) + rawmqtt.props(props))
+
+
+def auth_props(p):
+    assert p.type == rawmqtt.AUTH, p
+    props, _ = rawmqtt.decode_props(p.body, 1)
+    return p.body[0], props
+
+
+def answer(client_id, nonce, secret=SECRET):
+    import hashlib
+    import hmac
+    return hmac.new(secret, client_id.encode() + nonce, hashlib.sha256).digest()
+
+
+@pytest.mark.parametrize("shard", [0, 1])
+def test_auth_exchange_challenge_response(broker_factory, shard):
+    """Section 4.12: CONNECT with an Authentication Method -> AUTH 0x18 (challenge) -> AUTH
+    0x18 (response) -> CONNACK 0x00 naming the method; the exchange runs on the client's home
+    shard whichever shard accepted the socket."""
+    broker = broker_factory(["--auth-challenge-secret", SECRET.decode()])
+    cid = client_id_on_shard("auth-ok", shard % broker.nshards, broker.nshards)
+    c = rawmqtt.RawClient(broker.host, broker.port, version=5)
+    c.send(rawmqtt.connect_packet(cid, version=5, properties={"authentication_method": METHOD}))
+    reason, props = auth_props(c.recv(5))
+    assert reason == 0x18 and props["authentication_method"] == METHOD
+    nonce = props["authentication_data"]
+    assert len(nonce) == 32
+    c.send(auth_packet(0x18, {"authentication_method": METHOD,
+                              "authentication_data": answer(cid, nonce)}))
+    p = c.recv(5)
+    sp, rc, props = p.connack(5)
+    assert rc == 0 and props["authentication_method"] == METHOD
+    # The connection works.
+    assert c.subscribe([("auth/t", 1)]) == [1]
+    # Re-authentication (AUTH 0x19) with the same method: a new challenge, then AUTH 0x00.
+    c.send(auth_packet(0x19, {"authentication_method": METHOD}))
+    reason, props = auth_props(c.recv(5))
+    assert reason == 0x18
+    c.send(auth_packet(0x18, {"authentication_method": METHOD,
+                              "authentication_data": answer(cid, props["authentication_data"])}))
+    reason, props = auth_props(c.recv(5))
+    assert reason == 0x00 and props["authentication_method"] == METHOD
+    c.ping()
+
+
+def test_auth_exchange_wrong_answer_is_refused(broker_factory):
+    broker = broker_factory(["--auth-challenge-secret", SECRET.decode()])
+    c = rawmqtt.RawClient(broker.host, broker.port, version=5)
+    c.send(rawmqtt.connect_packet("auth-bad", version=5,
+                                  properties={"authentication_method": METHOD}))
+    _, props = auth_props(c.recv(5))
+    c.send(auth_packet(0x18, {"authentication_method": METHOD,
+                              "authentication_data": answer("auth-bad", props["authentication_data"],
+                                                            b"wrong")}))
+    sp, rc, _ = c.recv(5).connack(5)
+    assert rc == 0x87
+    c.expect_closed()
+
+
+def test_auth_packets_out_of_turn_are_protocol_errors(broker_factory):
+    broker = broker_factory(["--auth-challenge-secret", SECRET.decode()])
+    # Re-authentication on a connection that did not authenticate with a method.
+    c, _ = raw5(broker, "auth-none")
+    c.send(auth_packet(0x19, {"authentication_method": METHOD}))
+    assert c.expect(rawmqtt.DISCONNECT).disconnect_reason() == 0x82
+    # A method other than the configured one: 0x8C.
+    c2 = rawmqtt.RawClient(broker.host, broker.port, version=5)
+    sp, rc, _ = c2.connect("auth-other", expect_rc=None,
+                           properties={"authentication_method": "SCRAM-SHA-256"})
+    assert rc == 0x8C

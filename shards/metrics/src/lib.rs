@@ -562,8 +562,8 @@ fn hist_rows(h: &Histograms) -> Vec<HistRow<'_>> {
 }
 
 fn fmt_f64(x: f64) -> String {
-    // Rust's shortest round-trip form; Prometheus parses it.
-    format!("{x}")
+    // Rust's shortest round-trip form; Prometheus parses it. An empty sum is 0, not -0.
+    format!("{}", x + 0.0)
 }
 
 fn labels(shard: &str, extra: &[(&str, &str)], le: Option<&str>) -> String {

@@ -45,6 +45,8 @@ pub struct Config {
     /// Redirect every client there (CONNACK 0x9C, or 0x9D with `server_moved`).
     pub server_reference: Option<String>,
     pub server_moved: bool,
+    /// Enhanced authentication methods offered to MQTT 5 clients.
+    pub auth: crate::auth::AuthMethods,
     /// Between $SYS publications (by shard 0); zero = none.
     pub sys_interval: Duration,
     pub fsync: Fsync,
@@ -104,6 +106,7 @@ impl Default for Config {
             max_session_expiry: u32::MAX,
             server_reference: None,
             server_moved: false,
+            auth: crate::auth::AuthMethods::default(),
             sys_interval: Duration::ZERO,
             fsync: Fsync::Every(Duration::from_millis(2)),
             journal_segment_bytes: 64 << 20,

@@ -17,6 +17,7 @@
 //! bytes read past CONNECT travel in one mesh message. Retained messages live on the shard
 //! `fnv1a_64(topic) % shards`.
 
+pub mod auth;
 pub mod config;
 pub mod durable;
 pub mod io;

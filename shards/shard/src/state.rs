@@ -136,6 +136,18 @@ struct Aliases {
     input: Vec<Option<ByteStr>>,
     /// Used by the server towards the client, when the client allows them.
     out: Option<AliasOut>,
+    /// The enhanced authentication method the connection authenticated with.
+    auth_method: Option<ByteStr>,
+    /// An AUTH exchange in progress.
+    auth: Option<PendingAuth>,
+}
+
+/// An enhanced authentication exchange waiting for the client's next AUTH.
+struct PendingAuth {
+    method: ByteStr,
+    session: Box<dyn crate::auth::AuthSession>,
+    /// During CONNECT: the CONNECT to accept once authenticated. `None`: re-authentication.
+    connect: Option<(Box<Connect>, Option<ByteStr>)>,
 }
 
 /// Server-to-client topic aliases of one connection: the first `max` distinct topics sent get
@@ -1079,9 +1091,15 @@ impl ShardState {
     fn on_packet(&mut self, key: usize, p: Packet) {
         let phase = self.conns[key].phase;
         if phase == Phase::AwaitConnect {
+            let exchanging = self.conns[key]
+                .aliases
+                .as_ref()
+                .is_some_and(|a| a.auth.is_some());
             match p {
-                Packet::Connect(c) => self.on_connect(key, c),
-                // [MQTT-3.1.0-1] the first packet must be CONNECT.
+                Packet::Connect(c) if !exchanging => self.on_connect(key, c),
+                Packet::Auth(a) if exchanging => self.on_auth(key, *a),
+                // [MQTT-3.1.0-1] the first packet must be CONNECT; [MQTT-4.12.0-?] during
+                // the exchange only AUTH.
                 _ => self.close_conn(key, Close::Error(ReasonCode::PROTOCOL_ERROR)),
             }
             return;
@@ -1135,6 +1153,7 @@ impl ShardState {
             Packet::Subscribe(s) => self.on_subscribe(key, sid, *s),
             Packet::Unsubscribe(u) => self.on_unsubscribe(key, sid, *u),
             Packet::PingReq => self.send(key, &Packet::PingResp),
+            Packet::Auth(a) => self.on_auth(key, *a),
             Packet::Disconnect(d) => self.on_disconnect(key, sid, *d),
             // [MQTT-3.1.0-2] a second CONNECT is a protocol error; so is AUTH without an
             // authentication method, and any packet only a server sends.
@@ -1167,9 +1186,11 @@ impl ShardState {
     fn on_connect(&mut self, key: usize, mut c: Box<Connect>) {
         self.conns[key].version = c.protocol;
         let v5 = c.protocol.is_v5();
-        if v5 && c.properties.authentication_method.is_some() {
-            // No enhanced authentication method is configured [MQTT-4.12.0-1].
-            return self.reject(key, ReasonCode::BAD_AUTHENTICATION_METHOD);
+        if let Some(m) = c.properties.authentication_method.as_ref().filter(|_| v5) {
+            if self.cfg.auth.find(m).is_none() {
+                // Not a configured method [MQTT-4.12.0-1].
+                return self.reject(key, ReasonCode::BAD_AUTHENTICATION_METHOD);
+            }
         }
         if let Some(reference) = &self.cfg.server_reference {
             // Server redirection (MQTT 5 section 4.11); 3.1.x has no way to say where to go.
@@ -1215,7 +1236,133 @@ impl ShardState {
             self.conns[key].handoff = Some(c);
             return;
         }
-        self.accept_connect(key, c, assigned);
+        self.begin_connect(key, c, assigned);
+    }
+
+    /// Accepts a CONNECT on the client's home shard, after an AUTH exchange if it names an
+    /// authentication method.
+    fn begin_connect(&mut self, key: usize, c: Box<Connect>, assigned: Option<ByteStr>) {
+        self.conns[key].version = c.protocol;
+        let method = c
+            .properties
+            .authentication_method
+            .as_ref()
+            .filter(|_| c.protocol.is_v5())
+            .map(|m| ByteStr::from(m.as_str()));
+        let Some(method) = method else {
+            return self.accept_connect(key, c, assigned, None);
+        };
+        let Some(m) = self.cfg.auth.find(&method).cloned() else {
+            return self.reject(key, ReasonCode::BAD_AUTHENTICATION_METHOD);
+        };
+        let data = c.properties.authentication_data.clone().unwrap_or_default();
+        let (step, session) = m.start(c.client_id.as_str(), &data);
+        match (step, session) {
+            (crate::auth::AuthStep::Success(d), _) => {
+                self.accept_connect(key, c, assigned, Some((method, d)))
+            }
+            (crate::auth::AuthStep::Continue(d), Some(session)) => {
+                self.send_auth(key, ReasonCode::CONTINUE_AUTHENTICATION, &method, Some(d));
+                self.conns[key]
+                    .aliases
+                    .get_or_insert_with(Box::default)
+                    .auth = Some(PendingAuth {
+                    method,
+                    session,
+                    connect: Some((c, assigned)),
+                });
+            }
+            _ => self.reject(key, ReasonCode::NOT_AUTHORIZED),
+        }
+    }
+
+    fn send_auth(
+        &mut self,
+        key: usize,
+        reason: ReasonCode,
+        method: &ByteStr,
+        data: Option<Vec<u8>>,
+    ) {
+        let a = Packet::Auth(Box::new(ringmq_codec::Auth {
+            reason,
+            properties: Properties {
+                authentication_method: Some(method.clone()),
+                authentication_data: data.map(Bytes::from),
+                ..Properties::default()
+            },
+        }));
+        self.send(key, &a);
+    }
+
+    /// An AUTH from the client: the next step of an exchange, or the start of a
+    /// re-authentication (0x19) with the method used at CONNECT (section 4.12.1).
+    fn on_auth(&mut self, key: usize, a: ringmq_codec::Auth) {
+        use crate::auth::AuthStep;
+        let method = a.properties.authentication_method.clone();
+        let data = a.properties.authentication_data.clone().unwrap_or_default();
+        let active = self.conns[key].phase == Phase::Active;
+        let extra = self.conns[key].aliases.get_or_insert_with(Box::default);
+        let pending = extra.auth.take();
+        let used = extra.auth_method.clone();
+        let step = match (a.reason, pending) {
+            (ReasonCode::CONTINUE_AUTHENTICATION, Some(mut p))
+                if method.as_deref() == Some(p.method.as_str()) =>
+            {
+                let step = p.session.step(&data);
+                (step, p)
+            }
+            (ReasonCode::RE_AUTHENTICATE, None) if active && method.is_some() && method == used => {
+                let name = method.expect("checked");
+                let Some(m) = self.cfg.auth.find(&name).cloned() else {
+                    return self.close_conn(key, Close::Error(ReasonCode::PROTOCOL_ERROR));
+                };
+                let client_id = self.conns[key]
+                    .session
+                    .and_then(|sid| self.sessions.get(&sid))
+                    .map(|s| s.client_id.to_string())
+                    .unwrap_or_default();
+                match m.start(&client_id, &data) {
+                    (AuthStep::Continue(d), Some(session)) => {
+                        self.send_auth(key, ReasonCode::CONTINUE_AUTHENTICATION, &name, Some(d));
+                        self.conns[key]
+                            .aliases
+                            .get_or_insert_with(Box::default)
+                            .auth = Some(PendingAuth {
+                            method: name,
+                            session,
+                            connect: None,
+                        });
+                        return;
+                    }
+                    (AuthStep::Success(d), _) => {
+                        return self.send_auth(key, ReasonCode::SUCCESS, &name, d);
+                    }
+                    _ => return self.close_conn(key, Close::Error(ReasonCode::NOT_AUTHORIZED)),
+                }
+            }
+            // Any other AUTH is a protocol error [MQTT-4.12.0-?].
+            _ => return self.close_conn(key, Close::Error(ReasonCode::PROTOCOL_ERROR)),
+        };
+        match step {
+            (AuthStep::Continue(d), p) => {
+                self.send_auth(key, ReasonCode::CONTINUE_AUTHENTICATION, &p.method, Some(d));
+                self.conns[key]
+                    .aliases
+                    .get_or_insert_with(Box::default)
+                    .auth = Some(p);
+            }
+            (AuthStep::Success(d), p) => match p.connect {
+                Some((c, assigned)) => self.accept_connect(key, c, assigned, Some((p.method, d))),
+                None => self.send_auth(key, ReasonCode::SUCCESS, &p.method, d),
+            },
+            (AuthStep::Fail, p) => {
+                if p.connect.is_some() {
+                    self.reject(key, ReasonCode::NOT_AUTHORIZED);
+                } else {
+                    self.close_conn(key, Close::Error(ReasonCode::NOT_AUTHORIZED));
+                }
+            }
+        }
     }
 
     /// An id unique in this process whose home is this shard, so the session needs no handoff.
@@ -1263,7 +1410,7 @@ impl ShardState {
             .as_micros() as u64;
         let key = self.conns.insert(Conn::new(h.fd, now, opened_us));
         self.adopted.push(Adopted { key, fd: h.fd });
-        self.accept_connect(key, h.connect, None);
+        self.begin_connect(key, h.connect, None);
         if !h.leftover.is_empty() {
             let mut buf = BytesMut::from(&h.leftover[..]);
             self.process_frames(key, &mut buf);
@@ -1275,7 +1422,13 @@ impl ShardState {
         }
     }
 
-    fn accept_connect(&mut self, key: usize, mut c: Box<Connect>, assigned: Option<ByteStr>) {
+    fn accept_connect(
+        &mut self,
+        key: usize,
+        mut c: Box<Connect>,
+        assigned: Option<ByteStr>,
+        auth: Option<(ByteStr, Option<Vec<u8>>)>,
+    ) {
         let cfg = self.cfg.clone();
         // What the session keeps must not pin the shared read buffer it was sliced from.
         c.client_id = ByteStr::from(c.client_id.as_str());
@@ -1383,19 +1536,16 @@ impl ShardState {
         conn.session = Some(sid);
         conn.keep_alive_s = keep_alive;
         conn.last_rx_ms = now_ms;
-        conn.aliases = c
-            .properties
-            .topic_alias_maximum
-            .filter(|m| *m > 0 && v5)
-            .map(|max| {
-                Box::new(Aliases {
-                    input: Vec::new(),
-                    out: Some(AliasOut {
-                        max,
-                        map: HashMap::new(),
-                    }),
-                })
+        conn.aliases = None;
+        if let Some(max) = c.properties.topic_alias_maximum.filter(|m| *m > 0 && v5) {
+            conn.aliases.get_or_insert_with(Box::default).out = Some(AliasOut {
+                max,
+                map: HashMap::new(),
             });
+        }
+        if let Some((method, _)) = &auth {
+            conn.aliases.get_or_insert_with(Box::default).auth_method = Some(method.clone());
+        }
         // A reconnect within the Will Delay Interval cancels the pending will [MQTT-3.1.3-9].
         if session_present {
             self.delayed_wills.retain(|w| w.session != sid);
@@ -1416,6 +1566,11 @@ impl ShardState {
             props.topic_alias_maximum =
                 (cfg.topic_alias_maximum > 0).then_some(cfg.topic_alias_maximum);
             props.session_expiry_interval = granted_expiry;
+            if let Some((method, data)) = &auth {
+                // The CONNACK names the method the exchange used (section 4.12).
+                props.authentication_method = Some(method.clone());
+                props.authentication_data = data.clone().map(Bytes::from);
+            }
             if c.properties.request_response_information == Some(1) {
                 // A topic prefix this client may use for responses (section 4.10).
                 props.response_information =
