@@ -28,6 +28,15 @@ deps:
 	  echo "installing python test dependencies"; \
 	  $(PYTHON) -m pip install -q -r tests/integration/requirements.txt; \
 	fi
+	@if ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
+	  echo "installing nodejs and npm (MQTT.js scenarios, tests/integration/test_mqttjs.py)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; \
+	fi
+	@if [ ! -d tests/integration/js/node_modules ]; then \
+	  echo "installing MQTT.js (npm ci in tests/integration/js)"; \
+	  npm ci --prefix tests/integration/js --no-audit --no-fund --loglevel=error >/dev/null; \
+	fi
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -799,6 +799,8 @@ impl ShardState {
         }
         let conn = self.conns.remove(key);
         if close == Close::Handoff {
+            // Not a close the client sees: counted apart from connections_closed.
+            self.counters.closed_by[close.metric_index()] += 1;
             return;
         }
         self.conn_count.fetch_sub(1, Ordering::Relaxed);
