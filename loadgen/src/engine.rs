@@ -17,7 +17,7 @@ use ringmq_codec::{
     ProtocolVersion, PubResp, Publish, QoS, Subscribe, SubscribeFilter, SubscriptionOptions,
 };
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::num::NonZeroU16;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -75,6 +75,15 @@ pub struct RunCfg {
     pub total_pubs: u64,
     /// session-churn: subscribers are persistent-session devices that go offline and back.
     pub churn: Option<ChurnCfg>,
+    /// Subscribers keep a persistent session (3.1.1 Clean Session 0; MQTT 5 Clean Start 1 with
+    /// Session Expiry Interval `session_expiry`), so a durable broker journals their QoS 1/2
+    /// deliveries.
+    pub persistent_subs: bool,
+    /// MQTT 5 Session Expiry Interval (seconds) of persistent subscribers.
+    pub session_expiry: u32,
+    /// Publishers send each message to `<prefix><k>`, k a pseudo-random one of `count` topics
+    /// (like session-churn), instead of their own topic.
+    pub targets: Option<(String, u32)>,
 }
 
 /// session-churn settings: `devices` subscribers `bench/churn/<i>` cycling per `plan`;
@@ -133,6 +142,9 @@ impl Shared {
 pub struct ExecResult {
     pub counters: Counters,
     pub latency: Histogram<u64>,
+    /// Publisher side: PUBLISH (its stamped time: the intended time in open loop) to its
+    /// PUBACK (QoS 1) or PUBREC (QoS 2), µs.
+    pub puback: Histogram<u64>,
     pub connack: Histogram<u64>,
     /// session-churn: latency of deliveries published while the device was offline.
     pub queued: Histogram<u64>,
@@ -176,6 +188,8 @@ struct PubSt {
     hdr: Vec<u8>,
     /// Offset of the packet id in `hdr` (QoS > 0).
     pid_off: Option<usize>,
+    /// QoS > 0: (packet id, stamped send time) of the unacknowledged PUBLISHes, oldest first.
+    unacked: VecDeque<(u16, u64)>,
 }
 
 struct SubSt {
@@ -221,6 +235,7 @@ pub struct Exec {
     heap: BinaryHeap<Reverse<(u64, u32)>>,
     c: Counters,
     lat: Histogram<u64>,
+    puback: Histogram<u64>,
     connack: Histogram<u64>,
     queued: Histogram<u64>,
     reconnack: Histogram<u64>,
@@ -284,6 +299,7 @@ impl Exec {
             heap: BinaryHeap::new(),
             c,
             lat: new_hist(),
+            puback: new_hist(),
             connack: new_hist(),
             queued: new_hist(),
             reconnack: new_hist(),
@@ -424,6 +440,7 @@ impl Exec {
         ExecResult {
             counters: self.c,
             latency: self.lat,
+            puback: self.puback,
             connack: self.connack,
             queued: self.queued,
             reconnack: self.reconnack,
@@ -563,6 +580,7 @@ impl Exec {
 
     fn send_connect(&mut self, i: usize, now: u64) {
         let global = self.specs[i].global;
+        let persistent = self.cfg.persistent_subs && self.specs[i].role == Role::Sub;
         let props = Properties {
             // Large enough for any window, so the broker does not hold back deliveries.
             receive_maximum: if self.cfg.version.is_v5() {
@@ -570,8 +588,12 @@ impl Exec {
             } else {
                 None
             },
-            session_expiry_interval: if self.cfg.version.is_v5() && self.cfg.churn.is_some() {
+            session_expiry_interval: if !self.cfg.version.is_v5() {
+                None
+            } else if self.cfg.churn.is_some() {
                 Some(CHURN_SESSION_EXPIRY)
+            } else if persistent {
+                Some(self.cfg.session_expiry)
             } else {
                 None
             },
@@ -580,6 +602,8 @@ impl Exec {
         // session-churn keeps sessions: MQTT 5 starts clean once, 3.1.1 never is clean.
         let clean_start = match self.churn.get(i) {
             Some(c) => self.cfg.version.is_v5() && !c.reconnecting,
+            // MQTT 5: a fresh session that outlives the connection (Session Expiry > 0).
+            None if persistent => self.cfg.version.is_v5(),
             None => true,
         };
         let c = Connect {
@@ -656,11 +680,16 @@ impl Exec {
             }
             Role::Pub => {
                 let recv_max = ack.properties.receive_maximum.unwrap_or(u16::MAX) as u32;
-                if let (Some(ch), true) = (self.cfg.churn, self.topic_hdrs.is_empty()) {
-                    self.topic_hdrs = (0..ch.devices)
+                let targets = match (&self.cfg.churn, &self.cfg.targets) {
+                    (Some(ch), _) => Some(("bench/churn/".to_string(), ch.devices)),
+                    (None, Some((prefix, n))) => Some((prefix.clone(), *n)),
+                    (None, None) => None,
+                };
+                if let (Some((prefix, n)), true) = (targets, self.topic_hdrs.is_empty()) {
+                    self.topic_hdrs = (0..n)
                         .map(|d| {
                             publish_header(
-                                &format!("bench/churn/{d}"),
+                                &format!("{prefix}{d}"),
                                 self.cfg.qos,
                                 self.cfg.version,
                                 self.payload_tpl.len(),
@@ -692,6 +721,7 @@ impl Exec {
                     queued: false,
                     hdr,
                     pid_off,
+                    unacked: VecDeque::new(),
                 });
                 self.ready(i, now);
             }
@@ -955,8 +985,13 @@ impl Exec {
                     encode(&ack, v, &mut self.obuf).map_err(|e| e.to_string())?;
                 }
             }
-            Packet::PubAck(_) | Packet::PubComp(_) => self.acked(i),
+            Packet::PubAck(r) => {
+                self.ack_latency(i, r.packet_id.get(), now);
+                self.acked(i)
+            }
+            Packet::PubComp(_) => self.acked(i),
             Packet::PubRec(r) => {
+                self.ack_latency(i, r.packet_id.get(), now);
                 if r.reason.is_error() {
                     self.acked(i);
                 } else {
@@ -993,6 +1028,24 @@ impl Exec {
             other => return Err(format!("unexpected packet type {}", other.packet_type())),
         }
         Ok(())
+    }
+
+    /// Publisher side: records PUBLISH-to-PUBACK (QoS 1) / PUBLISH-to-PUBREC (QoS 2) latency
+    /// from the time stamped into the PUBLISH (the intended send time in open loop).
+    fn ack_latency(&mut self, i: usize, pid: u16, now: u64) {
+        let d = &self.devs[i];
+        if d.role != Role::Pub || d.role_idx == u32::MAX {
+            return;
+        }
+        let p = &mut self.pubs[d.role_idx as usize];
+        if let Some(ts) = take_unacked(&mut p.unacked, pid) {
+            self.puback
+                .saturating_record((now.saturating_sub(ts) / 1000).max(1));
+            self.c.acked += 1;
+            if self.phase == Phase::Measure && now < self.t_end {
+                self.c.acked_in_window += 1;
+            }
+        }
     }
 
     fn acked(&mut self, i: usize) {
@@ -1355,6 +1408,7 @@ fn append_publish(
         let pid = (p.seq % 65535) as u16 + 1;
         wbuf[start + off..start + off + 2].copy_from_slice(&pid.to_be_bytes());
         p.inflight += 1;
+        p.unacked.push_back((pid, ts));
     }
     let ps = wbuf.len();
     wbuf.extend_from_slice(tpl);
@@ -1367,6 +1421,17 @@ fn append_publish(
         },
     );
     p.seq = p.seq.wrapping_add(1);
+}
+
+/// Removes packet id `pid` from the unacknowledged PUBLISHes and returns its send time.
+/// Brokers acknowledge in order, so this is nearly always the front entry.
+#[inline]
+fn take_unacked(q: &mut VecDeque<(u16, u64)>, pid: u16) -> Option<u64> {
+    if q.front().map(|e| e.0) == Some(pid) {
+        return q.pop_front().map(|e| e.1);
+    }
+    let k = q.iter().position(|e| e.0 == pid)?;
+    q.remove(k).map(|e| e.1)
 }
 
 /// The PUBLISH fixed + variable header for `topic` (encoded once per publisher by the codec)
@@ -1427,10 +1492,17 @@ mod tests {
                     queued: false,
                     hdr,
                     pid_off,
+                    unacked: VecDeque::new(),
                 };
                 let mut w = Vec::new();
                 append_publish(&mut w, &mut p, &[], &tpl, 123_456_789);
                 append_publish(&mut w, &mut p, &[], &tpl, 123_456_790);
+                if qos == QoS::AtMostOnce {
+                    assert!(p.unacked.is_empty());
+                } else {
+                    let v: Vec<_> = p.unacked.iter().copied().collect();
+                    assert_eq!(v, vec![(65535, 123_456_789), (1, 123_456_790)]);
+                }
                 let mut buf = BytesMut::from(&w[..]);
                 for (k, expect_pid) in [(0u32, 65535u16), (1, 1)] {
                     let Packet::Publish(pb) = decode_packet(&mut buf, v, 1 << 20).unwrap().unwrap()
@@ -1451,5 +1523,16 @@ mod tests {
                 assert!(buf.is_empty());
             }
         }
+    }
+
+    #[test]
+    fn unacked_in_and_out_of_order() {
+        let mut q: VecDeque<(u16, u64)> = [(1, 10), (2, 20), (3, 30)].into_iter().collect();
+        assert_eq!(take_unacked(&mut q, 1), Some(10));
+        assert_eq!(take_unacked(&mut q, 3), Some(30));
+        assert_eq!(take_unacked(&mut q, 3), None, "acknowledged once");
+        assert_eq!(take_unacked(&mut q, 9), None, "unknown id");
+        assert_eq!(take_unacked(&mut q, 2), Some(20));
+        assert!(q.is_empty());
     }
 }

@@ -94,6 +94,13 @@ struct Global {
     /// No live progress line.
     #[arg(long, global = true)]
     quiet: bool,
+    /// Subscribers keep persistent sessions (3.1.1: Clean Session 0; MQTT 5: Session Expiry
+    /// Interval --session-expiry), so a durable broker journals their QoS 1/2 deliveries.
+    #[arg(long, global = true)]
+    persistent_subscribers: bool,
+    /// MQTT 5 Session Expiry Interval in seconds of --persistent-subscribers.
+    #[arg(long, default_value_t = 86400, global = true)]
+    session_expiry: u32,
     #[arg(long, hide = true)]
     #[serde(skip)]
     worker_index: Option<usize>,
@@ -165,6 +172,12 @@ struct FanIn {
     /// Closed loop: outstanding per publisher (QoS 1/2) or messages per flush (QoS 0).
     #[arg(long, default_value_t = 16)]
     window: u32,
+    /// Publish each message to <--target-prefix><k>, k a pseudo-random one of N topics, instead
+    /// of bench/fanin/<publisher> (e.g. to fill N offline sessions made with `idle`).
+    #[arg(long)]
+    target_topics: Option<u32>,
+    #[arg(long, default_value = "bench/idle/")]
+    target_prefix: String,
 }
 
 #[derive(Args, Debug, Clone, Serialize)]
@@ -197,6 +210,10 @@ struct Idle {
     /// Seconds to hold the connections (default: --duration).
     #[arg(long)]
     hold: Option<f64>,
+    /// Topic index of the first device: device i subscribes bench/idle/<first + i> (to make
+    /// many sessions in batches).
+    #[arg(long, default_value_t = 0)]
+    first: u32,
 }
 
 #[derive(Args, Debug, Clone, Serialize)]
@@ -305,7 +322,7 @@ impl Scenario {
                     mk(Role::Pub, id, format!("bench/pairs/{id}/cmd"), 0, 0)
                 }
             }
-            Scenario::Idle(_) => mk(Role::Sub, 0, format!("bench/idle/{g}"), 0, 0),
+            Scenario::Idle(s) => mk(Role::Sub, 0, format!("bench/idle/{}", s.first + g), 0, 0),
             Scenario::ConnectStorm(_) => mk(Role::Plain, 0, String::new(), 0, 0),
             Scenario::SessionChurn(s) => {
                 if g < s.devices {
@@ -365,6 +382,8 @@ impl Status {
 struct ProcResult {
     counters: Counters,
     latency_b64: String,
+    #[serde(default)]
+    puback_b64: String,
     connack_b64: String,
     queued_b64: String,
     reconnack_b64: String,
@@ -462,6 +481,12 @@ impl LocalRun {
             client_prefix: format!("lg{tag}-"),
             total_pubs: cli.scenario.publishers(),
             churn: cli.scenario.churn(),
+            persistent_subs: g.persistent_subscribers,
+            session_expiry: g.session_expiry,
+            targets: match &cli.scenario {
+                Scenario::FanIn(f) => f.target_topics.map(|n| (f.target_prefix.clone(), n)),
+                _ => None,
+            },
         });
         // Device g goes to process g % P, then executor (g / P) % T.
         let total = cli.scenario.devices();
@@ -567,6 +592,7 @@ impl LocalRun {
     fn collect(self) -> ProcResult {
         let mut c = Counters::default();
         let mut lat = new_hist();
+        let mut pa = new_hist();
         let mut ca = new_hist();
         let mut q = new_hist();
         let mut rca = new_hist();
@@ -575,6 +601,7 @@ impl LocalRun {
                 Ok(r) => {
                     c.merge(&r.counters);
                     merge_into(&mut lat, &r.latency);
+                    merge_into(&mut pa, &r.puback);
                     merge_into(&mut ca, &r.connack);
                     merge_into(&mut q, &r.queued);
                     merge_into(&mut rca, &r.reconnack);
@@ -586,6 +613,7 @@ impl LocalRun {
         ProcResult {
             counters: c,
             latency_b64: hist_to_b64(&lat),
+            puback_b64: hist_to_b64(&pa),
             connack_b64: hist_to_b64(&ca),
             queued_b64: hist_to_b64(&q),
             reconnack_b64: hist_to_b64(&rca),
@@ -960,6 +988,7 @@ fn run_retained(
     let proc = ProcResult {
         counters: out.counters,
         latency_b64: hist_to_b64(&out.latency),
+        puback_b64: hist_to_b64(&new_hist()),
         connack_b64: hist_to_b64(&out.connack),
         queued_b64: hist_to_b64(&new_hist()),
         reconnack_b64: hist_to_b64(&new_hist()),
@@ -1168,6 +1197,13 @@ struct ResultJson {
     stale: u64,
     first_error: Option<String>,
     latency_us: Summary,
+    /// QoS 1/2 publishes acknowledged (PUBACK / PUBREC), all and in the measurement window.
+    acked: u64,
+    acked_per_s: f64,
+    /// Publisher side: PUBLISH (stamped time; intended time in open loop) to PUBACK (QoS 1) /
+    /// PUBREC (QoS 2).
+    puback_us: Summary,
+    puback_histogram_b64: String,
     connack_us: Summary,
     connect_per_s: f64,
     ramp_up_s: f64,
@@ -1191,6 +1227,7 @@ fn build_result(
 ) -> Result<(ResultJson, hdrhistogram::Histogram<u64>), String> {
     let mut c = Counters::default();
     let mut lat = new_hist();
+    let mut pa = new_hist();
     let mut ca = new_hist();
     let mut q = new_hist();
     let mut rca = new_hist();
@@ -1202,6 +1239,9 @@ fn build_result(
     for p in &o.procs {
         c.merge(&p.counters);
         merge_into(&mut lat, &hist_from_b64(&p.latency_b64)?);
+        if !p.puback_b64.is_empty() {
+            merge_into(&mut pa, &hist_from_b64(&p.puback_b64)?);
+        }
         merge_into(&mut ca, &hist_from_b64(&p.connack_b64)?);
         merge_into(&mut q, &hist_from_b64(&p.queued_b64)?);
         merge_into(&mut rca, &hist_from_b64(&p.reconnack_b64)?);
@@ -1294,6 +1334,10 @@ fn build_result(
             stale: c.stale,
             first_error,
             latency_us: summarize(&lat),
+            acked: c.acked,
+            acked_per_s: per_s(c.acked_in_window),
+            puback_us: summarize(&pa),
+            puback_histogram_b64: hist_to_b64(&pa),
             connack_us: summarize(&ca),
             connect_per_s: if ramp_s > 0.0 {
                 round2(c.connected as f64 / ramp_s)
@@ -1386,6 +1430,17 @@ fn print_summary(r: &ResultJson) {
             "latency µs      p50 {} p90 {} p99 {} p999 {} max {} mean {:.1} (n={})",
             l.p50, l.p90, l.p99, l.p999, l.max, l.mean, l.count
         );
+        if r.puback_us.count > 0 {
+            let pa = &r.puback_us;
+            println!(
+                "acknowledged    {} publishes ({:.0}/s in the window)",
+                r.acked, r.acked_per_s
+            );
+            println!(
+                "pub->ack µs     p50 {} p90 {} p99 {} p999 {} max {} mean {:.1} (n={}; PUBACK, QoS 2: PUBREC)",
+                pa.p50, pa.p90, pa.p99, pa.p999, pa.max, pa.mean, pa.count
+            );
+        }
         if let Some(ch) = &r.churn {
             let rc = &ch.reconnect_connack_us;
             let q = &ch.queued_latency_us;

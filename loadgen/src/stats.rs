@@ -85,6 +85,12 @@ pub struct Counters {
     pub session_lost: u64,
     /// session-churn: deliveries published while the device was offline.
     pub queued: u64,
+    /// QoS 1/2 publishes acknowledged (PUBACK / PUBREC) with a known send time.
+    #[serde(default)]
+    pub acked: u64,
+    /// ... of which acknowledged in the measurement window.
+    #[serde(default)]
+    pub acked_in_window: u64,
     /// CLOCK_MONOTONIC ns of the first connection attempt, 0 = none.
     pub first_attempt_ns: u64,
     /// CLOCK_MONOTONIC ns of the last device becoming ready, 0 = none.
@@ -107,6 +113,8 @@ impl Counters {
         self.reconnects += o.reconnects;
         self.session_lost += o.session_lost;
         self.queued += o.queued;
+        self.acked += o.acked;
+        self.acked_in_window += o.acked_in_window;
         if o.first_attempt_ns != 0
             && (self.first_attempt_ns == 0 || o.first_attempt_ns < self.first_attempt_ns)
         {

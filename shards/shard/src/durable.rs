@@ -255,9 +255,11 @@ impl Recovered {
                     s.subs.remove(&filter);
                 }
             }
-            Record::Msg(m) => {
+            Record::Msg(mut m) => {
                 self.max_msg_id = self.max_msg_id.max(m.id);
                 if let Some(s) = self.sessions.get_mut(&m.client_id) {
+                    // Held per message until the rebuild: the session key says whose it is.
+                    m.client_id = String::new();
                     s.msgs.insert(m.id, *m);
                 }
             }

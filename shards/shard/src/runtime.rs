@@ -175,6 +175,12 @@ async fn shard_main(
     let retained = recovered.retained.len();
     let messages: usize = recovered.sessions.values().map(|s| s.msgs.len()).sum();
     state.restore(recovered);
+    // The replay's temporary copies are freed by now; hand their pages back to the system
+    // rather than keep them in the allocator (they can be as large as the live state).
+    // SAFETY: malloc_trim only releases free memory of glibc's heap.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     tracing::info!(
         shard = id,
         segments = report.segments,
