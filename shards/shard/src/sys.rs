@@ -50,7 +50,8 @@ impl SysStats {
             + c.dropped_slow_consumer
             + c.dropped_offline_qos0
             + c.dropped_expired
-            + c.dropped_mesh_backlog;
+            + c.dropped_mesh_backlog
+            + c.dropped_journal_full;
         // packets_out counts control packets only; PUBLISHes to subscribers are messages too.
         let totals = [
             c.packets_in,
