@@ -48,12 +48,22 @@ class Subscriber:
         self.lock = threading.Lock()
         self.last_rx = time.monotonic()
         self.subscribed = False
+        self.connected = False
 
     def run(self, stop):
-        """Connects, (first time) subscribes, receives until `stop` or the connection ends."""
+        """Connects (retrying while the broker recovers), (first time) subscribes, receives
+        until `stop` or the connection ends."""
         try:
-            c = rawmqtt.RawClient(self.broker.host, self.broker.port, timeout=2.0)
-            c.connect(self.client_id, clean=False, keepalive=30)
+            while True:
+                try:
+                    c = rawmqtt.RawClient(self.broker.host, self.broker.port, timeout=5.0)
+                    c.connect(self.client_id, clean=False, keepalive=30)
+                    break
+                except (OSError, rawmqtt.ConnectionClosed, rawmqtt.ReadTimeout, AssertionError):
+                    if stop.wait(0.2):
+                        return
+            self.connected = True
+            self.last_rx = time.monotonic()
             if not self.subscribed:
                 c.subscribe(self.filters)
                 self.subscribed = True
@@ -188,12 +198,15 @@ def test_kill9_loses_no_acknowledged_message(broker_factory):
 
     # Drain: every subscriber reconnects and takes what its session holds, at full speed.
     slow.delay = 0
+    for s in subs:
+        s.connected = False
     stop, threads = run_clients(subs, 0)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        if all(time.monotonic() - s.last_rx > 2.0 for s in subs):
+        if all(s.connected and time.monotonic() - s.last_rx > 3.0 for s in subs):
             break
+    assert all(s.connected for s in subs), "a subscriber could not reconnect for the drain"
     stop.set()
     for t in threads:
         t.join(10)

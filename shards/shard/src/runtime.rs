@@ -486,7 +486,20 @@ async fn journal_loop(
     let shard = current();
     let mut last_sync: Option<std::time::Instant> = None;
     loop {
-        let _ = glommio::timer::timeout(JOURNAL_IDLE, async { Ok(bell.recv().await) }).await;
+        // While a compaction is under way its steps follow each other closely (a 1 ms pause
+        // lets connections run); otherwise wait for an append or the idle period.
+        let compacting = shard
+            .state
+            .borrow()
+            .durable
+            .as_ref()
+            .is_some_and(|d| d.checkpoint.is_some());
+        let wait = if compacting {
+            Duration::from_millis(1)
+        } else {
+            JOURNAL_IDLE
+        };
+        let _ = glommio::timer::timeout(wait, async { Ok(bell.recv().await) }).await;
         if SHUTDOWN.load(Ordering::Relaxed) {
             return;
         }
