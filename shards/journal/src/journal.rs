@@ -227,6 +227,19 @@ impl Journal {
         Ok(())
     }
 
+    /// Live segments, the active one included (no allocation, unlike [`Journal::segments`]).
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Index of the oldest live segment.
+    pub fn oldest_segment(&self) -> u64 {
+        self.segments
+            .front()
+            .expect("journal has an active segment")
+            .index
+    }
+
     /// Segment indexes, oldest first; the last one is active.
     pub fn segments(&self) -> Vec<u64> {
         self.segments.iter().map(|s| s.index).collect()

@@ -180,7 +180,7 @@ impl Durable {
     /// is at `--journal-max-bytes` and enough was appended since the last compaction that
     /// another may free something (so a journal full of live state does not compact in a loop).
     pub fn should_compact(&self) -> bool {
-        if self.checkpoint.is_some() || self.journal.segments().len() < 2 {
+        if self.checkpoint.is_some() || self.journal.segment_count() < 2 {
             return false;
         }
         let disk = self.journal.disk_bytes();

@@ -676,7 +676,7 @@ impl ShardState {
         }
         let start = cp.start_segment;
         let mut freed = 0;
-        while d.journal.segments().first().is_some_and(|&s| s < start) {
+        while d.journal.segment_count() > 1 && d.journal.oldest_segment() < start {
             match d.journal.remove_oldest() {
                 Ok(n) => freed += n,
                 Err(e) => {
