@@ -9,7 +9,8 @@
 
 use crate::config::Fsync;
 use crate::mesh::RetainQuery;
-use crate::records::{MsgRecord, Record, RetainRecord};
+use crate::records::{MsgRecord, MsgView, Record, RetainRecord, MSG};
+use bytes::BytesMut;
 use ringmq_codec::{Packet, SubAck, SubscriptionOptions};
 use ringmq_journal::{Journal, JournalConfig, JournalError, RecoveryReport};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -53,7 +54,7 @@ pub struct Checkpoint {
 
 pub struct Durable {
     pub journal: Journal,
-    buf: Vec<u8>,
+    buf: BytesMut,
     pub next_msg_id: u64,
     /// In sequence order (sequence numbers only grow).
     pub waiting: VecDeque<(u64, AfterSync)>,
@@ -117,7 +118,7 @@ impl Durable {
     pub fn new(journal: Journal, policy: Fsync, segment_bytes: u64, max_bytes: u64) -> Durable {
         Durable {
             journal,
-            buf: Vec::with_capacity(4096),
+            buf: BytesMut::with_capacity(4096),
             next_msg_id: 1,
             waiting: VecDeque::new(),
             policy,
@@ -149,7 +150,26 @@ impl Durable {
     pub fn write(&mut self, rec: &Record) -> Result<u64, JournalError> {
         self.buf.clear();
         rec.encode(&mut self.buf);
-        let (seq, _) = self.journal.append(rec.kind(), &self.buf)?;
+        self.append(rec.kind())
+    }
+
+    /// Appends a delivery record straight from the session's copy of the message.
+    pub fn write_msg(&mut self, m: &MsgView<'_>) -> Result<u64, JournalError> {
+        self.buf.clear();
+        m.encode(&mut self.buf);
+        self.append(MSG)
+    }
+
+    /// [`Durable::write_msg`] for bookkeeping (compaction re-appends): failures are counted.
+    pub fn note_msg(&mut self, m: &MsgView<'_>) {
+        if let Err(e) = self.write_msg(m) {
+            self.write_errors += 1;
+            tracing::error!(error = %e, "journal append failed");
+        }
+    }
+
+    fn append(&mut self, kind: u8) -> Result<u64, JournalError> {
+        let (seq, _) = self.journal.append(kind, &self.buf)?;
         if let Some(bell) = &self.bell {
             let _ = bell.try_send(());
         }

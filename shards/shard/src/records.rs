@@ -8,10 +8,10 @@
 //! frames each payload with its kind byte, sequence number and CRC32C (see
 //! shards/journal/FORMAT.md); docs/journal.md lists these record kinds.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use ringmq_codec::{
-    decode_publish_properties, encode_publish_properties, Properties, QoS, RetainHandling,
-    SubscriptionOptions,
+    decode_publish_properties, encode_publish_properties, publish_properties_len, Properties, QoS,
+    RetainHandling, SubscriptionOptions,
 };
 
 pub const SESSION: u8 = 1;
@@ -131,20 +131,57 @@ fn options_from(b: u8) -> Option<SubscriptionOptions> {
     })
 }
 
-struct W<'a>(&'a mut Vec<u8>);
+/// A delivery record as the shard writes it, borrowed from the session's own copy: the hot
+/// path encodes it without building an owned [`MsgRecord`].
+pub struct MsgView<'a> {
+    pub client_id: &'a str,
+    pub id: u64,
+    pub qos: QoS,
+    pub retain: bool,
+    pub packet_id: u16,
+    pub state: u8,
+    pub topic: &'a str,
+    pub payload: &'a [u8],
+    pub properties: Option<&'a Properties>,
+    pub expires_unix_ms: u64,
+    pub subscription_ids: &'a [u32],
+}
+
+impl MsgView<'_> {
+    /// Appends the payload of a [`MSG`] record to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        let mut w = W(out);
+        w.str(self.client_id);
+        w.u64(self.id);
+        w.u8(self.qos as u8);
+        w.u8(u8::from(self.retain));
+        w.u16(self.packet_id);
+        w.u8(self.state);
+        w.u64(self.expires_unix_ms);
+        w.u16(self.subscription_ids.len() as u16);
+        for id in self.subscription_ids {
+            w.u32(*id);
+        }
+        w.str(self.topic);
+        w.props(self.properties);
+        w.bytes(self.payload);
+    }
+}
+
+struct W<'a>(&'a mut BytesMut);
 
 impl W<'_> {
     fn u8(&mut self, v: u8) {
-        self.0.push(v);
+        self.0.put_u8(v);
     }
     fn u16(&mut self, v: u16) {
-        self.0.extend_from_slice(&v.to_le_bytes());
+        self.0.put_u16_le(v);
     }
     fn u32(&mut self, v: u32) {
-        self.0.extend_from_slice(&v.to_le_bytes());
+        self.0.put_u32_le(v);
     }
     fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
+        self.0.put_u64_le(v);
     }
     fn str(&mut self, s: &str) {
         // Client ids, filters and topics are at most 65,535 bytes by the protocol.
@@ -155,14 +192,14 @@ impl W<'_> {
         self.u32(b.len() as u32);
         self.0.extend_from_slice(b);
     }
-    fn props(&mut self, p: &Option<Properties>) {
+    fn props(&mut self, p: Option<&Properties>) {
         match p {
             None => self.u32(0),
             Some(p) => {
-                let mut b = BytesMut::new();
-                // Properties that came from a decoded PUBLISH always encode.
-                let _ = encode_publish_properties(p, &mut b);
-                self.bytes(&b);
+                // Written in place: the length is known before encoding. Properties that came
+                // from a decoded PUBLISH always encode.
+                self.u32(publish_properties_len(p) as u32);
+                let _ = encode_publish_properties(p, self.0);
             }
         }
     }
@@ -228,7 +265,7 @@ impl Record {
     }
 
     /// Appends the payload (without kind) to `out`.
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    pub fn encode(&self, out: &mut BytesMut) {
         let mut w = W(out);
         match self {
             Record::Session {
@@ -260,22 +297,20 @@ impl Record {
                 w.str(client_id);
                 w.str(filter);
             }
-            Record::Msg(m) => {
-                w.str(&m.client_id);
-                w.u64(m.id);
-                w.u8(m.qos as u8);
-                w.u8(u8::from(m.retain));
-                w.u16(m.packet_id);
-                w.u8(m.state);
-                w.u64(m.expires_unix_ms);
-                w.u16(m.subscription_ids.len() as u16);
-                for id in &m.subscription_ids {
-                    w.u32(*id);
-                }
-                w.str(&m.topic);
-                w.props(&m.properties);
-                w.bytes(&m.payload);
+            Record::Msg(m) => MsgView {
+                client_id: &m.client_id,
+                id: m.id,
+                qos: m.qos,
+                retain: m.retain,
+                packet_id: m.packet_id,
+                state: m.state,
+                topic: &m.topic,
+                payload: &m.payload,
+                properties: m.properties.as_ref(),
+                expires_unix_ms: m.expires_unix_ms,
+                subscription_ids: &m.subscription_ids,
             }
+            .encode(w.0),
             Record::MsgState {
                 client_id,
                 id,
@@ -306,7 +341,7 @@ impl Record {
                 w.str(&r.topic);
                 w.u8(r.qos as u8);
                 w.u64(r.expires_unix_ms);
-                w.props(&r.properties);
+                w.props(r.properties.as_ref());
                 w.bytes(&r.payload);
             }
             Record::RetainClear { topic } => w.str(topic),
@@ -479,7 +514,7 @@ mod tests {
     #[test]
     fn every_record_round_trips_and_truncations_fail() {
         for rec in all() {
-            let mut b = Vec::new();
+            let mut b = BytesMut::new();
             rec.encode(&mut b);
             assert_eq!(Record::decode(rec.kind(), &b).as_ref(), Some(&rec));
             for cut in 0..b.len() {
@@ -489,7 +524,7 @@ mod tests {
                 );
             }
             let mut longer = b.clone();
-            longer.push(0);
+            longer.put_u8(0);
             assert!(Record::decode(rec.kind(), &longer).is_none());
         }
         assert!(Record::decode(200, &[]).is_none());

@@ -11,7 +11,7 @@ use crate::durable::{self, AfterSync, Durable, Recovered};
 use crate::io;
 use crate::mesh::{Batch, Handoff, RetainQuery, RetainReply, ShardMsg};
 use crate::metrics::{record_us, Counters, Gauges, Histograms, ShardMetrics};
-use crate::records::{self, MsgRecord, Record, RetainRecord};
+use crate::records::{self, MsgView, Record, RetainRecord};
 use crate::shared::{GroupId, Member, SharedGroups};
 use bytes::{Bytes, BytesMut};
 use glommio::channels::channel_mesh::Senders;
@@ -724,13 +724,21 @@ impl ShardState {
                 packet_id: pid,
             });
         }
+        let mut n = recs.len();
+        for r in recs {
+            self.jnote(r);
+        }
+        // Deliveries are encoded from the session's entries, without owned copies.
+        let (Some(d), Some(s)) = (self.durable.as_mut(), self.sessions.get(&sid)) else {
+            return n;
+        };
         for i in s.outbound.inflight().filter(|i| i.journal_id != 0) {
             let state = if i.state == InflightState::AwaitPubComp {
                 records::STATE_AWAIT_PUBCOMP
             } else {
                 records::STATE_AWAIT_ACK
             };
-            recs.push(msg_record(
+            d.note_msg(&msg_view(
                 &cid,
                 i.journal_id,
                 i.qos,
@@ -740,9 +748,10 @@ impl ShardState {
                 &i.message,
                 &i.subscription_ids,
             ));
+            n += 1;
         }
         for q in s.outbound.queued().filter(|q| q.journal_id != 0) {
-            recs.push(msg_record(
+            d.note_msg(&msg_view(
                 &cid,
                 q.journal_id,
                 q.qos,
@@ -752,10 +761,7 @@ impl ShardState {
                 &q.message,
                 &q.subscription_ids,
             ));
-        }
-        let n = recs.len();
-        for r in recs {
-            self.jnote(r);
+            n += 1;
         }
         n
     }
@@ -2265,16 +2271,23 @@ impl ShardState {
             journal_id,
             shared_group,
         };
-        let rec_ids = journaled.then(|| q.subscription_ids.clone());
         let offer = s.outbound.offer(q, conn.is_some());
-        if let Some(sub_ids) = rec_ids {
-            let (pid, state) = match offer {
-                Offer::Send(id) => (id.get(), records::STATE_AWAIT_ACK),
-                Offer::Queued => (0, records::STATE_QUEUED),
-                Offer::Dropped => (0, u8::MAX),
+        if journaled {
+            // Encoded from the session's stored entry: nothing is copied to build the record.
+            let stored = match offer {
+                Offer::Send(id) => s
+                    .outbound
+                    .get(id)
+                    .map(|i| (&i.subscription_ids, id.get(), records::STATE_AWAIT_ACK)),
+                Offer::Queued => s
+                    .outbound
+                    .queued()
+                    .last()
+                    .map(|q| (&q.subscription_ids, 0, records::STATE_QUEUED)),
+                Offer::Dropped => None,
             };
-            if state != u8::MAX {
-                let rec = msg_record(
+            if let Some((sub_ids, pid, state)) = stored {
+                let view = msg_view(
                     s.client_id.as_str(),
                     journal_id,
                     qos,
@@ -2282,10 +2295,10 @@ impl ShardState {
                     pid,
                     state,
                     msg,
-                    &sub_ids,
+                    sub_ids,
                 );
                 let d = self.durable.as_mut().expect("journaled");
-                if let Err(e) = d.write(&rec) {
+                if let Err(e) = d.write_msg(&view) {
                     // Kept in memory and delivered, but the publisher must not be told it is
                     // stored.
                     d.write_errors += 1;
@@ -3227,31 +3240,31 @@ fn reason_text(code: ReasonCode) -> Option<&'static str> {
     })
 }
 
-/// The journal record of one delivery to a persistent session.
+/// The journal record of one delivery to a persistent session, borrowed from its entry.
 #[allow(clippy::too_many_arguments)]
-fn msg_record(
-    client_id: &str,
+fn msg_view<'a>(
+    client_id: &'a str,
     id: u64,
     qos: QoS,
     retain: bool,
     packet_id: u16,
     state: u8,
-    m: &Message,
-    subscription_ids: &[u32],
-) -> Record {
-    Record::Msg(Box::new(MsgRecord {
-        client_id: client_id.to_owned(),
+    m: &'a Message,
+    subscription_ids: &'a [u32],
+) -> MsgView<'a> {
+    MsgView {
+        client_id,
         id,
         qos,
         retain,
         packet_id,
         state,
-        topic: m.topic.to_string(),
-        payload: m.payload.clone(),
-        properties: m.properties.as_ref().map(|p| (**p).clone()),
+        topic: m.topic.as_str(),
+        payload: &m.payload,
+        properties: m.properties.as_deref(),
         expires_unix_ms: durable::instant_to_unix_ms(m.expires_at),
-        subscription_ids: subscription_ids.to_vec(),
-    }))
+        subscription_ids,
+    }
 }
 
 fn retain_record(m: &Message) -> Record {
