@@ -473,16 +473,28 @@ impl Exec {
         }
     }
 
+    /// Starts a non-blocking connect for device `i` (from its source address, if any) and
+    /// registers the socket with this loop's epoll under the device's index.
+    fn open_socket(&self, i: usize) -> std::io::Result<i32> {
+        let source = self
+            .cfg
+            .source_ips
+            .map(|(start, count)| Ipv4Addr::from(start + self.specs[i].global % count));
+        let fd = sys::start_connect(self.cfg.addr, source)?;
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+            u64: i as u64,
+        };
+        // SAFETY: valid fds and event.
+        unsafe { libc::epoll_ctl(self.ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+        Ok(fd)
+    }
+
     fn start_connect(&mut self, i: usize, now: u64) {
         if self.c.first_attempt_ns == 0 {
             self.c.first_attempt_ns = now;
         }
-        let spec = &self.specs[i];
-        let source = self
-            .cfg
-            .source_ips
-            .map(|(start, count)| Ipv4Addr::from(start + spec.global % count));
-        let role = spec.role;
+        let role = self.specs[i].role;
         let mut dev = Dev {
             fd: -1,
             st: St::Closed,
@@ -500,15 +512,8 @@ impl Exec {
                 ..Default::default()
             });
         }
-        match sys::start_connect(self.cfg.addr, source) {
+        match self.open_socket(i) {
             Ok(fd) => {
-                let mut ev = libc::epoll_event {
-                    events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET)
-                        as u32,
-                    u64: i as u64,
-                };
-                // SAFETY: valid fds and event.
-                unsafe { libc::epoll_ctl(self.ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
                 dev.fd = fd;
                 dev.st = St::TcpConnecting;
                 self.devs.push(dev);
@@ -1236,19 +1241,8 @@ impl Exec {
         if d.st != St::Closed {
             return;
         }
-        let source = self
-            .cfg
-            .source_ips
-            .map(|(start, count)| Ipv4Addr::from(start + self.specs[i].global % count));
-        match sys::start_connect(self.cfg.addr, source) {
+        match self.open_socket(i) {
             Ok(fd) => {
-                let mut ev = libc::epoll_event {
-                    events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET)
-                        as u32,
-                    u64: i as u64,
-                };
-                // SAFETY: valid fds and event.
-                unsafe { libc::epoll_ctl(self.ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
                 let d = &mut self.devs[i];
                 d.fd = fd;
                 d.st = St::TcpConnecting;
