@@ -71,8 +71,6 @@ pub struct Durable {
     pub compacted_at: Option<Instant>,
     /// Appends that failed (I/O error or full) for bookkeeping records, which are never refused.
     pub write_errors: u64,
-    /// Data refused because `--journal-max-bytes` was reached.
-    pub refused: u64,
 }
 
 /// Milliseconds since the Unix epoch now.
@@ -130,7 +128,6 @@ impl Durable {
             appended_at_compaction: 0,
             compacted_at: None,
             write_errors: 0,
-            refused: 0,
         }
     }
 

@@ -125,13 +125,13 @@ pub struct Conn {
     /// Accepted (or adopted) at this many µs of the shard's clock.
     pub opened_us: u64,
     handoff: Option<Box<Connect>>,
-    /// Topic aliases in both directions (MQTT 5); allocated on first use, so connections that
-    /// use none pay a pointer.
-    aliases: Option<Box<Aliases>>,
+    /// Topic aliases in both directions and enhanced authentication state (MQTT 5); allocated
+    /// on first use, so connections that use neither pay a pointer.
+    extra: Option<Box<ConnExtra>>,
 }
 
 #[derive(Default)]
-struct Aliases {
+struct ConnExtra {
     /// Set by the client, indexed by alias - 1.
     input: Vec<Option<ByteStr>>,
     /// Used by the server towards the client, when the client allows them.
@@ -175,7 +175,7 @@ impl Conn {
             last_rx_ms: now_ms,
             opened_us: now_us,
             handoff: None,
-            aliases: None,
+            extra: None,
         }
     }
 
@@ -1100,7 +1100,7 @@ impl ShardState {
         let phase = self.conns[key].phase;
         if phase == Phase::AwaitConnect {
             let exchanging = self.conns[key]
-                .aliases
+                .extra
                 .as_ref()
                 .is_some_and(|a| a.auth.is_some());
             match p {
@@ -1271,10 +1271,7 @@ impl ShardState {
             }
             (crate::auth::AuthStep::Continue(d), Some(session)) => {
                 self.send_auth(key, ReasonCode::CONTINUE_AUTHENTICATION, &method, Some(d));
-                self.conns[key]
-                    .aliases
-                    .get_or_insert_with(Box::default)
-                    .auth = Some(PendingAuth {
+                self.conns[key].extra.get_or_insert_with(Box::default).auth = Some(PendingAuth {
                     method,
                     session,
                     connect: Some((c, assigned)),
@@ -1309,7 +1306,7 @@ impl ShardState {
         let method = a.properties.authentication_method.clone();
         let data = a.properties.authentication_data.clone().unwrap_or_default();
         let active = self.conns[key].phase == Phase::Active;
-        let extra = self.conns[key].aliases.get_or_insert_with(Box::default);
+        let extra = self.conns[key].extra.get_or_insert_with(Box::default);
         let pending = extra.auth.take();
         let used = extra.auth_method.clone();
         let step = match (a.reason, pending) {
@@ -1332,14 +1329,12 @@ impl ShardState {
                 match m.start(&client_id, &data) {
                     (AuthStep::Continue(d), Some(session)) => {
                         self.send_auth(key, ReasonCode::CONTINUE_AUTHENTICATION, &name, Some(d));
-                        self.conns[key]
-                            .aliases
-                            .get_or_insert_with(Box::default)
-                            .auth = Some(PendingAuth {
-                            method: name,
-                            session,
-                            connect: None,
-                        });
+                        self.conns[key].extra.get_or_insert_with(Box::default).auth =
+                            Some(PendingAuth {
+                                method: name,
+                                session,
+                                connect: None,
+                            });
                         return;
                     }
                     (AuthStep::Success(d), _) => {
@@ -1354,10 +1349,7 @@ impl ShardState {
         match step {
             (AuthStep::Continue(d), p) => {
                 self.send_auth(key, ReasonCode::CONTINUE_AUTHENTICATION, &p.method, Some(d));
-                self.conns[key]
-                    .aliases
-                    .get_or_insert_with(Box::default)
-                    .auth = Some(p);
+                self.conns[key].extra.get_or_insert_with(Box::default).auth = Some(p);
             }
             (AuthStep::Success(d), p) => match p.connect {
                 Some((c, assigned)) => self.accept_connect(key, c, assigned, Some((p.method, d))),
@@ -1544,15 +1536,15 @@ impl ShardState {
         conn.session = Some(sid);
         conn.keep_alive_s = keep_alive;
         conn.last_rx_ms = now_ms;
-        conn.aliases = None;
+        conn.extra = None;
         if let Some(max) = c.properties.topic_alias_maximum.filter(|m| *m > 0 && v5) {
-            conn.aliases.get_or_insert_with(Box::default).out = Some(AliasOut {
+            conn.extra.get_or_insert_with(Box::default).out = Some(AliasOut {
                 max,
                 map: HashMap::new(),
             });
         }
         if let Some((method, _)) = &auth {
-            conn.aliases.get_or_insert_with(Box::default).auth_method = Some(method.clone());
+            conn.extra.get_or_insert_with(Box::default).auth_method = Some(method.clone());
         }
         // A reconnect within the Will Delay Interval cancels the pending will [MQTT-3.1.3-9].
         if session_present {
@@ -1702,7 +1694,7 @@ impl ShardState {
                 return self.close_conn(key, Close::Error(ReasonCode::TOPIC_ALIAS_INVALID));
             }
             let conn = &mut self.conns[key];
-            let table = &mut conn.aliases.get_or_insert_with(Box::default).input;
+            let table = &mut conn.extra.get_or_insert_with(Box::default).input;
             if table.len() < max as usize {
                 table.resize(max as usize, None);
             }
@@ -2255,7 +2247,6 @@ impl ShardState {
         if journaled {
             let d = self.durable.as_mut().expect("journaled");
             if !d.has_room() {
-                d.refused += 1;
                 self.counters.dropped_journal_full += 1;
                 self.delivery_refused = true;
                 return;
@@ -3068,7 +3059,7 @@ impl ShardState {
         }
         let v = conn.version;
         let aliased = self.conns[key]
-            .aliases
+            .extra
             .as_mut()
             .and_then(|a| a.out.as_mut())
             .and_then(|a| with_topic_alias(a, p));
