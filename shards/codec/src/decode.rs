@@ -1,9 +1,11 @@
 //! Decoding: framing first, then parsing.
 //!
 //! [`frame_len`] looks only at the fixed header: it validates the first byte (packet type and
-//! the reserved flag bits, which do not depend on the protocol version), reads the Remaining
-//! Length and rejects a frame over the size limit before its body has been read, so a peer
-//! cannot make the broker buffer an oversized packet. It never allocates.
+//! the reserved flag bits), reads the Remaining Length and rejects a frame over the size limit
+//! before its body has been read, so a peer cannot make the broker buffer an oversized packet.
+//! It never allocates. Only one flag rule depends on the protocol version (MQTT 3.1 lets a
+//! retried PUBREL/SUBSCRIBE/UNSUBSCRIBE carry DUP); `frame_len`, which has no version, accepts
+//! what some version accepts, and [`decode_packet`] / [`decode_frame`] apply the connection's.
 //!
 //! Once the whole frame is buffered, [`decode_packet`] splits it off the read buffer as one
 //! `Bytes` and parses it. Everything variable-length in the resulting [`Packet`] (topics,
@@ -47,44 +49,79 @@ impl FrameHeader {
 ///
 /// `Ok(None)` means more bytes are needed (a normal state). Checks the first byte (type 0 and
 /// reserved flag bits are Malformed [MQTT-2.1.3-1], as are PUBLISH QoS 3 [MQTT-3.3.1-4] and DUP
-/// on QoS 0 [MQTT-3.3.1-2]), the Remaining Length (at most 4 bytes [MQTT-1.5.5]) and that
-/// `header_len + remaining_len <= max_packet_size` as soon as the fixed header is readable,
-/// giving `PacketTooLarge` before the body arrives. Never allocates.
+/// on QoS 0 [MQTT-3.3.1-2]), the Remaining Length (at most 4 bytes, minimally encoded
+/// [MQTT-1.5.5-1]) and that `header_len + remaining_len <= max_packet_size` as soon as the
+/// fixed header is readable, giving `PacketTooLarge` before the body arrives. Never allocates.
+///
+/// Without a protocol version, the DUP bit on PUBREL/SUBSCRIBE/UNSUBSCRIBE (legal only in MQTT
+/// 3.1) is accepted here; [`decode_packet`] and [`decode_frame`] reject it for 3.1.1 and 5.0.
 pub fn frame_len(buf: &[u8], max_packet_size: usize) -> Result<Option<FrameHeader>, DecodeError> {
-    let Some(&first_byte) = buf.first() else {
+    fixed_header(buf, max_packet_size, None)
+}
+
+/// [`frame_len`] with the flag rules of `version`, or of any version for `None`.
+fn fixed_header(
+    buf: &[u8],
+    max_packet_size: usize,
+    version: Option<ProtocolVersion>,
+) -> Result<Option<FrameHeader>, DecodeError> {
+    let Some((&first_byte, rest)) = buf.split_first() else {
         return Ok(None);
     };
-    check_first_byte(first_byte)?;
-    let mut remaining_len = 0usize;
-    for i in 0..4 {
-        let Some(&b) = buf.get(1 + i) else {
-            return Ok(None);
-        };
-        remaining_len |= ((b & 0x7F) as usize) << (7 * i);
+    // The first byte is checked before the length so that a bad type or flag is reported
+    // without waiting for the rest of the header.
+    check_first_byte(first_byte, version)?;
+    let Some((remaining_len, len_bytes)) = read_vbi(rest)? else {
+        return Ok(None);
+    };
+    let h = FrameHeader {
+        first_byte,
+        header_len: 1 + len_bytes,
+        remaining_len: remaining_len as usize,
+    };
+    let size = h.frame_len();
+    if size > max_packet_size {
+        return Err(DecodeError::PacketTooLarge {
+            size,
+            max: max_packet_size,
+        });
+    }
+    Ok(Some(h))
+}
+
+/// Reads the Variable Byte Integer at the start of `buf`, returning its value and length, or
+/// `Ok(None)` if `buf` ends before its last byte (the caller decides whether that is "wait for
+/// more" or truncation). Every VBI of the codec (Remaining Length, Property Length, property
+/// identifiers, Subscription Identifier) goes through here so all get the same rule
+/// [MQTT-1.5.5-1]: at most 4 bytes, and the minimum number of bytes. A multi-byte encoding is
+/// minimal exactly when its last byte is not 0 (a trailing 0 group adds nothing to the value).
+pub(crate) fn read_vbi(buf: &[u8]) -> Result<Option<(u32, usize)>, DecodeError> {
+    let mut v = 0u32;
+    for (i, &b) in buf.iter().take(4).enumerate() {
+        v |= u32::from(b & 0x7F) << (7 * i);
         if b & 0x80 == 0 {
-            let h = FrameHeader {
-                first_byte,
-                header_len: 2 + i,
-                remaining_len,
-            };
-            let size = h.frame_len();
-            if size > max_packet_size {
-                return Err(DecodeError::PacketTooLarge {
-                    size,
-                    max: max_packet_size,
-                });
+            if i > 0 && b == 0 {
+                return Err(Malformed(
+                    "Variable Byte Integer not in its minimal encoding [MQTT-1.5.5-1]",
+                ));
             }
-            return Ok(Some(h));
+            return Ok(Some((v, i + 1)));
         }
     }
-    Err(Malformed(
-        "Remaining Length longer than 4 bytes [MQTT-1.5.5-1]",
-    ))
+    if buf.len() >= 4 {
+        // Known to be bad as soon as the 4th byte has its continuation bit set.
+        Err(Malformed(
+            "Variable Byte Integer longer than 4 bytes [MQTT-1.5.5-1]",
+        ))
+    } else {
+        Ok(None)
+    }
 }
 
 /// Validates the packet type and the flag nibble of the first byte, which the spec fixes for
-/// every type but PUBLISH [MQTT-2.1.3-1].
-fn check_first_byte(b: u8) -> Result<(), DecodeError> {
+/// every type but PUBLISH [MQTT-2.1.3-1]. `version` is the connection's, `None` when unknown
+/// (then the union of what the versions allow is accepted).
+fn check_first_byte(b: u8, version: Option<ProtocolVersion>) -> Result<(), DecodeError> {
     let flags = b & 0x0F;
     match b >> 4 {
         0 => Err(Malformed("packet type 0 is reserved [2.1.2]")),
@@ -99,7 +136,10 @@ fn check_first_byte(b: u8) -> Result<(), DecodeError> {
             }
         }
         6 | 8 | 10 => {
-            if flags == 0b0010 {
+            // MQTT 3.1 (sections 3.6, 3.8, 3.10) sets DUP when a client retries these packets;
+            // the fixed 0010 is a 3.1.1 rule, so a 3.1 client's retry must not be dropped.
+            let dup_ok = matches!(version, None | Some(ProtocolVersion::V31));
+            if flags == 0b0010 || (flags == 0b1010 && dup_ok) {
                 Ok(())
             } else {
                 Err(Malformed(
@@ -130,7 +170,7 @@ pub fn decode_packet(
     version: ProtocolVersion,
     max_packet_size: usize,
 ) -> Result<Option<Packet>, DecodeError> {
-    let Some(h) = frame_len(buf, max_packet_size)? else {
+    let Some(h) = fixed_header(buf, max_packet_size, Some(version))? else {
         return Ok(None);
     };
     if buf.len() < h.frame_len() {
@@ -147,7 +187,7 @@ pub fn decode_frame(
     frame: Bytes,
     version: ProtocolVersion,
 ) -> Result<Packet, DecodeError> {
-    check_first_byte(header.first_byte)?;
+    check_first_byte(header.first_byte, Some(version))?;
     if frame.len() != header.frame_len()
         || header.header_len < 2
         || frame.first() != Some(&header.first_byte)
@@ -267,7 +307,9 @@ fn connect(r: &mut Reader<'_>) -> Result<Connect, DecodeError> {
         }
     };
     let flags = r.u8("CONNECT truncated before the connect flags [3.1.2.3]")?;
-    if flags & 0x01 != 0 {
+    // The reserved bit must be 0 from 3.1.1 on; MQTT 3.1 only calls it unused, so a 3.1
+    // client that sets it is still valid.
+    if flags & 0x01 != 0 && protocol != ProtocolVersion::V31 {
         return Err(Malformed("CONNECT reserved flag is not 0 [MQTT-3.1.2-3]"));
     }
     let clean_start = flags & 0x02 != 0;
@@ -713,20 +755,14 @@ impl<'a> Reader<'a> {
         Ok(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
     }
 
-    /// A Variable Byte Integer of at most 4 bytes [MQTT-1.5.5-1]. Non-minimal encodings are
-    /// accepted.
+    /// A Variable Byte Integer: at most 4 bytes, minimally encoded [MQTT-1.5.5-1] (see
+    /// [`read_vbi`]); `err` if the body ends inside it.
     pub(crate) fn vbi(&mut self, err: &'static str) -> Result<u32, DecodeError> {
-        let mut v = 0u32;
-        for i in 0..4 {
-            let b = self.u8(err)?;
-            v |= ((b & 0x7F) as u32) << (7 * i);
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(Malformed(
-            "variable byte integer longer than 4 bytes [MQTT-1.5.5-1]",
-        ))
+        let Some((v, n)) = read_vbi(self.rest_slice())? else {
+            return Err(Malformed(err));
+        };
+        self.pos += n;
+        Ok(v)
     }
 
     /// A Packet Identifier, which is never 0 [MQTT-2.2.1-3].

@@ -356,3 +356,28 @@ fn large_remaining_lengths() {
         assert_eq!(dec_ok(&bytes, V311), p, "payload {n}");
     }
 }
+
+#[test]
+fn vbi_encoding_is_minimal_mqtt_1_5_5_1() {
+    // [MQTT-1.5.5-1] the encoder writes the minimum number of bytes: the boundaries of each
+    // length, byte for byte, and the decoder's reader agrees.
+    use crate::decode::read_vbi;
+    use crate::encode::{put_vbi, vbi_len};
+    let table: &[(usize, &[u8])] = &[
+        (0, &[0x00]),
+        (127, &[0x7F]),
+        (128, &[0x80, 0x01]),
+        (16_383, &[0xFF, 0x7F]),
+        (16_384, &[0x80, 0x80, 0x01]),
+        (2_097_151, &[0xFF, 0xFF, 0x7F]),
+        (2_097_152, &[0x80, 0x80, 0x80, 0x01]),
+        (MAX_REMAINING_LENGTH, &[0xFF, 0xFF, 0xFF, 0x7F]),
+    ];
+    for (v, bytes) in table {
+        let mut out = BytesMut::new();
+        put_vbi(&mut out, *v).unwrap();
+        assert_eq!(&out[..], *bytes, "{v}");
+        assert_eq!(vbi_len(*v), bytes.len(), "{v}");
+        assert_eq!(read_vbi(bytes), Ok(Some((*v as u32, bytes.len()))), "{v}");
+    }
+}

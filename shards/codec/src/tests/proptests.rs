@@ -519,6 +519,22 @@ proptest! {
         prop_assert!(too_large);
     }
 
+    /// [MQTT-1.5.5-1] every value the encoder writes as a Variable Byte Integer uses the
+    /// minimum number of bytes (no trailing 0 group), matches `vbi_len`, and reads back.
+    #[test]
+    fn vbi_encoding_is_minimal(v in 0usize..=MAX_REMAINING_LENGTH) {
+        let mut out = BytesMut::new();
+        crate::encode::put_vbi(&mut out, v).unwrap();
+        prop_assert_eq!(out.len(), crate::encode::vbi_len(v));
+        let minimal_len = 1 + (1..4).filter(|&i| v >> (7 * i) != 0).count();
+        prop_assert_eq!(out.len(), minimal_len);
+        prop_assert!(out.len() == 1 || out[out.len() - 1] != 0);
+        prop_assert_eq!(
+            crate::decode::read_vbi(&out),
+            Ok(Some((v as u32, out.len())))
+        );
+    }
+
     /// Arbitrary bytes never panic the decoder, under every version and limit.
     #[test]
     fn arbitrary_bytes_never_panic(data in vec(any::<u8>(), 0..300)) {

@@ -82,6 +82,83 @@ fn remaining_length_at_most_4_bytes() {
     assert!(frame_len(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF], usize::MAX).is_err());
 }
 
+/// Remaining Lengths whose value fits in fewer bytes than used.
+const NON_MINIMAL_REMAINING_LENGTHS: &[&[u8]] = &[
+    &[0x80, 0x00],             // 0 in 2 bytes
+    &[0xFF, 0x00],             // 127 in 2 bytes
+    &[0x80, 0x80, 0x00],       // 0 in 3 bytes
+    &[0x80, 0x80, 0x80, 0x00], // 0 in 4 bytes
+    &[0x82, 0x80, 0x00],       // 2 in 3 bytes
+    &[0x80, 0x81, 0x00],       // 128 in 3 bytes
+    &[0xFF, 0xFF, 0xFF, 0x00], // 2,097,151 in 4 bytes
+];
+
+#[test]
+fn remaining_length_minimal_encoding_mqtt_1_5_5_1() {
+    // [MQTT-1.5.5-1] the minimum number of bytes; rejected from the fixed header alone, before
+    // any body byte, for every version and packet type.
+    for rl in NON_MINIMAL_REMAINING_LENGTHS {
+        for first in [0x10u8, 0x30, 0x40, 0xC0] {
+            let bytes = cat(&[&[first], rl]);
+            assert!(
+                matches!(
+                    frame_len(&bytes, usize::MAX),
+                    Err(DecodeError::Malformed(_))
+                ),
+                "{bytes:02X?}"
+            );
+            for v in ALL {
+                malformed(&bytes, v);
+                // The same header with the body it announces (2) is still rejected.
+                malformed(&cat(&[&bytes, &[0, 1]]), v);
+            }
+        }
+    }
+    // Malformed Packet, like every other malformed case.
+    let e = dec(&[0xC0, 0x80, 0x00], V5).unwrap_err();
+    assert_eq!(e.reason_code(), ReasonCode::MALFORMED_PACKET);
+    // A framing error leaves the buffer alone.
+    let mut buf = BytesMut::from(&[0xC0u8, 0x80, 0x00][..]);
+    assert!(decode_packet(&mut buf, V311, usize::MAX).is_err());
+    assert_eq!(buf.len(), 3);
+}
+
+#[test]
+fn remaining_length_minimal_boundaries_accepted_mqtt_1_5_5_1() {
+    // [MQTT-1.5.5-1] the smallest and largest value of each length, and the incomplete forms
+    // (a continuation byte with nothing after it yet is "need more", not malformed).
+    let ok: &[(&[u8], usize)] = &[
+        (&[0x00], 0),
+        (&[0x7F], 127),
+        (&[0x80, 0x01], 128),
+        (&[0xFF, 0x7F], 16_383),
+        (&[0x80, 0x80, 0x01], 16_384),
+        (&[0xFF, 0xFF, 0x7F], 2_097_151),
+        (&[0x80, 0x80, 0x80, 0x01], 2_097_152),
+        (&[0xFF, 0xFF, 0xFF, 0x7F], MAX_REMAINING_LENGTH),
+    ];
+    for (rl, n) in ok {
+        let h = frame_len(&cat(&[&[0x30], rl]), usize::MAX)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (h.header_len, h.remaining_len),
+            (1 + rl.len(), *n),
+            "{rl:02X?}"
+        );
+    }
+    for partial in [
+        &[0x30u8, 0x80][..],
+        &[0x30, 0x80, 0x80],
+        &[0x30, 0xFF, 0x80, 0x80],
+    ] {
+        assert_eq!(frame_len(partial, usize::MAX), Ok(None), "{partial:02X?}");
+        for v in ALL {
+            assert_eq!(dec(partial, v), Ok(None), "{partial:02X?}");
+        }
+    }
+}
+
 #[test]
 fn incomplete_frames_need_more_bytes() {
     for v in ALL {
@@ -204,6 +281,57 @@ fn decode_frame_checks_its_arguments() {
     ));
 }
 
+// ---- MQTT 3.1 retries ----------------------------------------------------------------------
+
+/// (3.1 retry with DUP + QoS 1 (flags 1010), the same packet with the 3.1.1 flags 0010).
+const V31_DUP_RETRIES: &[(&[u8], &[u8])] = &[
+    (&[0x6A, 2, 0, 1], &[0x62, 2, 0, 1]), // PUBREL
+    (
+        &[0x8A, 6, 0, 1, 0, 1, b'a', 1],
+        &[0x82, 6, 0, 1, 0, 1, b'a', 1],
+    ), // SUBSCRIBE
+    (&[0xAA, 5, 0, 1, 0, 1, b'a'], &[0xA2, 5, 0, 1, 0, 1, b'a']), // UNSUBSCRIBE
+];
+
+#[test]
+fn v31_dup_on_pubrel_subscribe_unsubscribe_accepted() {
+    // MQTT 3.1 sections 3.6, 3.8, 3.10: DUP is set on retries; the fixed 0010 flags
+    // [MQTT-3.6.1-1, MQTT-3.8.1-1, MQTT-3.10.1-1] are 3.1.1 rules.
+    for (dup, plain) in V31_DUP_RETRIES {
+        assert_eq!(dec_ok(dup, V31), dec_ok(plain, V31), "{dup:02X?}");
+        let h = frame_len(dup, usize::MAX).unwrap().unwrap();
+        let frame = Bytes::copy_from_slice(dup);
+        assert_eq!(
+            decode_frame(h, frame.clone(), V31).ok(),
+            Some(dec_ok(plain, V31))
+        );
+        // The packet model has no DUP for these: a 3.1 retry re-encodes with flags 0010.
+        assert_eq!(enc(&dec_ok(dup, V31), V31), plain.to_vec());
+        for v in [V311, V5] {
+            assert!(matches!(
+                decode_frame(h, frame.clone(), v),
+                Err(DecodeError::Malformed(_))
+            ));
+        }
+    }
+}
+
+#[test]
+fn dup_on_pubrel_subscribe_unsubscribe_malformed_from_3_1_1() {
+    // [MQTT-3.6.1-1, MQTT-3.8.1-1, MQTT-3.10.1-1] unchanged for levels 4 and 5, and still
+    // rejected from the first byte, before the body arrives.
+    for (dup, _) in V31_DUP_RETRIES {
+        for v in [V311, V5] {
+            malformed(dup, v);
+            malformed(&dup[..2], v);
+        }
+    }
+    // 3.1 accepts DUP + QoS 1 only: no other flag combination.
+    for first in [0x60u8, 0x68, 0x6B, 0x6E, 0x88, 0x8B, 0x8C, 0xA8, 0xAE, 0xAB] {
+        malformed(&[first, 2, 0, 1], V31);
+    }
+}
+
 // ---- Trailing bytes -------------------------------------------------------------------------
 
 #[test]
@@ -240,6 +368,40 @@ fn property_vbi_at_most_4_bytes() {
         V5,
     );
     malformed(&publish_v5(&[0x0B, 0x81, 0x81, 0x81, 0x81, 0x01]), V5);
+}
+
+#[test]
+fn property_vbi_minimal_encoding_mqtt_1_5_5_1() {
+    // [MQTT-1.5.5-1] every VBI inside the variable header, not only the Remaining Length.
+    // Property Length 0 in 2 bytes (PUBLISH, CONNACK, PUBACK, SUBSCRIBE).
+    malformed(&frame(0x30, &[0, 1, b't', 0x80, 0x00, b'p']), V5);
+    malformed(&[0x20, 4, 0, 0, 0x80, 0x00], V5);
+    malformed(&[0x40, 5, 0, 1, 0, 0x80, 0x00], V5);
+    malformed(&frame(0x82, &[0, 1, 0x80, 0x00, 0, 1, b'a', 0]), V5);
+    // Property Length 2 in 2 bytes, over a list that is valid (Payload Format Indicator 1).
+    malformed(
+        &frame(0x30, &[0, 1, b't', 0x82, 0x00, 0x01, 0x01, b'p']),
+        V5,
+    );
+    // Subscription Identifier 1 in 2 and 3 bytes (PUBLISH and SUBSCRIBE).
+    malformed(&publish_v5(&[0x0B, 0x81, 0x00]), V5);
+    malformed(&publish_v5(&[0x0B, 0x81, 0x80, 0x00]), V5);
+    malformed(
+        &frame(0x82, &[0, 1, 3, 0x0B, 0x81, 0x00, 0, 1, b'a', 0]),
+        V5,
+    );
+    // Property identifier 1 (Payload Format Indicator) in 2 bytes.
+    malformed(&publish_v5(&[0x81, 0x00, 0x01]), V5);
+    // The same properties minimally encoded decode.
+    dec_ok(&publish_v5(&[0x0B, 0x01]), V5);
+    dec_ok(&publish_v5(&[0x01, 0x01]), V5);
+    dec_ok(&publish_v5(&[0x0B, 0x80, 0x01]), V5);
+    // The journal's stored properties go through the same reader.
+    assert!(matches!(
+        decode_publish_properties(&Bytes::from_static(&[0x80, 0x00])),
+        Err(DecodeError::Malformed(_))
+    ));
+    assert!(decode_publish_properties(&Bytes::from_static(&[0x00])).is_ok());
 }
 
 #[test]
@@ -412,6 +574,29 @@ fn connect_unsupported_level() {
 fn connect_reserved_flag() {
     // [MQTT-3.1.2-3]
     malformed(&connect_v311(0x03, &[0, 1, b'c']), V311);
+    let mut c = connect_v5(&[]);
+    c[9] |= 0x01; // connect flags
+    malformed(&c, V5);
+}
+
+#[test]
+fn connect_reserved_flag_not_checked_for_mqtt_3_1() {
+    // [MQTT-3.1.2-3] is a 3.1.1 rule: MQTT 3.1 (level 3) only calls the bit unused. The
+    // connection's version does not matter for CONNECT, which carries its own.
+    let c = |flags: u8| {
+        frame(
+            0x10,
+            &[
+                0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, flags, 0, 60, 0, 1, b'c',
+            ],
+        )
+    };
+    for v in ALL {
+        assert_eq!(dec_ok(&c(0x03), v), dec_ok(&c(0x02), v));
+        assert_eq!(dec_ok(&c(0x01), v), dec_ok(&c(0x00), v));
+        // The other CONNECT flag rules still apply to 3.1 [MQTT-3.1.2-13].
+        malformed(&c(0x09), v);
+    }
 }
 
 #[test]

@@ -546,12 +546,6 @@ fn non_canonical_decodes() {
             Packet::Auth(Box::default()),
         ),
         (
-            "PINGREQ with a non-minimal Remaining Length [1.5.5]",
-            V311,
-            &[0xC0, 0x80, 0x00],
-            Packet::PingReq,
-        ),
-        (
             "CONNACK 5.0 without Property Length",
             V5,
             &[0x20, 2, 0, 0],
