@@ -38,9 +38,16 @@ deps:
 	  npm ci --prefix tests/integration/js --no-audit --no-fund --loglevel=error >/dev/null; \
 	fi
 
+## The core is sans-I/O: no executor, socket, clock or random source in its dependency tree or
+## its code (time and entropy come in through its Clock and Entropy traits).
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --release -- -D warnings
+	@if $(CARGO) tree -p ringmq-core -e normal --prefix none | grep -E '^(glommio|socket2|signal-hook|getrandom|rand|futures|tokio|mio) '; then \
+	  echo "lint: ringmq-core must not depend on an executor, sockets or a random source (above)"; exit 1; fi
+	@if grep -rnE 'Instant::now|SystemTime::now|getrandom|libc::|std::net::[a-z]|UdpSocket|TcpStream|std::thread::sleep' shards/core/src --include=*.rs | grep -v 'lint: test-only clock'; then \
+	  echo "lint: ringmq-core reads a clock, a random source or a socket (above); take them from env::Clock/Entropy or the driver"; exit 1; fi
+	@echo "lint: ringmq-core is free of I/O"
 
 unit:
 	$(CARGO) test --workspace --release
@@ -56,11 +63,15 @@ crash-test: build
 bench: build
 	$(PYTHON) bench/run.py $(BENCH_ARGS)
 
-## Coverage-guided fuzzing of the decoder and of journal recovery (needs cargo-fuzz and a
-## nightly toolchain): FUZZ_SECONDS per target.
+## Coverage-guided fuzzing of the decoder and of journal recovery, FUZZ_SECONDS per target, one
+## after the other (needs `cargo install cargo-fuzz` and a nightly toolchain). New inputs land in
+## fuzz/corpus/<target>/ (kept in git; `make test` replays it), crashes in fuzz/artifacts/.
+## See docs/fuzzing.md.
+FUZZ_SECONDS ?= 60
+FUZZ_TOOLCHAIN ?= nightly
 fuzz:
-	cd fuzz && $(CARGO) fuzz run decode -- -max_total_time=$${FUZZ_SECONDS:-60}
-	cd fuzz && $(CARGO) fuzz run journal_open -- -max_total_time=$${FUZZ_SECONDS:-60}
+	cd fuzz && $(CARGO) +$(FUZZ_TOOLCHAIN) fuzz run -O decode -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096
+	cd fuzz && $(CARGO) +$(FUZZ_TOOLCHAIN) fuzz run -O journal_open -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096
 
 clean:
 	$(CARGO) clean

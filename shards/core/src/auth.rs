@@ -7,6 +7,7 @@
 //! HMAC-SHA256(secret, client id || nonce), and the server completes with CONNACK 0x00 or
 //! refuses with 0x87. The same exchange re-authenticates a connected client (AUTH 0x19).
 
+use crate::env::Entropy;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::sync::Arc;
@@ -32,8 +33,14 @@ pub trait AuthSession: Send {
 pub trait AuthMethod: Send + Sync {
     /// The Authentication Method name clients ask for.
     fn name(&self) -> &str;
-    /// Starts an exchange for `client_id` with the CONNECT's (or AUTH 0x19's) data.
-    fn start(&self, client_id: &str, data: &[u8]) -> (AuthStep, Option<Box<dyn AuthSession>>);
+    /// Starts an exchange for `client_id` with the CONNECT's (or AUTH 0x19's) data; random
+    /// challenges come from `entropy`.
+    fn start(
+        &self,
+        client_id: &str,
+        data: &[u8],
+        entropy: &mut dyn Entropy,
+    ) -> (AuthStep, Option<Box<dyn AuthSession>>);
 }
 
 /// The configured methods.
@@ -103,11 +110,14 @@ impl AuthMethod for ChallengeSha256 {
         CHALLENGE_METHOD
     }
 
-    fn start(&self, client_id: &str, _data: &[u8]) -> (AuthStep, Option<Box<dyn AuthSession>>) {
+    fn start(
+        &self,
+        client_id: &str,
+        _data: &[u8],
+        entropy: &mut dyn Entropy,
+    ) -> (AuthStep, Option<Box<dyn AuthSession>>) {
         let mut nonce = [0u8; 32];
-        if getrandom::getrandom(&mut nonce).is_err() {
-            return (AuthStep::Fail, None);
-        }
+        entropy.fill(&mut nonce);
         let session = Challenge {
             secret: self.secret.clone(),
             client_id: client_id.to_owned(),
@@ -124,7 +134,8 @@ mod tests {
     #[test]
     fn challenge_accepts_the_right_answer_only() {
         let m = ChallengeSha256::new("s3cret");
-        let (step, session) = m.start("dev-1", b"");
+        let mut entropy = crate::env::SplitMix64(7);
+        let (step, session) = m.start("dev-1", b"", &mut entropy);
         let AuthStep::Continue(nonce) = step else {
             panic!("{step:?}")
         };
@@ -137,7 +148,7 @@ mod tests {
         let right = ChallengeSha256::response(b"s3cret", "dev-1", &nonce);
         assert_eq!(session.step(&right), AuthStep::Success(None));
         // A new exchange gets a new nonce.
-        let (AuthStep::Continue(n2), _) = m.start("dev-1", b"") else {
+        let (AuthStep::Continue(n2), _) = m.start("dev-1", b"", &mut entropy) else {
             panic!()
         };
         assert_ne!(nonce, n2);

@@ -15,7 +15,7 @@ use ringmq_codec::{Packet, SubAck, SubscriptionOptions};
 use ringmq_journal::{Journal, JournalConfig, JournalError, RecoveryReport};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Records re-appended per compaction step, so one step never holds the reactor for long.
 pub const COMPACT_STEP_RECORDS: usize = 4096;
@@ -61,8 +61,8 @@ pub struct Durable {
     pub policy: Fsync,
     segment_bytes: u64,
     max_bytes: u64,
-    /// Rings the shard's journal task when there is something to sync.
-    pub bell: Option<glommio::channels::local_channel::LocalSender<()>>,
+    /// Set by an append: the driver rings its journal task and clears it.
+    pub sync_wanted: bool,
     pub checkpoint: Option<Checkpoint>,
     /// Bytes the last compaction re-appended: an estimate of live state.
     pub live_bytes: u64,
@@ -71,45 +71,6 @@ pub struct Durable {
     pub compacted_at: Option<Instant>,
     /// Appends that failed (I/O error or full) for bookkeeping records, which are never refused.
     pub write_errors: u64,
-}
-
-/// Milliseconds since the Unix epoch now.
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Wall-clock form of a monotonic deadline, for the journal; 0 = none.
-pub fn instant_to_unix_ms(t: Option<Instant>) -> u64 {
-    match t {
-        None => 0,
-        Some(t) => {
-            let now = Instant::now();
-            let now_ms = unix_ms();
-            if t >= now {
-                now_ms + t.duration_since(now).as_millis() as u64
-            } else {
-                now_ms.saturating_sub(now.duration_since(t).as_millis() as u64)
-            }
-        }
-    }
-    .max(u64::from(t.is_some()))
-}
-
-/// Monotonic form of a wall-clock deadline read back from the journal.
-pub fn unix_ms_to_instant(ms: u64) -> Option<Instant> {
-    if ms == 0 {
-        return None;
-    }
-    let now = Instant::now();
-    let now_ms = unix_ms();
-    Some(if ms >= now_ms {
-        now + Duration::from_millis(ms - now_ms)
-    } else {
-        now.checked_sub(Duration::from_millis(now_ms - ms))
-            .unwrap_or(now)
-    })
 }
 
 impl Durable {
@@ -122,7 +83,7 @@ impl Durable {
             policy,
             segment_bytes,
             max_bytes,
-            bell: None,
+            sync_wanted: false,
             checkpoint: None,
             live_bytes: 0,
             appended_at_compaction: 0,
@@ -167,9 +128,7 @@ impl Durable {
 
     fn append(&mut self, kind: u8) -> Result<u64, JournalError> {
         let (seq, _) = self.journal.append(kind, &self.buf)?;
-        if let Some(bell) = &self.bell {
-            let _ = bell.try_send(());
-        }
+        self.sync_wanted = true;
         Ok(seq)
     }
 
@@ -196,7 +155,7 @@ impl Durable {
     /// Whether compaction should start: the journal holds much more than live state, or it
     /// is at `--journal-max-bytes` and enough was appended since the last compaction that
     /// another may free something (so a journal full of live state does not compact in a loop).
-    pub fn should_compact(&self) -> bool {
+    pub fn should_compact(&self, now: Instant) -> bool {
         if self.checkpoint.is_some() || self.journal.segment_count() < 2 {
             return false;
         }
@@ -207,7 +166,7 @@ impl Durable {
         let retry = appended >= self.segment_bytes / 2
             || self
                 .compacted_at
-                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
         disk > 2 * self.live_bytes + 4 * self.segment_bytes || (!self.has_room() && retry)
     }
 }
@@ -444,15 +403,5 @@ mod tests {
         assert_eq!(r.sessions["a"].msgs.len(), 1);
         r.apply(session("a", true));
         assert!(r.sessions["a"].msgs.is_empty());
-    }
-
-    #[test]
-    fn wall_clock_round_trip() {
-        let t = Instant::now() + Duration::from_secs(30);
-        let back = unix_ms_to_instant(instant_to_unix_ms(Some(t))).unwrap();
-        let diff = if back > t { back - t } else { t - back };
-        assert!(diff < Duration::from_millis(5));
-        assert_eq!(instant_to_unix_ms(None), 0);
-        assert_eq!(unix_ms_to_instant(0), None);
     }
 }

@@ -1,15 +1,14 @@
 //! Messages between shards. Everything here is `Send`; payloads travel as `Bytes`, so a fan-out
 //! to other cores shares the publisher's buffer by reference count.
 //!
-//! Shards exchange `Vec<ShardMsg>` batches over glommio's channel mesh: one bounded SPSC channel
-//! per ordered pair of shards. A shard collects what it sends while it handles one event (a read,
+//! Shards exchange `Vec<ShardMsg>` batches, in the glommio driver over its channel mesh: one
+//! bounded SPSC channel per ordered pair of shards. A shard collects what it sends while it handles one event (a read,
 //! a batch from a peer, a timer tick) and sends at most one batch per peer at the end of it.
 
 use bytes::Bytes;
 use ringmq_codec::{ByteStr, Connect, SubscriptionOptions};
 use ringmq_metrics::ShardMetrics;
 use ringmq_session::Message;
-use std::os::fd::RawFd;
 
 pub type Batch = Vec<ShardMsg>;
 
@@ -94,8 +93,9 @@ pub enum ShardMsg {
 
 #[derive(Debug)]
 pub struct Handoff {
-    /// A duplicate of the accepted socket's descriptor; the receiver owns it.
-    pub fd: RawFd,
+    /// The accepted socket; the receiving shard owns it (the glommio driver sends a duplicate
+    /// descriptor).
+    pub socket: crate::state::SocketId,
     pub connect: Box<Connect>,
     /// Bytes read after the CONNECT packet.
     pub leftover: Bytes,

@@ -166,7 +166,7 @@ mod tests {
     #[test]
     fn totals_merge_and_loads_move_toward_the_rate() {
         let mut s = SysStats::default();
-        let t0 = Instant::now();
+        let t0 = Instant::now(); // lint: test-only clock
         let v = s.topics(&[metrics(10, 2), metrics(5, 1)], 7, t0);
         assert_eq!(get(&v, "$SYS/broker/uptime"), "7 seconds");
         assert_eq!(get(&v, "$SYS/broker/messages/received"), "15");

@@ -118,6 +118,13 @@ pub fn listen_socket(addr: std::net::SocketAddr, backlog: i32) -> io::Result<Raw
     Ok(s.into_raw_fd())
 }
 
+/// Sends FIN after what was written: the peer reads everything, then end of stream.
+pub fn shutdown_write(fd: RawFd) {
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_WR);
+    }
+}
+
 /// Stops a listening socket from taking connections at once, before the process exits: a
 /// closed descriptor can outlive the process inside io_uring's teardown and keep its place in
 /// the SO_REUSEPORT group, where new connections would be reset.

@@ -1,13 +1,15 @@
 //! The executors: one glommio `LocalExecutor` per shard, pinned to a core, joined by a channel
-//! mesh. Tasks here only wait; all decisions are made in [`ShardState`].
+//! mesh. Tasks here only wait; all decisions are made in the core's [`ShardState`], called
+//! through [`Shard::with_state`].
 
-use crate::config::Config;
+use crate::driver::{conn_task, OsEntropy, Shard, SystemClock};
 use crate::io;
-use crate::mesh::Batch;
-use crate::state::ShardState;
+use crate::mesh::{self, Mesh};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
+use ringmq_core::mesh::Batch;
+use ringmq_core::{Config, ShardState, SocketId};
 use std::cell::RefCell;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::rc::Rc;
@@ -31,16 +33,12 @@ static SHARDS_DONE: AtomicUsize = AtomicUsize::new(0);
 /// could miss a restored session on another shard.
 static SHARDS_READY: AtomicUsize = AtomicUsize::new(0);
 
-pub struct Shard {
-    pub state: RefCell<ShardState>,
-}
-
 thread_local! {
     static SHARD: RefCell<Option<Rc<Shard>>> = const { RefCell::new(None) };
 }
 
 /// The shard of the calling executor thread.
-fn current() -> Rc<Shard> {
+pub fn current() -> Rc<Shard> {
     SHARD.with(|s| s.borrow().clone().expect("called on a shard thread"))
 }
 
@@ -140,22 +138,17 @@ async fn shard_main(
     conn_count: Arc<AtomicUsize>,
     metrics_fd: Option<RawFd>,
 ) -> std::io::Result<()> {
-    let (senders, receivers, id) = match mesh {
-        Some(m) => {
-            let (s, r) = m
-                .join()
-                .await
-                .map_err(|_| std::io::Error::other("channel mesh join failed"))?;
-            let id = s.peer_id();
-            (Some(Rc::new(s)), Some(r), id)
-        }
-        None => (None, None, 0),
-    };
-    let mut state = ShardState::new(id, cfg.shards, Rc::new((*cfg).clone()), conn_count);
-    state.senders = senders;
+    let (id, mut mesh, receivers) = Mesh::join(mesh, cfg.shards).await?;
+    let mut state = ShardState::new(
+        id,
+        cfg.shards,
+        Rc::new((*cfg).clone()),
+        Box::new(SystemClock),
+        Box::new(OsEntropy),
+    );
     // Recovery reads every segment: done before this shard accepts anything.
     let started = std::time::Instant::now();
-    let (journal, report, recovered) = crate::durable::open(
+    let (journal, report, recovered) = ringmq_core::durable::open(
         &cfg.data_dir,
         id,
         cfg.journal_segment_bytes,
@@ -163,18 +156,21 @@ async fn shard_main(
     )
     .map_err(std::io::Error::other)?;
     let (bell_tx, bell_rx) = glommio::channels::local_channel::new_bounded(1);
-    let mut durable = crate::durable::Durable::new(
+    let durable = ringmq_core::durable::Durable::new(
         journal,
         cfg.fsync,
         cfg.journal_segment_bytes,
         cfg.journal_max_bytes,
     );
-    durable.bell = Some(bell_tx);
     state.durable = Some(durable);
     let sessions = recovered.sessions.len();
     let retained = recovered.retained.len();
     let messages: usize = recovered.sessions.values().map(|s| s.msgs.len()).sum();
-    state.restore(recovered);
+    mesh.start_flushers(id);
+    let shard = Rc::new(Shard::new(state, mesh, conn_count));
+    *shard.bell.borrow_mut() = Some(bell_tx);
+    SHARD.with(|s| *s.borrow_mut() = Some(shard.clone()));
+    shard.with_state(|st| st.restore(recovered));
     // The replay's temporary copies are freed by now; hand their pages back to the system
     // rather than keep them in the allocator (they can be as large as the live state).
     // SAFETY: malloc_trim only releases free memory of glibc's heap.
@@ -194,30 +190,8 @@ async fn shard_main(
         took_ms = started.elapsed().as_millis() as u64,
         "journal recovered"
     );
-    let shard = Rc::new(Shard {
-        state: RefCell::new(state),
-    });
-    SHARD.with(|s| *s.borrow_mut() = Some(shard.clone()));
-    start_flushers(&shard);
     glommio::spawn_local(journal_loop(bell_rx, cfg.fsync, cfg.journal_segment_bytes)).detach();
-
-    if let Some(mut r) = receivers {
-        for (_peer, rx) in r.streams() {
-            glommio::spawn_local(async move {
-                while let Some(batch) = rx.recv().await {
-                    let shard = current();
-                    let adopted = {
-                        let mut st = shard.state.borrow_mut();
-                        st.on_batch(batch);
-                        std::mem::take(&mut st.adopted)
-                    };
-                    // Spawned tasks run at once in glommio: never spawn inside a borrow.
-                    start_adopted(adopted);
-                }
-            })
-            .detach();
-        }
-    }
+    mesh::start_receivers(receivers);
 
     let mut listen_fds = Vec::new();
     if let Some(fd) = metrics_fd {
@@ -261,14 +235,21 @@ async fn shard_main(
             for fd in &listen_fds {
                 io::shutdown_listener(*fd);
             }
-            shard.state.borrow_mut().shutdown();
+            shard.with_state(|st| st.shutdown());
+            shard.with_state(|st| {
+                if let Some(d) = st.durable.as_mut() {
+                    if let Err(e) = d.journal.sync_blocking() {
+                        tracing::error!(shard = id, error = %e, "journal sync at shutdown failed");
+                    }
+                }
+            });
             // Give the connection tasks a turn to write their DISCONNECT and close.
             glommio::timer::sleep(Duration::from_millis(100)).await;
             SHARDS_DONE.fetch_add(1, Ordering::SeqCst);
             tracing::info!(shard = id, "shard stopped");
             return Ok(());
         }
-        shard.state.borrow_mut().tick();
+        shard.with_state(|st| st.tick());
     }
 }
 
@@ -302,17 +283,15 @@ async fn accept_loop(listener: TcpListener) {
         match listener.accept().await {
             Ok(stream) => {
                 let shard = current();
-                let mut st = shard.state.borrow_mut();
-                let max = st.cfg.max_connections;
-                if st.conn_count.fetch_add(1, Ordering::Relaxed) >= max {
-                    st.conn_count.fetch_sub(1, Ordering::Relaxed);
-                    st.counters.connections_refused += 1;
+                let max = shard.state.borrow().cfg.max_connections;
+                if shard.conn_count.fetch_add(1, Ordering::Relaxed) >= max {
+                    shard.conn_count.fetch_sub(1, Ordering::Relaxed);
+                    shard.with_state(|st| st.counters.connections_refused += 1);
                     tracing::debug!("connection refused: --max-connections reached");
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
-                let key = st.add_conn(stream.as_raw_fd());
-                drop(st);
+                let key = shard.with_state(|st| st.add_conn(SocketId(stream.as_raw_fd())));
                 glommio::spawn_local(conn_task(key, stream)).detach();
             }
             Err(_) if SHUTDOWN.load(Ordering::Relaxed) => return,
@@ -322,51 +301,6 @@ async fn accept_loop(listener: TcpListener) {
                 glommio::timer::sleep(Duration::from_millis(50)).await;
             }
         }
-    }
-}
-
-/// Spawns tasks for connections another shard handed over during the last event.
-fn start_adopted(adopted: Vec<crate::state::Adopted>) {
-    for a in adopted {
-        // SAFETY: the descriptor was duplicated for us by the sending shard and nothing else
-        // owns it.
-        let stream = unsafe { TcpStream::from_raw_fd(a.fd) };
-        glommio::spawn_local(conn_task(a.key, stream)).detach();
-    }
-}
-
-async fn conn_task(key: usize, mut stream: TcpStream) {
-    let shard = current();
-    futures_lite::future::poll_fn(|cx| shard.state.borrow_mut().poll_conn(key, cx, &mut stream))
-        .await;
-    shard.state.borrow_mut().finish_conn(key);
-    drop(stream);
-}
-
-/// One task per peer shard sends, in order, the batches its channel could not take at once,
-/// waiting for room. Started with the shard, so nothing is spawned on the message path.
-fn start_flushers(shard: &Shard) {
-    let mut st = shard.state.borrow_mut();
-    let Some(senders) = st.senders.clone() else {
-        return;
-    };
-    for peer in 0..st.nshards {
-        if peer == st.id {
-            continue;
-        }
-        let (tx, rx) = glommio::channels::local_channel::new_unbounded::<Batch>();
-        st.spill[peer] = Some(tx);
-        let spilled = st.spilled[peer].clone();
-        let senders = senders.clone();
-        glommio::spawn_local(async move {
-            while let Some(batch) = rx.recv().await {
-                if senders.send_to(peer, batch).await.is_err() {
-                    tracing::warn!(peer, "shard channel closed; dropping batch");
-                }
-                spilled.set(spilled.get() - 1);
-            }
-        })
-        .detach();
     }
 }
 
@@ -462,9 +396,9 @@ async fn serve_http(mut stream: TcpStream) {
 /// Process start, for uptime.
 static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
-fn process_stats() -> crate::metrics::Process {
-    crate::metrics::Process {
-        resident_bytes: crate::metrics::resident_bytes(),
+fn process_stats() -> ringmq_core::metrics::Process {
+    ringmq_core::metrics::Process {
+        resident_bytes: ringmq_core::metrics::resident_bytes(),
         open_fds: std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64),
         uptime_s: STARTED.get().map_or(0, |t| t.elapsed().as_secs()),
     }
@@ -479,10 +413,10 @@ const JOURNAL_IDLE: Duration = Duration::from_millis(500);
 /// reactor, and drives compaction. Blocking calls run on glommio's blocking thread.
 async fn journal_loop(
     bell: glommio::channels::local_channel::LocalReceiver<()>,
-    policy: crate::config::Fsync,
+    policy: ringmq_core::config::Fsync,
     cfg_segment_bytes: u64,
 ) {
-    use crate::config::Fsync;
+    use ringmq_core::config::Fsync;
     let shard = current();
     let mut last_sync: Option<std::time::Instant> = None;
     loop {
@@ -509,11 +443,7 @@ async fn journal_loop(
                 glommio::timer::sleep(period - since).await;
             }
         }
-        let wants_sync = {
-            let mut st = shard.state.borrow_mut();
-            let compacting = st.compact_step();
-            policy != Fsync::Never || compacting
-        };
+        let wants_sync = shard.with_state(|st| st.compact_step()) || policy != Fsync::Never;
         if wants_sync {
             let job = shard
                 .state
@@ -525,7 +455,7 @@ async fn journal_loop(
                 let t = std::time::Instant::now();
                 last_sync = Some(t);
                 let r = glommio::executor().spawn_blocking(move || job.run()).await;
-                shard.state.borrow_mut().on_synced(r, t.elapsed());
+                shard.with_state(|st| st.on_synced(r, t.elapsed()));
             }
         }
         // The next segment is made ready once the active one is half full: early enough that
@@ -555,7 +485,7 @@ async fn journal_loop(
 
 /// Publishes `$SYS/broker/...` every `interval`, from a merged scrape of all shards.
 async fn sys_loop(interval: Duration) {
-    let mut stats = crate::sys::SysStats::default();
+    let mut stats = ringmq_core::sys::SysStats::default();
     loop {
         glommio::timer::sleep(interval).await;
         if SHUTDOWN.load(Ordering::Relaxed) {
@@ -564,27 +494,27 @@ async fn sys_loop(interval: Duration) {
         let Some(all) = collect().await else { continue };
         let uptime = STARTED.get().map_or(0, |t| t.elapsed().as_secs());
         let topics = stats.topics(&all, uptime, std::time::Instant::now());
-        current().state.borrow_mut().publish_sys(topics);
+        current().with_state(|st| st.publish_sys(topics));
     }
 }
 
 /// Collects every shard's metrics and renders them; `None` if a shard did not answer in time.
 async fn scrape() -> Option<String> {
     let all = collect().await?;
-    Some(crate::metrics::render(&all, process_stats()))
+    Some(ringmq_core::metrics::render(&all, process_stats()))
 }
 
 /// Every shard's metrics (this one's directly, the others' over the mesh), by shard; `None` if
 /// a shard did not answer within [`SCRAPE_TIMEOUT`].
-async fn collect() -> Option<Vec<crate::metrics::ShardMetrics>> {
+async fn collect() -> Option<Vec<ringmq_core::metrics::ShardMetrics>> {
     let shard = current();
     let (tx, rx) = glommio::channels::local_channel::new_unbounded();
     // No await inside the borrow.
-    let (token, own, nshards) = {
-        let mut st = shard.state.borrow_mut();
-        let (token, own) = st.start_scrape(tx);
+    let (token, own, nshards) = shard.with_state(|st| {
+        let (token, own) = st.start_scrape();
         (token, own, st.nshards)
-    };
+    });
+    shard.metrics_pending.borrow_mut().insert(token, tx);
     let mut all = vec![own];
     let deadline = std::time::Instant::now() + SCRAPE_TIMEOUT;
     while all.len() < nshards {
@@ -597,7 +527,7 @@ async fn collect() -> Option<Vec<crate::metrics::ShardMetrics>> {
             _ => break,
         }
     }
-    shard.state.borrow_mut().metrics_pending.remove(&token);
+    shard.metrics_pending.borrow_mut().remove(&token);
     if all.len() < nshards {
         tracing::warn!(answered = all.len(), nshards, "metrics scrape timed out");
         return None;

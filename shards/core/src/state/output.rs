@@ -1,0 +1,285 @@
+//! Output: encoding packets into the shard's arena, queuing them per connection, and the
+//! [`Effects`] the driver takes after each event.
+
+use super::*;
+
+impl ShardState {
+    /// Encodes a control packet into the arena and queues it on the connection.
+    /// A packet larger than the client's Maximum Packet Size goes without its Reason String and
+    /// User Properties; if even that does not fit it is not sent, and a CONNACK that cannot be
+    /// sent closes the connection [MQTT-3.1.2-24], [MQTT-3.2.2-19/20], [MQTT-3.9.2-1],
+    /// [MQTT-3.14.2-3/4].
+    pub fn send(&mut self, key: usize, p: &Packet) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        let v = conn.version;
+        let mut len = encoded_len(p, v);
+        let limit = conn.extra.as_ref().and_then(|x| x.max_packet_size);
+        let trimmed;
+        let p = match limit {
+            Some(max) if len > max as usize => {
+                trimmed = without_diagnostics(p);
+                len = encoded_len(&trimmed, v);
+                if len > max as usize {
+                    self.counters.dropped_too_large += 1;
+                    if matches!(p, Packet::ConnAck(_)) {
+                        self.close_conn(key, Close::Error(ReasonCode::PACKET_TOO_LARGE));
+                    }
+                    return;
+                }
+                &trimmed
+            }
+            _ => p,
+        };
+        self.reserve_arena(len);
+        if encode(p, v, &mut self.arena).is_err() {
+            self.arena.clear();
+            return;
+        }
+        let chunk = self.arena.split().freeze();
+        self.counters.packets_out += 1;
+        self.push_chunk(key, chunk);
+    }
+
+    pub(super) fn reserve_arena(&mut self, len: usize) {
+        if self.arena.capacity() < len {
+            self.arena.reserve(len.max(64 * 1024));
+        }
+    }
+
+    /// Queues a PUBLISH on a connection; with `received`, records its publish-to-write time.
+    pub(super) fn write_publish(&mut self, key: usize, p: &Publish, received: Option<&Message>) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        if conn.close.is_some() {
+            return;
+        }
+        if p.qos == QoS::AtMostOnce && conn.out_bytes > self.cfg.max_outgoing_bytes {
+            self.counters.dropped_slow_consumer += 1;
+            return;
+        }
+        let v = conn.version;
+        let aliased = self.conns[key]
+            .extra
+            .as_mut()
+            .and_then(|a| a.out.as_mut())
+            .and_then(|a| with_topic_alias(a, p));
+        let p = aliased.as_ref().unwrap_or(p);
+        let hl = publish_header_len(p, v);
+        self.reserve_arena(hl + INLINE_PAYLOAD_MAX);
+        if encode_publish_header(p, v, &mut self.arena).is_err() {
+            self.arena.clear();
+            return;
+        }
+        self.counters.msgs_out[p.qos as usize] += 1;
+        if let Some(m) = received {
+            self.record_publish_to_write(m.received_at, m.origin, p.qos);
+        }
+        if p.payload.len() <= INLINE_PAYLOAD_MAX {
+            self.arena.extend_from_slice(&p.payload);
+            let chunk = self.arena.split().freeze();
+            self.push_chunk(key, chunk);
+        } else {
+            let header = self.arena.split().freeze();
+            self.push_chunk(key, header);
+            self.push_chunk(key, p.payload.clone());
+        }
+    }
+
+    pub(super) fn record_publish_to_write(&mut self, received_at: Instant, origin: u64, qos: QoS) {
+        let us = self
+            .now()
+            .saturating_duration_since(received_at)
+            .as_micros() as u64;
+        let h = if (origin >> 48) as usize == self.id {
+            &mut self.histograms.publish_to_write_local_us[qos as usize]
+        } else {
+            &mut self.histograms.publish_to_write_cross_us[qos as usize]
+        };
+        record_us(h, us);
+    }
+
+    pub(super) fn push_chunk(&mut self, key: usize, chunk: Bytes) {
+        let conn = &mut self.conns[key];
+        conn.out_bytes += chunk.len();
+        conn.out.push_back(chunk);
+        self.want_write(key);
+    }
+
+    /// Puts a connection with queued output on the driver's list of writes.
+    pub fn want_write(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if !conn.dirty && !conn.out.is_empty() {
+            conn.dirty = true;
+            self.fx.writes.push(key);
+        }
+    }
+
+    /// What the events since the last call caused, for the driver to carry out.
+    pub fn take_effects(&mut self) -> Effects {
+        let batches = (0..self.nshards).map(|_| Vec::new()).collect();
+        let mut fx = std::mem::replace(
+            &mut self.fx,
+            Effects {
+                batches,
+                ..Effects::default()
+            },
+        );
+        for &key in &fx.writes {
+            if let Some(c) = self.conns.get_mut(key) {
+                c.dirty = false;
+            }
+        }
+        fx.writes.retain(|&k| self.conns.contains(k));
+        if let Some(d) = self.durable.as_mut() {
+            fx.sync = std::mem::take(&mut d.sync_wanted);
+        }
+        fx
+    }
+
+    /// A connection's socket and the output queued for it, which the driver writes from the
+    /// front (then reports with [`ShardState::wrote`]).
+    pub fn output(&mut self, key: usize) -> Option<(SocketId, &mut VecDeque<Bytes>)> {
+        self.conns.get_mut(key).map(|c| (c.socket, &mut c.out))
+    }
+
+    /// Whether any event left something for the driver to do.
+    pub fn has_effects(&self) -> bool {
+        let fx = &self.fx;
+        !fx.writes.is_empty()
+            || !fx.closes.is_empty()
+            || !fx.adopted.is_empty()
+            || !fx.drains.is_empty()
+            || !fx.metrics_replies.is_empty()
+            || fx.batches.iter().any(|b| !b.is_empty())
+    }
+
+    /// The driver wrote `n` bytes of a connection's output (`failed`: the socket is broken).
+    /// An idle connection keeps no output buffer.
+    pub fn wrote(&mut self, key: usize, n: usize, failed: bool) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        self.counters.bytes_out += n as u64;
+        if failed {
+            conn.out.clear();
+            conn.out_bytes = 0;
+            self.close_conn(key, Close::Eof);
+            return;
+        }
+        conn.out_bytes -= n;
+        if conn.out.is_empty() {
+            conn.out = VecDeque::new();
+        }
+    }
+}
+
+/// `p` as sent over a connection with server-to-client topic aliases: a topic seen before goes
+/// as its alias alone, a new one gets the next free alias; `None` once all are taken and the
+/// topic is not among them (then the full topic goes, without alias).
+fn with_topic_alias(a: &mut AliasOut, p: &Publish) -> Option<Publish> {
+    let (alias, known) = match a.map.get(&p.topic) {
+        Some(n) => (*n, true),
+        None if (a.map.len() as u16) < a.max => {
+            let n = a.map.len() as u16 + 1;
+            a.map.insert(ByteStr::from(p.topic.as_str()), n);
+            (n, false)
+        }
+        None => return None,
+    };
+    let mut q = p.clone();
+    q.properties.get_or_insert_with(Box::default).topic_alias = Some(alias);
+    if known {
+        q.topic = ByteStr::from("");
+    }
+    Some(q)
+}
+
+/// The Reason String sent with a failure code, where the client allows it.
+pub(super) fn reason_text(code: ReasonCode) -> Option<&'static str> {
+    Some(match code {
+        ReasonCode::QUOTA_EXCEEDED => "quota exceeded: the broker's journal or a limit is full",
+        ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED => "shared subscriptions are disabled",
+        ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED => "wildcard subscriptions are disabled",
+        ReasonCode::TOPIC_FILTER_INVALID => "invalid topic filter",
+        ReasonCode::TOPIC_NAME_INVALID => "invalid topic name",
+        ReasonCode::BAD_AUTHENTICATION_METHOD => "authentication method not supported",
+        ReasonCode::QOS_NOT_SUPPORTED => "QoS above the server's Maximum QoS",
+        ReasonCode::RETAIN_NOT_SUPPORTED => "retained messages are disabled",
+        ReasonCode::USE_ANOTHER_SERVER => "use the server in Server Reference",
+        ReasonCode::SERVER_MOVED => "the server moved to Server Reference",
+        ReasonCode::CLIENT_IDENTIFIER_NOT_VALID => "client identifier not valid",
+        ReasonCode::PROTOCOL_ERROR => "protocol error",
+        _ => return None,
+    })
+}
+
+/// The PUBLISH a subscriber receives. Properties are forwarded as published, plus this
+/// subscriber's Subscription Identifiers.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn make_publish(
+    now: Instant,
+    msg: &Message,
+    qos: QoS,
+    retain: bool,
+    ids: &[u32],
+    packet_id: Option<PacketId>,
+    dup: bool,
+    v: ProtocolVersion,
+) -> Publish {
+    let properties = if !v.is_v5() {
+        None
+    } else if ids.is_empty() && msg.expires_at.is_none() {
+        msg.properties.as_ref().map(|p| Box::new((**p).clone()))
+    } else {
+        let mut p = msg
+            .properties
+            .as_ref()
+            .map(|p| (**p).clone())
+            .unwrap_or_default();
+        p.subscription_identifiers = ids.to_vec();
+        // [MQTT-3.3.2-6] what is left of the interval after waiting in the server.
+        p.message_expiry_interval = msg.remaining_expiry(now);
+        Some(Box::new(p))
+    };
+    Publish {
+        dup,
+        qos,
+        retain,
+        topic: msg.topic.clone(),
+        packet_id: if qos == QoS::AtMostOnce {
+            None
+        } else {
+            packet_id
+        },
+        payload: msg.payload.clone(),
+        properties,
+    }
+}
+
+/// `p` without the properties a client can do without: Reason String and User Properties.
+fn without_diagnostics(p: &Packet) -> Packet {
+    fn strip(props: &mut Properties) {
+        props.reason_string = None;
+        props.user_properties.clear();
+    }
+    let mut p = p.clone();
+    match &mut p {
+        Packet::ConnAck(a) => strip(&mut a.properties),
+        Packet::SubAck(a) => strip(&mut a.properties),
+        Packet::UnsubAck(a) => strip(&mut a.properties),
+        Packet::Disconnect(d) => strip(&mut d.properties),
+        Packet::Auth(a) => strip(&mut a.properties),
+        Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubRel(r) | Packet::PubComp(r) => {
+            if let Some(props) = r.properties.as_mut() {
+                strip(props);
+            }
+        }
+        _ => {}
+    }
+    p
+}

@@ -1,0 +1,306 @@
+//! SUBSCRIBE and UNSUBSCRIBE: subscriptions, route announcements to other shards, SUBACK held
+//! for route acknowledgements and the journal, retained queries.
+
+use super::*;
+
+impl ShardState {
+    pub(super) fn on_subscribe(&mut self, key: usize, sid: u64, sub: Subscribe) {
+        if !self.cfg.subscription_identifiers && !sub.properties.subscription_identifiers.is_empty()
+        {
+            // Announced as unavailable in CONNACK (section 3.8.2.1.2).
+            return self.close_conn(
+                key,
+                Close::Error(ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED),
+            );
+        }
+        let v5 = self.conns[key].version.is_v5();
+        let levels = self.cfg.max_topic_levels;
+        let max_subs = self.cfg.max_subscriptions_per_client;
+        let subscription_id = sub.properties.subscription_identifiers.first().copied();
+        let token = self.next_token;
+        self.next_token += 1;
+        let before = self.jseq();
+        let mut awaiting = 0;
+        let mut codes = Vec::with_capacity(sub.filters.len());
+        let mut retained = Vec::new();
+        let max_qos = self.cfg.max_qos;
+        for mut f in sub.filters {
+            // Granted at most the server's Maximum QoS [MQTT-3.2.2-?].
+            if f.options.qos as u8 > max_qos {
+                f.options.qos = QoS::from_u8(max_qos).unwrap_or(QoS::AtMostOnce);
+            }
+            let shared = matches!(parse_shared(&f.filter, levels), Ok(Some(_)));
+            let code = match parse_shared(&f.filter, levels) {
+                Err(_) => ReasonCode::TOPIC_FILTER_INVALID,
+                Ok(Some(_)) if !self.cfg.shared_subscriptions => {
+                    ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
+                }
+                Ok(Some(_)) if f.options.no_local => {
+                    // [MQTT-3.8.3-4] No Local on a shared subscription is a protocol error.
+                    return self.close_conn(key, Close::Error(ReasonCode::PROTOCOL_ERROR));
+                }
+                Ok(Some(sh)) if !self.cfg.wildcard_subscriptions && has_wildcards(sh.filter) => {
+                    ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
+                }
+                Ok(Some(_)) => ReasonCode(f.options.qos as u8),
+                Ok(None) => match validate_topic_filter(&f.filter, levels) {
+                    Err(_) => ReasonCode::TOPIC_FILTER_INVALID,
+                    Ok(()) if !self.cfg.wildcard_subscriptions && has_wildcards(&f.filter) => {
+                        ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
+                    }
+                    Ok(()) => ReasonCode(f.options.qos as u8),
+                },
+            };
+            if code.is_error() {
+                codes.push(code);
+                continue;
+            }
+            let room = self.jroom();
+            let s = self.sessions.get_mut(&sid).expect("connected session");
+            let existed = s.subscriptions.contains_key(&f.filter);
+            if !existed && s.subscriptions.len() >= max_subs {
+                codes.push(ReasonCode::QUOTA_EXCEEDED);
+                continue;
+            }
+            if s.journaled && !room {
+                // The journal is at --journal-max-bytes: a subscription it cannot keep is
+                // refused rather than granted and forgotten at the next restart.
+                codes.push(ReasonCode::QUOTA_EXCEEDED);
+                continue;
+            }
+            if s.journaled {
+                let rec = Record::Sub {
+                    client_id: s.client_id.to_string(),
+                    filter: f.filter.to_string(),
+                    options: f.options,
+                    subscription_id: subscription_id.unwrap_or(0),
+                };
+                self.jnote(rec);
+            }
+            let s = self.sessions.get_mut(&sid).expect("connected session");
+            // Kept for the session's life: an owned copy, not a slice of the read buffer.
+            let filter = ByteStr::from(f.filter.as_str());
+            s.subscriptions.insert(
+                filter.clone(),
+                Subscription {
+                    options: f.options,
+                    subscription_id,
+                },
+            );
+            awaiting += self.install_subscription(sid, &filter, f.options, subscription_id, token);
+            if shared {
+                // Retained messages are not sent for a shared subscription (4.8.2).
+                codes.push(code);
+                continue;
+            }
+            use ringmq_codec::RetainHandling::*;
+            let send_retained = match f.options.retain_handling {
+                SendAtSubscribe => true,
+                SendIfNew => !existed,
+                DoNotSend => false,
+            };
+            if send_retained {
+                retained.push(RetainQuery {
+                    filter,
+                    from: self.id as u16,
+                    session: sid,
+                    options: f.options,
+                    subscription_id,
+                });
+            }
+            codes.push(code);
+        }
+        if !v5 {
+            // 3.1.x knows only 0x80 for a refused filter; the encoder maps, this keeps intent.
+        }
+        let mut properties = Properties::default();
+        if v5
+            && self
+                .sessions
+                .get(&sid)
+                .is_some_and(|s| s.problem_information)
+        {
+            // [MQTT-3.1.2-29] only when the client did not turn Request Problem Information off.
+            properties.reason_string = codes
+                .iter()
+                .find_map(|c| reason_text(*c))
+                .map(ByteStr::from);
+        }
+        let suback = SubAck {
+            packet_id: sub.packet_id,
+            reason_codes: codes,
+            properties,
+        };
+        // A persistent session's SUBACK waits for its subscriptions to be durable.
+        let need = self.jneed(before);
+        if awaiting == 0 && need == 0 {
+            self.send(key, &Packet::SubAck(Box::new(suback)));
+            self.query_retained(retained);
+        } else if awaiting == 0 {
+            self.after_sync(
+                need,
+                AfterSync::SubAck {
+                    session: sid,
+                    suback: Box::new(suback),
+                    retained,
+                },
+            );
+        } else {
+            self.pending_subacks.insert(
+                token,
+                PendingSubAck {
+                    session: sid,
+                    remaining: awaiting,
+                    suback,
+                    retained,
+                    durable: need,
+                },
+            );
+        }
+    }
+
+    pub(super) fn on_route_ack(&mut self, token: u64) {
+        if token == self.restore_token && self.restore_pending > 0 {
+            self.restore_pending -= 1;
+            return;
+        }
+        let Some(p) = self.pending_subacks.get_mut(&token) else {
+            return;
+        };
+        p.remaining -= 1;
+        if p.remaining > 0 {
+            return;
+        }
+        let p = self.pending_subacks.remove(&token).expect("present");
+        if !self.jsynced(p.durable) {
+            return self.after_sync(
+                p.durable,
+                AfterSync::SubAck {
+                    session: p.session,
+                    suback: Box::new(p.suback),
+                    retained: p.retained,
+                },
+            );
+        }
+        let conn = self.sessions.get(&p.session).and_then(|s| s.connection);
+        if let Some(key) = conn {
+            self.send(key, &Packet::SubAck(Box::new(p.suback)));
+            self.query_retained(p.retained);
+        }
+    }
+
+    /// Asks the owners of retained messages matching each new subscription: the one owner of
+    /// an exact filter, every shard for a wildcard filter.
+    pub(super) fn query_retained(&mut self, queries: Vec<RetainQuery>) {
+        for q in queries {
+            if has_wildcards(&q.filter) {
+                for peer in 0..self.nshards {
+                    if peer != self.id {
+                        self.fx.batches[peer].push(ShardMsg::RetainQuery(Box::new(q.clone())));
+                    }
+                }
+                self.answer_retained(q);
+            } else {
+                let owner = home_shard(q.filter.as_bytes(), self.nshards);
+                if owner == self.id {
+                    self.answer_retained(q);
+                } else {
+                    self.fx.batches[owner].push(ShardMsg::RetainQuery(Box::new(q)));
+                }
+            }
+        }
+    }
+
+    pub(super) fn answer_retained(&mut self, q: RetainQuery) {
+        let mut messages = Vec::new();
+        let now = self.now();
+        self.retained.for_each_match(&q.filter, |_, m| {
+            if !m.is_expired(now) {
+                messages.push(m.clone());
+            }
+        });
+        if messages.is_empty() {
+            return;
+        }
+        let reply = RetainReply {
+            session: q.session,
+            options: q.options,
+            subscription_id: q.subscription_id,
+            messages,
+        };
+        if q.from as usize == self.id {
+            self.deliver_retained(reply);
+        } else {
+            self.fx.batches[q.from as usize].push(ShardMsg::RetainReply(Box::new(reply)));
+        }
+    }
+
+    /// Retained messages go out with the retain flag set [MQTT-3.3.1-8].
+    pub(super) fn deliver_retained(&mut self, r: RetainReply) {
+        let ids: Vec<u32> = r.subscription_id.into_iter().collect();
+        for m in &r.messages {
+            let qos = m.qos.min(r.options.qos);
+            self.deliver_to_session(r.session, m, qos, true, ids.clone(), false, 0);
+        }
+    }
+
+    pub(super) fn on_unsubscribe(&mut self, key: usize, sid: u64, u: Unsubscribe) {
+        let before = self.jseq();
+        let mut codes = Vec::with_capacity(u.filters.len());
+        for f in &u.filters {
+            let (removed, journaled) = self.sessions.get_mut(&sid).map_or((false, false), |s| {
+                (s.subscriptions.remove(f).is_some(), s.journaled)
+            });
+            if removed && journaled {
+                let client_id = self.sessions[&sid].client_id.to_string();
+                self.jnote(Record::Unsub {
+                    client_id,
+                    filter: f.to_string(),
+                });
+            }
+            if removed {
+                self.uninstall_subscription(sid, f);
+                codes.push(ReasonCode::SUCCESS);
+            } else {
+                codes.push(ReasonCode::NO_SUBSCRIPTION_EXISTED);
+            }
+        }
+        let ack = UnsubAck {
+            packet_id: u.packet_id,
+            reason_codes: codes,
+            properties: Properties::default(),
+        };
+        self.send_when_durable(before, key, sid, Packet::UnsubAck(Box::new(ack)));
+    }
+
+    /// Sends `packet` now, or once the journal records written since `before` are synced.
+    pub(super) fn send_when_durable(&mut self, before: u64, key: usize, sid: u64, packet: Packet) {
+        let need = self.jneed(before);
+        if need > 0 {
+            self.after_sync(
+                need,
+                AfterSync::Send {
+                    session: sid,
+                    packet,
+                },
+            );
+        } else {
+            self.send(key, &packet);
+        }
+    }
+
+    /// After a local subscription to `filter` was removed: if it was the last one here, the
+    /// other shards stop sending matching messages.
+    pub(super) fn drop_interest(&mut self, filter: &ByteStr) {
+        if self.subs.subscribers(filter).next().is_none() {
+            for peer in 0..self.nshards {
+                if peer != self.id {
+                    self.fx.batches[peer].push(ShardMsg::RouteRemove {
+                        filter: filter.clone(),
+                        from: self.id as u16,
+                    });
+                }
+            }
+        }
+    }
+}
