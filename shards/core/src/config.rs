@@ -1,4 +1,5 @@
-//! The settings a shard runs with. Built once by the binary from flags; read-only afterwards.
+//! The settings a shard runs with. Built once by the binary from its settings table (flags,
+//! environment, config file: src/config/table.rs); read-only afterwards.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -80,6 +81,10 @@ pub enum Fsync {
     Never,
 }
 
+/// For tests and embedding. The broker's settings, their defaults and how each becomes a field
+/// here are declared once in the binary (src/config/table.rs, see docs/configuration.md); these
+/// values follow them (a test there compares the two) except where a test must not get what the
+/// binary starts: one shard, no metrics endpoint, no $SYS publications.
 impl Default for Config {
     fn default() -> Config {
         Config {

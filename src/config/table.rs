@@ -1,0 +1,201 @@
+//! Every setting, declared once. An entry reads
+//!
+//! ```text
+//! /// --help text ([default: ...] is added)
+//! key: Type = "default", kind, "VALUE NAME" => config_field: |v| conversion;
+//! ```
+//!
+//! and gives the flag `--key-with-dashes`, the TOML key `key`, the environment variable
+//! `RINGMQ_KEY`, the check (`kind`), the typed field `Settings::key` (and its `--print-config`
+//! line), and the field of the shard's `Config` it sets (`|v| conversion` when the types
+//! differ). See the documentation of [`crate::config`] and docs/configuration.md.
+
+use super::declare::{choice, settings};
+use super::kind::{int, pow2, Kind, ANY};
+use ringmq_shard::auth::{AuthMethods, ChallengeSha256};
+use ringmq_shard::config::Fsync;
+use ringmq_shard::Config;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+choice! {
+    /// `journal_on_corruption`.
+    OnCorruption { Refuse = "refuse", MoveAside = "move-aside" }
+}
+
+choice! {
+    /// `log_format`: the format of log lines on stderr.
+    LogFormat { Plain = "plain", Json = "json" }
+}
+
+settings! {
+    core {
+        /// Address to accept MQTT connections on (repeatable). Every shard listens on each with
+        /// SO_REUSEPORT.
+        listen: Vec<SocketAddr> = "0.0.0.0:1883", Kind::Addrs, "ADDR:PORT" => listen;
+
+        /// Number of shards (1 to 256): one pinned executor thread each
+        shards: usize = "number of cores" by default_shards, int(1, 256), "N" => shards;
+
+        /// Directory for the broker's data.
+        data_dir: PathBuf = "./data", Kind::Path, "DIR" => data_dir;
+
+        /// Largest number of client connections held at once; more are refused at accept.
+        max_connections: usize = "1000000", ANY, "N" => max_connections;
+
+        /// Largest MQTT packet accepted from a client, in bytes (64 to 268435460), fixed header
+        /// included (advertised to MQTT 5 clients as Maximum Packet Size). Larger packets close
+        /// the connection (MQTT 5: 0x95).
+        max_packet_size: usize = "1048576", int(64, 268_435_460), "BYTES" => max_packet_size;
+
+        /// Unacknowledged QoS 1/2 PUBLISHes per client in each direction, 1 to 65535 (advertised
+        /// to MQTT 5 clients as Receive Maximum; a client's smaller Receive Maximum wins for
+        /// delivery).
+        max_inflight: u16 = "32", int(1, 65_535), "N" => max_inflight;
+
+        /// QoS 1/2 messages queued per session behind a full inflight window or while a
+        /// persistent session is offline; further messages for it are dropped and counted.
+        max_queued_messages: usize = "1000", ANY, "N" => max_queued_messages;
+
+        /// Bytes of unwritten output per connection above which QoS 0 messages to it are
+        /// dropped.
+        max_outgoing_bytes: usize = "1048576", ANY, "BYTES" => max_outgoing_bytes;
+
+        /// Seconds (1 to 3600) a new connection has to send a complete CONNECT before it is
+        /// closed.
+        connect_timeout: u64 = "10", int(1, 3600), "SECS"
+            => connect_timeout: |v| Duration::from_secs(v);
+
+        /// Keep-alive in seconds imposed on clients that ask for 0 (sent to MQTT 5 clients as
+        /// Server Keep Alive); 0 imposes none.
+        default_keep_alive: u16 = "60", int(0, 65_535), "SECS" => default_keep_alive;
+
+        /// Largest keep-alive in seconds (1 to 65535) a client may use; larger requests are
+        /// lowered to it.
+        max_keep_alive: u16 = "65535", int(1, 65_535), "SECS" => max_keep_alive;
+
+        /// Largest number of levels in a topic name or filter.
+        max_topic_levels: usize = "128", ANY, "N" => max_topic_levels;
+
+        /// Largest number of subscriptions one session may hold.
+        max_subscriptions_per_client: usize = "1000", ANY, "N" => max_subscriptions_per_client;
+
+        /// Address of the HTTP endpoint serving Prometheus metrics (GET /metrics) and health
+        /// (GET /healthz), on shard 0; `none` disables it.
+        metrics_addr: Option<SocketAddr> = "127.0.0.1:9883", Kind::AddrOrNone, "ADDR:PORT|none"
+            => metrics_addr;
+
+        /// Highest QoS accepted (0 to 2), advertised to MQTT 5 clients as Maximum QoS;
+        /// subscriptions are granted at most this, a PUBLISH above it closes the connection
+        /// (MQTT 5: 0x9B).
+        max_qos: u8 = "2", int(0, 2), "QOS" => max_qos;
+
+        /// Whether retained messages are supported (Retain Available); when false a PUBLISH with
+        /// RETAIN closes the connection (MQTT 5: 0x9A).
+        retain_available: bool = "true", Kind::Bool, "true|false" => retain_available;
+
+        /// Whether filters with + or # are accepted (Wildcard Subscription Available); when false
+        /// they get SUBACK 0xA2.
+        wildcard_subscriptions: bool = "true", Kind::Bool, "true|false" => wildcard_subscriptions;
+
+        /// Whether Subscription Identifiers are accepted (Subscription Identifiers Available).
+        subscription_identifiers: bool = "true", Kind::Bool, "true|false"
+            => subscription_identifiers;
+
+        /// Whether $share/{group}/{filter} subscriptions are accepted (Shared Subscription
+        /// Available); when false they get SUBACK 0x9E.
+        shared_subscriptions: bool = "true", Kind::Bool, "true|false" => shared_subscriptions;
+
+        /// Topic aliases an MQTT 5 client may set per connection (Topic Alias Maximum, 0 to
+        /// 65535); 0 refuses aliases.
+        topic_alias_maximum: u16 = "64", int(0, 65_535), "N" => topic_alias_maximum;
+
+        /// Largest Session Expiry Interval granted, in seconds; larger requests are lowered to it
+        /// and the client is told in CONNACK. 4294967295 = sessions may never expire.
+        max_session_expiry: u32 = "4294967295", int(0, 4_294_967_295), "SECS"
+            => max_session_expiry;
+
+        /// Redirect every client: MQTT 5 clients get CONNACK 0x9C Use another server (0x9D
+        /// Server moved with --server-moved true) with this Server Reference; 3.1.x clients get
+        /// return code 3 (server unavailable). Empty: no redirection.
+        server_reference: String = "", Kind::Text, "REFERENCE"
+            => server_reference: |v| (!v.is_empty()).then_some(v);
+
+        /// With --server-reference: the server has moved for good (0x9D) rather than temporarily
+        /// (0x9C).
+        server_moved: bool = "false", Kind::Bool, "true|false" => server_moved;
+
+        /// Offers MQTT 5 enhanced authentication method RINGMQ-CHALLENGE-SHA256 with this shared
+        /// secret: the client must answer a random nonce with HMAC-SHA256(secret, client id ||
+        /// nonce) (docs/protocol.md). Empty: no method is offered and any Authentication Method
+        /// gets CONNACK 0x8C.
+        auth_challenge_secret: String = "", Kind::Text, "SECRET"
+            => auth: |v| auth_methods(&v);
+
+        /// Seconds between publications of broker statistics under $SYS/broker/... (retained);
+        /// 0 turns them off.
+        sys_interval: u64 = "10", int(0, 86_400), "SECS"
+            => sys_interval: |v| Duration::from_secs(v);
+
+        /// When the journal is synced to disk before a PUBACK/PUBREC/SUBACK that depends on it is
+        /// sent: always (after every event that wrote to it), every=<ms> (group commit at most
+        /// every ms milliseconds), or never (acknowledge at once; survives a crash of the
+        /// process, not of the machine). See docs/journal.md.
+        fsync: Fsync = "every=2", Kind::Fsync, "always|every=MS|never" => fsync;
+
+        /// Size of each journal segment file, a power of two from 65536 to 1073741824.
+        journal_segment_bytes: u64 = "67108864", pow2(65_536, 1 << 30), "BYTES"
+            => journal_segment_bytes;
+
+        /// Largest disk space of the journal of each shard; when reached, publishes that need it
+        /// are refused (MQTT 5: 0x97 Quota exceeded) and nothing acknowledged is dropped; 0 = no
+        /// bound.
+        journal_max_bytes: u64 = "0", ANY, "BYTES" => journal_max_bytes;
+
+        /// What to do when a journal segment is damaged in the middle of the log: refuse to
+        /// start, or move-aside (rename the damaged segment and later ones to *.damaged and start
+        /// from the last good record).
+        journal_on_corruption: OnCorruption = "refuse", Kind::Choice(OnCorruption::WORDS),
+            "refuse|move-aside" => journal_move_aside: |v| v == OnCorruption::MoveAside;
+
+        /// Bytes of pinned io_uring buffer memory per shard; counts against the locked-memory
+        /// limit (ulimit -l).
+        io_memory: usize = "524288", ANY, "BYTES" => io_memory;
+
+        /// Entries of each io_uring ring per shard (a power of two from 128 to 32768). Every idle
+        /// connection keeps a poll armed in the kernel; deeper rings, up to 4096 (where the
+        /// kernel's cancel hash reaches its 256 buckets), make finding one on each cancel
+        /// cheaper.
+        ring_depth: usize = "4096", pow2(128, 32_768), "N" => ring_depth;
+
+        /// Microseconds each executor busy-polls before sleeping when idle; 0 parks at once. Only
+        /// for machines the broker has to itself.
+        spin_us: u64 = "0", ANY, "MICROS" => spin: |v| (v > 0).then(|| Duration::from_micros(v));
+    }
+    process {
+        /// Log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.
+        log_level: String = "info", Kind::Filter, "FILTER";
+
+        /// Log line format on stderr: plain or json.
+        log_format: LogFormat = "plain", Kind::Choice(LogFormat::WORDS), "FORMAT";
+    }
+    // Fields of `Config` that are not settings: the core's default is the only value.
+    not_settings { mesh_channel_batches }
+}
+
+/// Default shard count: the number of cores, within the accepted 1..=256 (as text, like every
+/// default, so that it is checked the same way).
+pub fn default_shards() -> String {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cores.clamp(1, 256).to_string()
+}
+
+/// The enhanced authentication methods offered: the challenge method when it has a secret.
+fn auth_methods(secret: &str) -> AuthMethods {
+    if secret.is_empty() {
+        return AuthMethods::default();
+    }
+    AuthMethods(vec![Arc::new(ChallengeSha256::new(secret.as_bytes()))])
+}
