@@ -6,6 +6,7 @@
 //!   table and retained messages, and its entry points (bytes read, connection finished, batch
 //!   from a peer, journal synced, tick); what they cause is collected in [`state::Effects`].
 //! - [`env`]: the [`env::Clock`] and [`env::Entropy`] the driver (or the simulator) passes in.
+//! - [`negotiate`]: CONNECT negotiation as a pure function (what a client is granted).
 //! - [`mesh`]: the messages shards exchange, batched per peer per event.
 //! - [`durable`] and [`records`]: what the shard journals, acknowledgements held until the
 //!   journal is synced, and the rebuild from the journal at start.
@@ -23,6 +24,7 @@ pub mod durable;
 pub mod env;
 pub mod mesh;
 pub mod metrics;
+pub mod negotiate;
 pub mod records;
 pub mod shared;
 pub mod state;

@@ -147,7 +147,7 @@ impl Shard {
             Ok(n) => {
                 let blocked = !conn.out.is_empty();
                 conn.write_blocked = blocked;
-                st.wrote(key, n, false);
+                st.wrote(key, n);
                 if blocked {
                     self.wake(key);
                 }
@@ -156,7 +156,7 @@ impl Shard {
                 conn.write_blocked = true;
                 self.wake(key);
             }
-            Err(_) => st.wrote(key, 0, true),
+            Err(_) => st.write_failed(key),
         }
     }
 
@@ -264,11 +264,11 @@ fn poll_write(
         Poll::Ready(Ok(n)) => {
             io::consume(&mut conn.out, n);
             conn.write_blocked = false;
-            st.wrote(key, n, false);
+            st.wrote(key, n);
             // The rest goes out with the effects of this call.
             st.want_write(key);
         }
-        Poll::Ready(Err(_)) => st.wrote(key, 0, true),
+        Poll::Ready(Err(_)) => st.write_failed(key),
         Poll::Pending => {}
     }
     Poll::Pending

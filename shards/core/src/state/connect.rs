@@ -279,7 +279,7 @@ impl ShardState {
         key: usize,
         c: Box<Connect>,
         assigned: Option<ByteStr>,
-        auth: Option<(ByteStr, Option<Vec<u8>>)>,
+        auth: Option<AuthDone>,
     ) {
         let old = self
             .by_client
@@ -331,9 +331,9 @@ impl ShardState {
         key: usize,
         mut c: Box<Connect>,
         assigned: Option<ByteStr>,
-        auth: Option<(ByteStr, Option<Vec<u8>>)>,
+        auth: Option<AuthDone>,
     ) {
-        let cfg = self.cfg.clone();
+        let granted = negotiate(&self.cfg, &c, assigned, auth.as_ref());
         // What the session keeps must not pin the shared read buffer it was sliced from.
         c.client_id = ByteStr::from(c.client_id.as_str());
         let will = c.will.take().map(|w| {
@@ -343,8 +343,38 @@ impl ShardState {
                 ..w
             })
         });
-        let v5 = c.protocol.is_v5();
-        let now_ms = self.now_ms();
+        let (sid, session_present) = self.attach_session(key, &c, &granted, will);
+        self.activate_conn(key, &c, sid, &granted, auth);
+        // A reconnect within the Will Delay Interval cancels the pending will [MQTT-3.1.3-9].
+        if session_present {
+            self.delayed_wills.retain(|w| w.session != sid);
+        }
+        let ack = Packet::ConnAck(Box::new(ConnAck {
+            session_present,
+            reason: ReasonCode::SUCCESS,
+            properties: granted.connack,
+        }));
+        self.send(key, &ack);
+        self.counters.connects += 1;
+        let waited = self.now_us().saturating_sub(self.conns[key].opened_us);
+        record_us(&mut self.histograms.connect_to_connack_us, waited);
+        tracing::debug!(shard = self.id, conn = key, client = %c.client_id, session_present, "connected");
+        if session_present {
+            self.resend_inflight(sid);
+        }
+        self.refill(sid);
+    }
+
+    /// The session a CONNECT gets: the existing one (taken over from its connection, unless
+    /// Clean Start or it ended with that connection), or a new one. Returns its id and whether
+    /// it was present.
+    fn attach_session(
+        &mut self,
+        key: usize,
+        c: &Connect,
+        granted: &Granted,
+        will: Option<Box<LastWill>>,
+    ) -> (u64, bool) {
         let mut session_present = false;
         if let Some(&sid) = self.by_client.get(&c.client_id) {
             let old = self.sessions.get(&sid).and_then(|s| s.connection);
@@ -363,77 +393,70 @@ impl ShardState {
                 session_present = true;
             }
         }
-        let window = c
-            .properties
-            .receive_maximum
-            .unwrap_or(u16::MAX)
-            .min(cfg.max_inflight)
-            .max(1) as usize;
         let sid = if session_present {
             self.by_client[&c.client_id]
         } else {
-            let sid = self.next_session;
-            self.next_session += 1;
-            let s = Session::new(
-                sid,
-                c.client_id.clone(),
-                c.protocol,
-                window,
-                cfg.max_queued_messages,
-            );
-            self.sessions.insert(sid, Box::new(s));
-            self.by_client.insert(c.client_id.clone(), sid);
-            sid
+            self.new_session(c, granted.window)
         };
         let s = self.sessions.get_mut(&sid).expect("just ensured");
         s.protocol = c.protocol;
-        s.outbound.set_window(window);
-        let requested = if v5 {
-            c.properties.session_expiry_interval.unwrap_or(0)
-        } else if c.clean_start {
-            0
-        } else {
-            u32::MAX
-        };
-        // The server's maximum; an MQTT 5 client is told what it got [MQTT-3.2.2-?].
-        s.expiry_interval = requested.min(cfg.max_session_expiry);
-        let granted_expiry = (requested != s.expiry_interval).then_some(s.expiry_interval);
+        s.outbound.set_window(granted.window);
+        s.expiry_interval = granted.expiry_interval;
         s.max_packet_size = c.properties.maximum_packet_size.unwrap_or(u32::MAX);
         s.problem_information = c.properties.request_problem_information != Some(0);
         s.will = will;
         s.connection = Some(key);
         s.disconnected_at = None;
-        // A persistent session is journaled from its CONNECT on; one that became
-        // non-persistent (MQTT 5 expiry now 0) leaves the journal.
+        self.journal_session_change(sid, session_present);
+        (sid, session_present)
+    }
+
+    fn new_session(&mut self, c: &Connect, window: usize) -> u64 {
+        let sid = self.next_session;
+        self.next_session += 1;
+        let s = Session::new(
+            sid,
+            c.client_id.clone(),
+            c.protocol,
+            window,
+            self.cfg.max_queued_messages,
+        );
+        self.sessions.insert(sid, Box::new(s));
+        self.by_client.insert(c.client_id.clone(), sid);
+        sid
+    }
+
+    /// A persistent session is journaled from its CONNECT on; one that became non-persistent
+    /// (MQTT 5 expiry now 0) leaves the journal.
+    fn journal_session_change(&mut self, sid: u64, session_present: bool) {
+        let s = self.sessions.get_mut(&sid).expect("attached");
         let persistent = s.expiry_interval > 0 && self.durable.is_some();
-        let was = s.journaled;
-        s.journaled = persistent;
+        let was = std::mem::replace(&mut s.journaled, persistent);
         if persistent {
             let rec = self.session_record(&self.sessions[&sid], !session_present);
             self.jnote(rec);
         } else if was {
-            self.jnote(Record::SessionGone {
-                client_id: c.client_id.to_string(),
-            });
+            let client_id = s.client_id.to_string();
+            self.jnote(Record::SessionGone { client_id });
         }
+    }
 
-        // Keep-alive: the server's default for 0 and its maximum; MQTT 5 clients are told
-        // through Server Keep Alive [MQTT-3.2.2-21].
-        let mut keep_alive = c.keep_alive;
-        let mut server_keep_alive = None;
-        if keep_alive == 0 && cfg.default_keep_alive > 0 {
-            keep_alive = cfg.default_keep_alive;
-            server_keep_alive = Some(keep_alive);
-        }
-        if keep_alive > cfg.max_keep_alive {
-            keep_alive = cfg.max_keep_alive;
-            server_keep_alive = Some(keep_alive);
-        }
+    /// The connection is now the session's: active, with the keep-alive it was granted and
+    /// its per-connection MQTT 5 state.
+    fn activate_conn(
+        &mut self,
+        key: usize,
+        c: &Connect,
+        sid: u64,
+        granted: &Granted,
+        auth: Option<AuthDone>,
+    ) {
+        let now_ms = self.now_ms();
         let conn = &mut self.conns[key];
         conn.version = c.protocol;
         conn.phase = Phase::Active;
         conn.session = Some(sid);
-        conn.keep_alive_s = keep_alive;
+        conn.keep_alive_s = granted.keep_alive_s;
         conn.last_rx_ms = now_ms;
         // The AUTH exchange is over; the client's packet size limit stays.
         let max_packet_size = conn.extra.as_ref().and_then(|x| x.max_packet_size);
@@ -443,60 +466,16 @@ impl ShardState {
                 ..ConnExtra::default()
             })
         });
-        if let Some(max) = c.properties.topic_alias_maximum.filter(|m| *m > 0 && v5) {
+        let aliases = c.properties.topic_alias_maximum;
+        if let Some(max) = aliases.filter(|m| *m > 0 && c.protocol.is_v5()) {
             conn.extra.get_or_insert_with(Box::default).out = Some(AliasOut {
                 max,
                 map: HashMap::new(),
             });
         }
-        if let Some((method, _)) = &auth {
-            conn.extra.get_or_insert_with(Box::default).auth_method = Some(method.clone());
+        if let Some((method, _)) = auth {
+            conn.extra.get_or_insert_with(Box::default).auth_method = Some(method);
         }
-        // A reconnect within the Will Delay Interval cancels the pending will [MQTT-3.1.3-9].
-        if session_present {
-            self.delayed_wills.retain(|w| w.session != sid);
-        }
-
-        let mut props = Properties::default();
-        if v5 {
-            props.receive_maximum = Some(cfg.max_inflight);
-            props.maximum_packet_size = Some(cfg.max_packet_size as u32);
-            // Absent means available (or QoS 2): only limits are announced.
-            props.maximum_qos = (cfg.max_qos < 2).then_some(cfg.max_qos);
-            props.retain_available = (!cfg.retain_available).then_some(0);
-            props.wildcard_subscription_available = (!cfg.wildcard_subscriptions).then_some(0);
-            props.subscription_identifier_available = (!cfg.subscription_identifiers).then_some(0);
-            props.shared_subscription_available = (!cfg.shared_subscriptions).then_some(0);
-            props.server_keep_alive = server_keep_alive;
-            props.assigned_client_identifier = assigned;
-            props.topic_alias_maximum =
-                (cfg.topic_alias_maximum > 0).then_some(cfg.topic_alias_maximum);
-            props.session_expiry_interval = granted_expiry;
-            if let Some((method, data)) = &auth {
-                // The CONNACK names the method the exchange used (section 4.12).
-                props.authentication_method = Some(method.clone());
-                props.authentication_data = data.clone().map(Bytes::from);
-            }
-            if c.properties.request_response_information == Some(1) {
-                // A topic prefix this client may use for responses (section 4.10).
-                props.response_information =
-                    Some(ByteStr::from(format!("response/{}", c.client_id)));
-            }
-        }
-        let ack = Packet::ConnAck(Box::new(ConnAck {
-            session_present,
-            reason: ReasonCode::SUCCESS,
-            properties: props,
-        }));
-        self.send(key, &ack);
-        self.counters.connects += 1;
-        let waited = self.now_us().saturating_sub(self.conns[key].opened_us);
-        record_us(&mut self.histograms.connect_to_connack_us, waited);
-        tracing::debug!(shard = self.id, conn = key, client = %c.client_id, session_present, "connected");
-        if session_present {
-            self.resend_inflight(sid);
-        }
-        self.refill(sid);
     }
 
     /// Detaches a session from its old connection and closes that connection.

@@ -13,6 +13,7 @@ use crate::durable::{self, AfterSync, Durable, Recovered};
 use crate::env::{self, Clock, Entropy};
 use crate::mesh::{Batch, Handoff, RetainQuery, RetainReply, ShardMsg};
 use crate::metrics::{record_us, Counters, Gauges, Histograms, ShardMetrics};
+use crate::negotiate::{negotiate, AuthDone, Granted};
 use crate::records::{self, MsgView, Record, RetainRecord};
 use crate::shared::{GroupId, Member, SharedGroups};
 use bytes::{Bytes, BytesMut};
@@ -268,7 +269,7 @@ pub struct SocketId(pub i32);
 struct DeferredConnect {
     connect: Box<Connect>,
     assigned: Option<ByteStr>,
-    auth: Option<(ByteStr, Option<Vec<u8>>)>,
+    auth: Option<AuthDone>,
 }
 
 /// Read connection `old` until nothing more is there, then call

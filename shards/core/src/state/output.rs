@@ -158,23 +158,27 @@ impl ShardState {
             || fx.batches.iter().any(|b| !b.is_empty())
     }
 
-    /// The driver wrote `n` bytes of a connection's output (`failed`: the socket is broken).
-    /// An idle connection keeps no output buffer.
-    pub fn wrote(&mut self, key: usize, n: usize, failed: bool) {
+    /// The driver wrote `n` bytes from the front of a connection's output (and removed them
+    /// from `Conn::out`). An idle connection keeps no output buffer.
+    pub fn wrote(&mut self, key: usize, n: usize) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
         self.counters.bytes_out += n as u64;
-        if failed {
-            conn.out.clear();
-            conn.out_bytes = 0;
-            self.close_conn(key, Close::Eof);
-            return;
-        }
         conn.out_bytes -= n;
         if conn.out.is_empty() {
             conn.out = VecDeque::new();
         }
+    }
+
+    /// Writing to the connection failed: the socket is broken, its output goes nowhere.
+    pub fn write_failed(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.out.clear();
+        conn.out_bytes = 0;
+        self.close_conn(key, Close::Eof);
     }
 }
 

@@ -2,160 +2,183 @@
 //! for route acknowledgements and the journal, retained queries.
 
 use super::*;
+use ringmq_codec::SubscribeFilter;
 
 impl ShardState {
     pub(super) fn on_subscribe(&mut self, key: usize, sid: u64, sub: Subscribe) {
-        if !self.cfg.subscription_identifiers && !sub.properties.subscription_identifiers.is_empty()
-        {
+        let ids = &sub.properties.subscription_identifiers;
+        if !self.cfg.subscription_identifiers && !ids.is_empty() {
             // Announced as unavailable in CONNACK (section 3.8.2.1.2).
-            return self.close_conn(
-                key,
-                Close::Error(ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED),
-            );
+            let reason = ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED;
+            return self.close_conn(key, Close::Error(reason));
         }
-        let v5 = self.conns[key].version.is_v5();
-        let levels = self.cfg.max_topic_levels;
-        let max_subs = self.cfg.max_subscriptions_per_client;
-        let subscription_id = sub.properties.subscription_identifiers.first().copied();
+        let subscription_id = ids.first().copied();
         let token = self.next_token;
         self.next_token += 1;
         let before = self.jseq();
         let mut awaiting = 0;
         let mut codes = Vec::with_capacity(sub.filters.len());
         let mut retained = Vec::new();
-        let max_qos = self.cfg.max_qos;
         for mut f in sub.filters {
             // Granted at most the server's Maximum QoS [MQTT-3.2.2-?].
-            if f.options.qos as u8 > max_qos {
-                f.options.qos = QoS::from_u8(max_qos).unwrap_or(QoS::AtMostOnce);
+            if f.options.qos as u8 > self.cfg.max_qos {
+                f.options.qos = QoS::from_u8(self.cfg.max_qos).unwrap_or(QoS::AtMostOnce);
             }
-            let shared = matches!(parse_shared(&f.filter, levels), Ok(Some(_)));
-            let code = match parse_shared(&f.filter, levels) {
-                Err(_) => ReasonCode::TOPIC_FILTER_INVALID,
-                Ok(Some(_)) if !self.cfg.shared_subscriptions => {
-                    ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
-                }
-                Ok(Some(_)) if f.options.no_local => {
-                    // [MQTT-3.8.3-4] No Local on a shared subscription is a protocol error.
-                    return self.close_conn(key, Close::Error(ReasonCode::PROTOCOL_ERROR));
-                }
-                Ok(Some(sh)) if !self.cfg.wildcard_subscriptions && has_wildcards(sh.filter) => {
-                    ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
-                }
-                Ok(Some(_)) => ReasonCode(f.options.qos as u8),
-                Ok(None) => match validate_topic_filter(&f.filter, levels) {
-                    Err(_) => ReasonCode::TOPIC_FILTER_INVALID,
-                    Ok(()) if !self.cfg.wildcard_subscriptions && has_wildcards(&f.filter) => {
-                        ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
+            let Some((code, shared)) = self.filter_verdict(&f) else {
+                // [MQTT-3.8.3-4] No Local on a shared subscription is a protocol error.
+                return self.close_conn(key, Close::Error(ReasonCode::PROTOCOL_ERROR));
+            };
+            let code = if code.is_error() {
+                code
+            } else {
+                match self.subscribe_one(sid, &f, shared, subscription_id, token) {
+                    Ok(added) => {
+                        awaiting += added.awaiting;
+                        retained.extend(added.retained);
+                        code
                     }
-                    Ok(()) => ReasonCode(f.options.qos as u8),
-                },
+                    Err(refused) => refused,
+                }
             };
-            if code.is_error() {
-                codes.push(code);
-                continue;
-            }
-            let room = self.jroom();
-            let s = self.sessions.get_mut(&sid).expect("connected session");
-            let existed = s.subscriptions.contains_key(&f.filter);
-            if !existed && s.subscriptions.len() >= max_subs {
-                codes.push(ReasonCode::QUOTA_EXCEEDED);
-                continue;
-            }
-            if s.journaled && !room {
-                // The journal is at --journal-max-bytes: a subscription it cannot keep is
-                // refused rather than granted and forgotten at the next restart.
-                codes.push(ReasonCode::QUOTA_EXCEEDED);
-                continue;
-            }
-            if s.journaled {
-                let rec = Record::Sub {
-                    client_id: s.client_id.to_string(),
-                    filter: f.filter.to_string(),
-                    options: f.options,
-                    subscription_id: subscription_id.unwrap_or(0),
-                };
-                self.jnote(rec);
-            }
-            let s = self.sessions.get_mut(&sid).expect("connected session");
-            // Kept for the session's life: an owned copy, not a slice of the read buffer.
-            let filter = ByteStr::from(f.filter.as_str());
-            s.subscriptions.insert(
-                filter.clone(),
-                Subscription {
-                    options: f.options,
-                    subscription_id,
-                },
-            );
-            awaiting += self.install_subscription(sid, &filter, f.options, subscription_id, token);
-            if shared {
-                // Retained messages are not sent for a shared subscription (4.8.2).
-                codes.push(code);
-                continue;
-            }
-            use ringmq_codec::RetainHandling::*;
-            let send_retained = match f.options.retain_handling {
-                SendAtSubscribe => true,
-                SendIfNew => !existed,
-                DoNotSend => false,
-            };
-            if send_retained {
-                retained.push(RetainQuery {
-                    filter,
-                    from: self.id as u16,
-                    session: sid,
-                    options: f.options,
-                    subscription_id,
-                });
-            }
             codes.push(code);
-        }
-        if !v5 {
-            // 3.1.x knows only 0x80 for a refused filter; the encoder maps, this keeps intent.
-        }
-        let mut properties = Properties::default();
-        if v5
-            && self
-                .sessions
-                .get(&sid)
-                .is_some_and(|s| s.problem_information)
-        {
-            // [MQTT-3.1.2-29] only when the client did not turn Request Problem Information off.
-            properties.reason_string = codes
-                .iter()
-                .find_map(|c| reason_text(*c))
-                .map(ByteStr::from);
         }
         let suback = SubAck {
             packet_id: sub.packet_id,
             reason_codes: codes,
-            properties,
+            properties: Properties::default(),
         };
-        // A persistent session's SUBACK waits for its subscriptions to be durable.
+        self.answer_subscribe(key, sid, suback, retained, awaiting, token, before);
+    }
+
+    /// What a filter is granted before looking at the session: its reason code (the granted
+    /// QoS, or why it is refused) and whether it is a shared subscription. `None`: a protocol
+    /// error that ends the connection.
+    fn filter_verdict(&self, f: &SubscribeFilter) -> Option<(ReasonCode, bool)> {
+        let cfg = &self.cfg;
+        let granted = ReasonCode(f.options.qos as u8);
+        let code = match parse_shared(&f.filter, cfg.max_topic_levels) {
+            Err(_) => ReasonCode::TOPIC_FILTER_INVALID,
+            Ok(Some(_)) if !cfg.shared_subscriptions => {
+                ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
+            }
+            Ok(Some(_)) if f.options.no_local => return None,
+            Ok(Some(sh)) if !cfg.wildcard_subscriptions && has_wildcards(sh.filter) => {
+                ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
+            }
+            Ok(Some(_)) => return Some((granted, true)),
+            Ok(None) => match validate_topic_filter(&f.filter, cfg.max_topic_levels) {
+                Err(_) => ReasonCode::TOPIC_FILTER_INVALID,
+                Ok(()) if !cfg.wildcard_subscriptions && has_wildcards(&f.filter) => {
+                    ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
+                }
+                Ok(()) => granted,
+            },
+        };
+        Some((code, false))
+    }
+
+    /// Adds (or replaces) one subscription of the session: journaled if the session is, in
+    /// the tree, announced to other shards. `Err`: the reason it is refused.
+    fn subscribe_one(
+        &mut self,
+        sid: u64,
+        f: &SubscribeFilter,
+        shared: bool,
+        subscription_id: Option<u32>,
+        token: u64,
+    ) -> Result<Subscribed, ReasonCode> {
+        let room = self.jroom();
+        let max_subs = self.cfg.max_subscriptions_per_client;
+        let s = self.sessions.get_mut(&sid).expect("connected session");
+        let existed = s.subscriptions.contains_key(&f.filter);
+        // At --journal-max-bytes, a subscription the journal cannot keep is refused rather
+        // than granted and forgotten at the next restart.
+        if (!existed && s.subscriptions.len() >= max_subs) || (s.journaled && !room) {
+            return Err(ReasonCode::QUOTA_EXCEEDED);
+        }
+        if s.journaled {
+            let rec = Record::Sub {
+                client_id: s.client_id.to_string(),
+                filter: f.filter.to_string(),
+                options: f.options,
+                subscription_id: subscription_id.unwrap_or(0),
+            };
+            self.jnote(rec);
+        }
+        let s = self.sessions.get_mut(&sid).expect("connected session");
+        // Kept for the session's life: an owned copy, not a slice of the read buffer.
+        let filter = ByteStr::from(f.filter.as_str());
+        let sub = Subscription {
+            options: f.options,
+            subscription_id,
+        };
+        s.subscriptions.insert(filter.clone(), sub);
+        let awaiting = self.install_subscription(sid, &filter, f.options, subscription_id, token);
+        use ringmq_codec::RetainHandling::*;
+        // Retained messages are not sent for a shared subscription (4.8.2).
+        let send_retained = !shared
+            && match f.options.retain_handling {
+                SendAtSubscribe => true,
+                SendIfNew => !existed,
+                DoNotSend => false,
+            };
+        let retained = send_retained.then(|| RetainQuery {
+            filter,
+            from: self.id as u16,
+            session: sid,
+            options: f.options,
+            subscription_id,
+        });
+        Ok(Subscribed { awaiting, retained })
+    }
+
+    /// Sends the SUBACK (with the Reason String of its first refusal, for an MQTT 5 client that
+    /// did not turn Request Problem Information off [MQTT-3.1.2-29]) once every other shard
+    /// acknowledged the new routes and a persistent session's subscriptions are durable; then
+    /// asks for the retained messages.
+    #[allow(clippy::too_many_arguments)]
+    fn answer_subscribe(
+        &mut self,
+        key: usize,
+        sid: u64,
+        mut suback: SubAck,
+        retained: Vec<RetainQuery>,
+        awaiting: usize,
+        token: u64,
+        before: u64,
+    ) {
+        let problem_information = self
+            .sessions
+            .get(&sid)
+            .is_some_and(|s| s.problem_information);
+        if self.conns[key].version.is_v5() && problem_information {
+            suback.properties.reason_string = suback
+                .reason_codes
+                .iter()
+                .find_map(|c| reason_text(*c))
+                .map(ByteStr::from);
+        }
         let need = self.jneed(before);
         if awaiting == 0 && need == 0 {
             self.send(key, &Packet::SubAck(Box::new(suback)));
             self.query_retained(retained);
         } else if awaiting == 0 {
-            self.after_sync(
-                need,
-                AfterSync::SubAck {
-                    session: sid,
-                    suback: Box::new(suback),
-                    retained,
-                },
-            );
+            let suback = Box::new(suback);
+            let after = AfterSync::SubAck {
+                session: sid,
+                suback,
+                retained,
+            };
+            self.after_sync(need, after);
         } else {
-            self.pending_subacks.insert(
-                token,
-                PendingSubAck {
-                    session: sid,
-                    remaining: awaiting,
-                    suback,
-                    retained,
-                    durable: need,
-                },
-            );
+            let pending = PendingSubAck {
+                session: sid,
+                remaining: awaiting,
+                suback,
+                retained,
+                durable: need,
+            };
+            self.pending_subacks.insert(token, pending);
         }
     }
 
@@ -303,4 +326,10 @@ impl ShardState {
             }
         }
     }
+}
+
+/// A subscription added: route acknowledgements it waits for, and its retained query.
+struct Subscribed {
+    awaiting: usize,
+    retained: Option<RetainQuery>,
 }
