@@ -8,7 +8,7 @@
 //! never touch the journal; retained messages do whatever their QoS, since they are state.
 
 use crate::config::Fsync;
-use crate::mesh::RetainQuery;
+use crate::mesh::{AckToken, RetainQuery, Taken};
 use crate::records::{MsgRecord, MsgView, Record, RetainRecord, MSG};
 use bytes::BytesMut;
 use ringmq_codec::{Packet, SubAck, SubscriptionOptions};
@@ -16,6 +16,15 @@ use ringmq_journal::{Journal, JournalConfig, JournalError, RecoveryReport};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+/// A journal sequence number: how far the journal was when something happened, or how far a
+/// sync must reach before an answer that depends on it may go. `NONE` (0): nothing to wait for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct JournalSeq(pub u64);
+
+impl JournalSeq {
+    pub const NONE: JournalSeq = JournalSeq(0);
+}
 
 /// Records re-appended per compaction step, so one step never holds the reactor for long.
 pub const COMPACT_STEP_RECORDS: usize = 4096;
@@ -27,9 +36,8 @@ pub enum AfterSync {
     /// Tell the publishing shard that this one has taken (and made durable) its message.
     MeshAck {
         peer: usize,
-        token: u64,
-        matched: bool,
-        refused: bool,
+        token: AckToken,
+        taken: Taken,
     },
     /// A SUBACK whose subscriptions are now durable (routes were acknowledged already).
     SubAck {
@@ -57,7 +65,7 @@ pub struct Durable {
     buf: BytesMut,
     pub next_msg_id: u64,
     /// In sequence order (sequence numbers only grow).
-    pub waiting: VecDeque<(u64, AfterSync)>,
+    pub waiting: VecDeque<(JournalSeq, AfterSync)>,
     pub policy: Fsync,
     segment_bytes: u64,
     max_bytes: u64,
@@ -142,14 +150,25 @@ impl Durable {
         }
     }
 
-    /// The seq that acknowledgements of work done since `before` must wait for, or 0.
-    pub fn need(&self, before: u64) -> u64 {
+    /// The last record appended now: compared later to see what an event appended.
+    pub fn mark(&self) -> JournalSeq {
+        JournalSeq(self.journal.last_seq())
+    }
+
+    /// The seq that acknowledgements of work done since `mark` must wait for; `NONE` if
+    /// nothing was appended since, it is synced already, or syncs gate nothing (`--fsync never`).
+    pub fn need(&self, mark: JournalSeq) -> JournalSeq {
         let last = self.journal.last_seq();
-        if self.gates() && last > before && last > self.journal.synced_seq() {
-            last
+        if self.gates() && last > mark.0 && last > self.journal.synced_seq() {
+            JournalSeq(last)
         } else {
-            0
+            JournalSeq::NONE
         }
+    }
+
+    /// Whether what waits for `seq` may go.
+    pub fn is_synced(&self, seq: JournalSeq) -> bool {
+        seq == JournalSeq::NONE || !self.gates() || self.journal.synced_seq() >= seq.0
     }
 
     /// Whether compaction should start: the journal holds much more than live state, or it

@@ -21,34 +21,31 @@ pub enum ShardMsg {
     /// publisher's PUBACK/PUBREC waits for that.
     Publish {
         msg: Message,
-        ack: Option<u64>,
+        ack: Option<AckToken>,
         /// When the sending shard queued it, for the cross-shard hop histogram.
         sent_at: std::time::Instant,
     },
     /// The answer to an acknowledged `Publish` or `RetainSet`, sent once the receiving shard
-    /// has made the message durable where it had to; `matched` tells whether any subscription
-    /// matched there (MQTT 5 reason 0x10 otherwise); `refused` that the journal was full for
-    /// it (0x97).
+    /// has made the message durable where it had to.
     PublishAck {
-        token: u64,
-        matched: bool,
-        refused: bool,
+        token: AckToken,
+        taken: Taken,
     },
     /// The sender now has a local subscriber for `filter`; answer with `RouteAck { token }`.
     RouteAdd {
         filter: ByteStr,
         from: u16,
-        token: u64,
+        token: RouteToken,
     },
     RouteAck {
-        token: u64,
+        token: RouteToken,
     },
     /// A session on the sender joined the shared subscription `key` (`$share/{group}/{filter}`);
-    /// answer with `RouteAck { token }` (0: nobody waits).
+    /// answer with `RouteAck { token }` (`RouteToken::NONE`: nobody waits).
     ShareJoin {
         key: ByteStr,
         member: crate::shared::Member,
-        token: u64,
+        token: RouteToken,
     },
     /// A session left the shared subscription `key`.
     ShareLeave {
@@ -62,7 +59,7 @@ pub enum ShardMsg {
         msg: Message,
         key: ByteStr,
         session: u64,
-        ack: Option<u64>,
+        ack: Option<AckToken>,
         hops: u8,
     },
     /// The sender's last local subscriber for `filter` is gone.
@@ -73,7 +70,7 @@ pub enum ShardMsg {
     /// Store (or, with an empty payload, delete) a retained message on its owner shard.
     RetainSet {
         msg: Message,
-        ack: Option<u64>,
+        ack: Option<AckToken>,
     },
     /// Ask the owner of retained messages for those matching `filter`.
     RetainQuery(Box<RetainQuery>),
@@ -82,11 +79,11 @@ pub enum ShardMsg {
     /// Shard `reply_to` scrapes metrics: answer with `MetricsReply { token, .. }`.
     MetricsRequest {
         reply_to: u16,
-        token: u64,
+        token: ScrapeToken,
     },
     /// A snapshot of the sending shard's counters, histograms and gauges.
     MetricsReply {
-        token: u64,
+        token: ScrapeToken,
         metrics: Box<ShardMetrics>,
     },
 }
@@ -119,3 +116,55 @@ pub struct RetainReply {
     pub subscription_id: Option<u32>,
     pub messages: Vec<Message>,
 }
+
+/// What a shard did with a message whose publisher waits for its answer. Answers from several
+/// shards combine by taking the greatest: one refusal makes the publish refused, one delivery
+/// makes it delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Taken {
+    /// No subscription matched (MQTT 5 reason 0x10 if nowhere else either).
+    NoSubscribers,
+    /// In every matching session (durable where it had to be).
+    Delivered,
+    /// A journal had no room for it: answered 0x97, never success.
+    Refused,
+}
+
+impl Taken {
+    pub fn new(matched: bool, refused: bool) -> Taken {
+        match (matched, refused) {
+            (_, true) => Taken::Refused,
+            (true, false) => Taken::Delivered,
+            (false, false) => Taken::NoSubscribers,
+        }
+    }
+}
+
+/// Names an acknowledged publish (or retained set) sent to another shard: the publisher's
+/// PUBACK/PUBREC waits for a `PublishAck` carrying it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AckToken(pub u64);
+
+/// Names a SUBACK (or the start-up restore) waiting for other shards' `RouteAck`s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RouteToken(pub u64);
+
+impl RouteToken {
+    /// Nobody waits for the acknowledgement.
+    pub const NONE: RouteToken = RouteToken(0);
+}
+
+/// Names a metrics scrape waiting for other shards' `MetricsReply`s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ScrapeToken(pub u64);
+
+macro_rules! display_token {
+    ($($t:ident),*) => {$(
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    )*};
+}
+display_token!(AckToken, RouteToken, ScrapeToken);

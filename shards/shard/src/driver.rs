@@ -13,7 +13,7 @@ use crate::mesh::Mesh;
 use glommio::channels::local_channel::LocalSender;
 use glommio::net::TcpStream;
 use ringmq_core::env::{Clock, Entropy};
-use ringmq_core::mesh::ShardMsg;
+use ringmq_core::mesh::{ScrapeToken, ShardMsg};
 use ringmq_core::metrics::ShardMetrics;
 use ringmq_core::state::{Adopted, Read, READ_CHUNK};
 use ringmq_core::{Close, Effects, ShardState};
@@ -58,7 +58,7 @@ pub struct Shard {
     wakers: RefCell<Vec<Option<Waker>>>,
     pub mesh: Mesh,
     /// Scrapes waiting for other shards' metrics, by token.
-    pub metrics_pending: RefCell<HashMap<u64, LocalSender<Box<ShardMetrics>>>>,
+    pub metrics_pending: RefCell<HashMap<ScrapeToken, LocalSender<Box<ShardMetrics>>>>,
     /// Rings the journal task when records wait for a sync.
     pub bell: RefCell<Option<LocalSender<()>>>,
     /// Connections held by the whole process, for `--max-connections`.

@@ -296,46 +296,10 @@ impl ShardState {
         }
         match p {
             Packet::Publish(p) => self.on_publish(key, sid, p),
-            Packet::PubAck(r) => {
-                if let Some(s) = self.sessions.get_mut(&sid) {
-                    if let Some(jid) = s.outbound.on_puback(r.packet_id) {
-                        self.delivery_done(sid, jid);
-                        self.refill(sid);
-                    }
-                }
-            }
+            Packet::PubAck(r) => self.on_puback(sid, r),
             Packet::PubRec(r) => self.on_pubrec(key, sid, r),
-            Packet::PubRel(r) => {
-                let before = self.jseq();
-                let (found, journaled) = self.sessions.get_mut(&sid).map_or((false, false), |s| {
-                    (s.inbound_qos2.on_pubrel(r.packet_id), s.journaled)
-                });
-                let reason = if found {
-                    ReasonCode::SUCCESS
-                } else {
-                    ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
-                };
-                if found && journaled {
-                    let client_id = self.sessions[&sid].client_id.to_string();
-                    self.jnote(Record::Qos2Done {
-                        client_id,
-                        packet_id: r.packet_id.get(),
-                    });
-                }
-                let packet = Packet::PubComp(PubResp::with_reason(r.packet_id, reason));
-                // Once the id is released for good: were it forgotten in a crash after
-                // PUBCOMP, the client's next message with that id would be taken for a
-                // retransmission and lost.
-                self.send_when_durable(before, key, sid, packet);
-            }
-            Packet::PubComp(r) => {
-                if let Some(s) = self.sessions.get_mut(&sid) {
-                    if let Some(jid) = s.outbound.on_pubcomp(r.packet_id) {
-                        self.delivery_done(sid, jid);
-                        self.refill(sid);
-                    }
-                }
-            }
+            Packet::PubRel(r) => self.on_pubrel(key, sid, r),
+            Packet::PubComp(r) => self.on_pubcomp(sid, r),
             Packet::Subscribe(s) => self.on_subscribe(key, sid, *s),
             Packet::Unsubscribe(u) => self.on_unsubscribe(key, sid, *u),
             Packet::PingReq => self.send(key, &Packet::PingResp),

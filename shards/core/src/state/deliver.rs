@@ -37,26 +37,24 @@ impl ShardState {
             if let Some(q) = qos {
                 delivered = true;
                 // [MQTT-3.3.1-12] live deliveries clear the retain flag unless Retain As Published.
-                self.deliver_to_session(sid, msg, q.min(msg.qos), rap && msg.retain, ids, true, 0);
+                let d = Delivery {
+                    qos: q.min(msg.qos),
+                    retain: rap && msg.retain,
+                    subscription_ids: ids,
+                    source: Source::Publish,
+                    shared_group: 0,
+                };
+                self.deliver_to_session(sid, msg, d);
             }
         }
         self.match_buf = m;
         delivered
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn deliver_to_session(
-        &mut self,
-        sid: u64,
-        msg: &Message,
-        qos: QoS,
-        retain: bool,
-        ids: Vec<u32>,
-        live: bool,
-        shared_group: GroupId,
-    ) {
-        // Retained messages were received long ago: no publish-to-write latency for them.
-        let received = live.then_some(msg);
+    /// One message into one session: written now if the session is connected and its window
+    /// has room, queued otherwise (journaled first for a persistent session), or dropped and
+    /// counted (QoS 0 offline or over its limits, expired, too large for the client).
+    pub(super) fn deliver_to_session(&mut self, sid: u64, msg: &Message, d: Delivery) {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
@@ -76,8 +74,11 @@ impl ShardState {
         // Built once, for the size check and for the write; not at all for an offline session
         // without a size limit. The packet id is a placeholder of the same length until the
         // inflight window assigns one.
-        let mut p = (check_size || conn.is_some())
-            .then(|| make_publish(now, msg, qos, retain, &ids, Some(PacketId::MIN), false, v));
+        let ids = &d.subscription_ids;
+        let mut p = (check_size || conn.is_some()).then(|| {
+            let id = Some(PacketId::MIN);
+            make_publish(now, msg, d.qos, d.retain, ids, id, Dup::First, v)
+        });
         // [MQTT-3.1.2-24] never send a packet larger than the client's Maximum Packet Size.
         if let Some(p) = p.as_ref().filter(|_| check_size) {
             let size = publish_header_len(p, v) + p.payload.len();
@@ -86,70 +87,30 @@ impl ShardState {
                 return;
             }
         }
-        if qos == QoS::AtMostOnce {
+        // Retained messages were received long ago: no publish-to-write latency for them.
+        let received = matches!(d.source, Source::Publish).then_some(msg);
+        if d.qos == QoS::AtMostOnce {
             match (conn, p) {
                 (Some(key), Some(p)) => self.write_publish(key, &p, received),
                 _ => self.counters.dropped_offline_qos0 += 1,
             }
             return;
         }
-        // A persistent session's delivery is journaled before anyone is told it is stored.
-        let journaled = s.journaled && self.durable.is_some();
-        let mut journal_id = 0;
-        if journaled {
-            let d = self.durable.as_mut().expect("journaled");
-            if !d.has_room() {
-                self.counters.dropped_journal_full += 1;
-                self.delivery_refused = true;
-                return;
-            }
-            journal_id = d.next_msg_id;
-            d.next_msg_id += 1;
-        }
-        let q = Queued {
-            qos,
-            message: msg.clone(),
-            retain,
-            subscription_ids: ids,
-            journal_id,
-            shared_group,
+        let Some(journal_id) = self.next_journal_id(sid) else {
+            return;
         };
+        let q = Queued {
+            qos: d.qos,
+            message: msg.clone(),
+            retain: d.retain,
+            subscription_ids: d.subscription_ids,
+            journal_id,
+            shared_group: d.shared_group,
+        };
+        let s = self.sessions.get_mut(&sid).expect("checked");
         let offer = s.outbound.offer(q, conn.is_some());
-        if journaled {
-            // Encoded from the session's stored entry: nothing is copied to build the record.
-            let stored = match offer {
-                Offer::Send(id) => s
-                    .outbound
-                    .get(id)
-                    .map(|i| (&i.subscription_ids, id.get(), records::STATE_AWAIT_ACK)),
-                Offer::Queued => s
-                    .outbound
-                    .queued()
-                    .last()
-                    .map(|q| (&q.subscription_ids, 0, records::STATE_QUEUED)),
-                Offer::Dropped => None,
-            };
-            if let Some((sub_ids, pid, state)) = stored {
-                let view = msg_view(
-                    &*self.clock,
-                    s.client_id.as_str(),
-                    journal_id,
-                    qos,
-                    retain,
-                    pid,
-                    state,
-                    msg,
-                    sub_ids,
-                );
-                let d = self.durable.as_mut().expect("journaled");
-                if let Err(e) = d.write_msg(&view) {
-                    // Kept in memory and delivered, but the publisher must not be told it is
-                    // stored.
-                    d.write_errors += 1;
-                    self.delivery_refused = true;
-                    tracing::error!(shard = self.id, error = %e, "journal append failed");
-                }
-            }
+        if journal_id != 0 {
+            self.journal_delivery(sid, journal_id, &offer, msg);
         }
         match offer {
             Offer::Send(id) => {
@@ -161,6 +122,74 @@ impl ShardState {
             }
             Offer::Queued => self.counters.queued += 1,
             Offer::Dropped => self.counters.dropped_queue_full += 1,
+        }
+    }
+
+    /// The journal id of a new delivery to the session: 0 when it is not journaled; `None`
+    /// when the journal has no room for it (refused: the publisher must not be told it is
+    /// stored).
+    fn next_journal_id(&mut self, sid: u64) -> Option<u64> {
+        let journaled = self.sessions.get(&sid).is_some_and(|s| s.journaled);
+        let Some(d) = self.durable.as_mut().filter(|_| journaled) else {
+            return Some(0);
+        };
+        if !d.has_room() {
+            self.counters.dropped_journal_full += 1;
+            self.delivery_refused = true;
+            return None;
+        }
+        let id = d.next_msg_id;
+        d.next_msg_id += 1;
+        Some(id)
+    }
+
+    /// Journals a delivery of a persistent session, encoded from the session's stored entry
+    /// (nothing is copied to build the record), before anyone is told it is stored.
+    fn journal_delivery(&mut self, sid: u64, journal_id: u64, offer: &Offer, msg: &Message) {
+        let Some(s) = self.sessions.get(&sid) else {
+            return;
+        };
+        let stored = match offer {
+            Offer::Send(id) => s.outbound.get(*id).map(|i| {
+                (
+                    i.qos,
+                    i.retain,
+                    &i.subscription_ids,
+                    id.get(),
+                    records::STATE_AWAIT_ACK,
+                )
+            }),
+            Offer::Queued => s.outbound.queued().last().map(|q| {
+                (
+                    q.qos,
+                    q.retain,
+                    &q.subscription_ids,
+                    0,
+                    records::STATE_QUEUED,
+                )
+            }),
+            Offer::Dropped => None,
+        };
+        let Some((qos, retain, sub_ids, pid, state)) = stored else {
+            return;
+        };
+        let view = msg_view(
+            &*self.clock,
+            s.client_id.as_str(),
+            journal_id,
+            qos,
+            retain,
+            pid,
+            state,
+            msg,
+            sub_ids,
+        );
+        let d = self.durable.as_mut().expect("journaled");
+        if let Err(e) = d.write_msg(&view) {
+            // Kept in memory and delivered, but the publisher must not be told it is stored.
+            d.write_errors += 1;
+            self.delivery_refused = true;
+            tracing::error!(shard = self.id, error = %e, "journal append failed");
         }
     }
 
@@ -207,7 +236,7 @@ impl ShardState {
                     i.retain,
                     &i.subscription_ids,
                     Some(i.packet_id),
-                    false,
+                    Dup::First,
                     v,
                 );
                 (p, i.message.received_at, i.message.origin)
@@ -240,7 +269,7 @@ impl ShardState {
                     i.retain,
                     &i.subscription_ids,
                     Some(i.packet_id),
-                    true,
+                    Dup::Again,
                     v,
                 )));
             }
@@ -250,6 +279,28 @@ impl ShardState {
                 Packet::Publish(p) => self.write_publish(key, p, None),
                 other => self.send(key, other),
             }
+        }
+    }
+
+    /// PUBACK: a QoS 1 delivery is done, and its window slot is free for the queue.
+    pub(super) fn on_puback(&mut self, sid: u64, r: PubResp) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if let Some(jid) = s.outbound.on_puback(r.packet_id) {
+            self.delivery_done(sid, jid);
+            self.refill(sid);
+        }
+    }
+
+    /// PUBCOMP: a QoS 2 delivery is done.
+    pub(super) fn on_pubcomp(&mut self, sid: u64, r: PubResp) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if let Some(jid) = s.outbound.on_pubcomp(r.packet_id) {
+            self.delivery_done(sid, jid);
+            self.refill(sid);
         }
     }
 
@@ -298,4 +349,31 @@ impl ShardState {
             self.jnote(Record::MsgDone { client_id, id: jid });
         }
     }
+}
+
+/// How one session gets one message.
+pub(super) struct Delivery {
+    /// The lower of the message's QoS and the subscription's.
+    pub qos: QoS,
+    /// The RETAIN flag as sent to this subscriber.
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+    pub source: Source,
+    /// The shared subscription group it came through (0: none).
+    pub shared_group: GroupId,
+}
+
+/// Where a delivered message comes from.
+pub(super) enum Source {
+    /// A PUBLISH (or will) just received: its publish-to-write latency is recorded.
+    Publish,
+    /// The retained store, for a new subscription.
+    Retained,
+}
+
+/// Whether a PUBLISH is sent for the first time or again after a reconnect (DUP).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Dup {
+    First,
+    Again,
 }

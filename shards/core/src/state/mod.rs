@@ -9,8 +9,9 @@
 //! written once at the end of the event in a few vectored writes and at most one batch per peer.
 
 use crate::config::{home_shard, Config};
-use crate::durable::{self, AfterSync, Durable, Recovered};
+use crate::durable::{self, AfterSync, Durable, JournalSeq, Recovered};
 use crate::env::{self, Clock, Entropy};
+use crate::mesh::{AckToken, RouteToken, ScrapeToken, Taken};
 use crate::mesh::{Batch, Handoff, RetainQuery, RetainReply, ShardMsg};
 use crate::metrics::{record_us, Counters, Gauges, Histograms, ShardMetrics};
 use crate::negotiate::{negotiate, AuthDone, Granted};
@@ -45,8 +46,10 @@ mod persist;
 mod publish;
 mod subscribe;
 
+use deliver::{Delivery, Dup, Source};
 use output::{make_publish, reason_text};
 use persist::{msg_view, retain_record};
+use publish::{Body, Expiry};
 
 /// Batches waiting for a slow peer shard beyond its channel, above which QoS 0 publishes to it
 /// are dropped (and counted) instead of queued. QoS 1/2 need no such bound: their PUBACK waits
@@ -220,21 +223,20 @@ struct PendingSubAck {
     remaining: usize,
     suback: SubAck,
     retained: Vec<RetainQuery>,
-    /// Journal seq that must be synced first (0: none).
-    durable: u64,
+    /// How far the journal must be synced first.
+    sync_before: JournalSeq,
 }
 
 /// A PUBACK or PUBREC waiting for other shards to take the message.
 struct AckSlot {
-    token: u64,
+    token: AckToken,
     packet_id: PacketId,
     qos: QoS,
     remaining: usize,
-    matched: bool,
-    /// Journal seq that must be synced first (0: none).
-    durable: u64,
-    /// A shard's journal had no room for it: answer 0x97, never success.
-    refused: bool,
+    /// How far the journal must be synced first.
+    sync_before: JournalSeq,
+    /// What the shards it went to did with it, so far.
+    taken: Taken,
 }
 
 /// A will held back by its Will Delay Interval.
@@ -298,7 +300,7 @@ pub struct Effects {
     /// Takeovers waiting for the old connection to be read dry.
     pub drains: Vec<Drain>,
     /// Metrics other shards sent for a scrape this shard started, by its token.
-    pub metrics_replies: Vec<(u64, Box<ShardMetrics>)>,
+    pub metrics_replies: Vec<(ScrapeToken, Box<ShardMetrics>)>,
     /// Journal records were appended: the driver's journal task should sync under its policy.
     pub sync: bool,
 }
@@ -329,12 +331,12 @@ pub struct ShardState {
     /// Arena for encoded packets; each is split off as a `Bytes` without its own allocation.
     arena: BytesMut,
     match_buf: Vec<(u64, SubEntry)>,
-    pending_subacks: HashMap<u64, PendingSubAck>,
+    pending_subacks: HashMap<RouteToken, PendingSubAck>,
     /// Per publishing session, its PUBACK/PUBREC answers in the order the PUBLISHes arrived
     /// [MQTT-4.6.0-2]; each is released once every shard it went to has taken it.
     acks: HashMap<u64, VecDeque<AckSlot>>,
     /// Token of an acknowledged cross-shard publish -> publishing session.
-    ack_owner: HashMap<u64, u64>,
+    ack_owner: HashMap<AckToken, u64>,
     next_token: u64,
     /// The shard's clock at construction: `now_ms` and `now_us` count from it.
     start: Instant,
@@ -355,7 +357,7 @@ pub struct ShardState {
     /// Route acknowledgements still expected for the subscriptions restored at start; the
     /// shard listens only once every shard has none left.
     pub restore_pending: usize,
-    restore_token: u64,
+    restore_token: RouteToken,
 }
 
 impl ShardState {
@@ -402,8 +404,16 @@ impl ShardState {
             shared: SharedGroups::default(),
             group_buf: Vec::new(),
             restore_pending: 0,
-            restore_token: 0,
+            restore_token: RouteToken::NONE,
         }
+    }
+
+    /// A fresh number for a token: acknowledgements, route announcements and scrapes draw
+    /// from one counter, so no two waits of this shard share a number.
+    fn new_token(&mut self) -> u64 {
+        let t = self.next_token;
+        self.next_token += 1;
+        t
     }
 
     /// The time, from the clock the driver gave.
@@ -467,9 +477,8 @@ impl ShardState {
 
     /// Starts a scrape: asks every other shard for its metrics, whose answers come back as
     /// [`Effects::metrics_replies`] under the returned token, with this shard's own snapshot.
-    pub fn start_scrape(&mut self) -> (u64, ShardMetrics) {
-        let token = self.next_token;
-        self.next_token += 1;
+    pub fn start_scrape(&mut self) -> (ScrapeToken, ShardMetrics) {
+        let token = ScrapeToken(self.new_token());
         for peer in 0..self.nshards {
             if peer != self.id {
                 self.fx.batches[peer].push(ShardMsg::MetricsRequest {

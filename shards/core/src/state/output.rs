@@ -232,7 +232,7 @@ pub(super) fn make_publish(
     retain: bool,
     ids: &[u32],
     packet_id: Option<PacketId>,
-    dup: bool,
+    dup: Dup,
     v: ProtocolVersion,
 ) -> Publish {
     let properties = if !v.is_v5() {
@@ -251,7 +251,7 @@ pub(super) fn make_publish(
         Some(Box::new(p))
     };
     Publish {
-        dup,
+        dup: dup == Dup::Again,
         qos,
         retain,
         topic: msg.topic.clone(),

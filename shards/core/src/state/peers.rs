@@ -14,11 +14,7 @@ impl ShardState {
         match msg {
             ShardMsg::Handoff(h) => self.adopt(*h),
             ShardMsg::Publish { msg, ack, sent_at } => self.on_peer_publish(msg, ack, sent_at),
-            ShardMsg::PublishAck {
-                token,
-                matched,
-                refused,
-            } => self.on_publish_ack(token, matched, refused),
+            ShardMsg::PublishAck { token, taken } => self.on_publish_ack(token, taken),
             ShardMsg::RouteAdd {
                 filter,
                 from,
@@ -60,25 +56,25 @@ impl ShardState {
     }
 
     /// Deliver to this shard's subscribers; with `ack`, answer once it is durable here.
-    fn on_peer_publish(&mut self, msg: Message, ack: Option<u64>, sent_at: Instant) {
+    fn on_peer_publish(&mut self, msg: Message, ack: Option<AckToken>, sent_at: Instant) {
         self.counters.cross_shard_in += 1;
         let hop = self.now().saturating_duration_since(sent_at).as_micros() as u64;
         record_us(&mut self.histograms.cross_shard_hop_us, hop);
-        let before = self.jseq();
+        let before = self.journal_mark();
         self.delivery_refused = false;
         let matched = self.deliver_local(&msg);
         let refused = std::mem::take(&mut self.delivery_refused);
         if let Some(token) = ack {
             let peer = (msg.origin >> 48) as usize;
-            self.ack_when_durable(before, peer, token, matched, refused);
+            self.ack_when_durable(before, peer, token, Taken::new(matched, refused));
         }
     }
 
-    fn on_share_join(&mut self, key: ByteStr, member: Member, token: u64) {
+    fn on_share_join(&mut self, key: ByteStr, member: Member, token: RouteToken) {
         if let Ok(Some(sh)) = parse_shared(&key, usize::MAX) {
             self.shared.join(&key, sh.filter, member);
         }
-        if token != 0 {
+        if token != RouteToken::NONE {
             self.fx.batches[member.shard as usize].push(ShardMsg::RouteAck { token });
         }
     }
@@ -90,11 +86,11 @@ impl ShardState {
         msg: Message,
         key: ByteStr,
         session: u64,
-        ack: Option<u64>,
+        ack: Option<AckToken>,
         hops: u8,
     ) {
         self.counters.cross_shard_in += 1;
-        let before = self.jseq();
+        let before = self.journal_mark();
         self.delivery_refused = false;
         let gid = self.shared.id(&key);
         let mut matched = gid.is_some_and(|g| self.deliver_shared_local(session, g, &msg));
@@ -120,46 +116,33 @@ impl ShardState {
         let refused = std::mem::take(&mut self.delivery_refused);
         if let Some(token) = ack {
             let peer = (msg.origin >> 48) as usize;
-            self.ack_when_durable(before, peer, token, matched, refused);
+            self.ack_when_durable(before, peer, token, Taken::new(matched, refused));
         }
     }
 
     /// Store a retained message owned here; with `ack`, answer once it is durable.
-    fn on_retain_set(&mut self, msg: Message, ack: Option<u64>) {
+    fn on_retain_set(&mut self, msg: Message, ack: Option<AckToken>) {
         let peer = (msg.origin >> 48) as usize;
-        let before = self.jseq();
+        let before = self.journal_mark();
         let stored = self.retain_set(msg);
         if let Some(token) = ack {
-            self.ack_when_durable(before, peer, token, false, !stored);
+            self.ack_when_durable(before, peer, token, Taken::new(false, !stored));
         }
     }
 
     /// Answers an acknowledged cross-shard message once what it wrote here is durable.
     pub(super) fn ack_when_durable(
         &mut self,
-        before: u64,
+        before: JournalSeq,
         peer: usize,
-        token: u64,
-        matched: bool,
-        refused: bool,
+        token: AckToken,
+        taken: Taken,
     ) {
-        let need = self.jneed(before);
-        if need > 0 {
-            self.after_sync(
-                need,
-                AfterSync::MeshAck {
-                    peer,
-                    token,
-                    matched,
-                    refused,
-                },
-            );
+        let need = self.sync_needed_since(before);
+        if need != JournalSeq::NONE {
+            self.after_sync(need, AfterSync::MeshAck { peer, token, taken });
         } else {
-            self.fx.batches[peer].push(ShardMsg::PublishAck {
-                token,
-                matched,
-                refused,
-            });
+            self.fx.batches[peer].push(ShardMsg::PublishAck { token, taken });
         }
     }
 }

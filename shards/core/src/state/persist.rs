@@ -2,25 +2,25 @@
 //! held until a sync covers them, the rebuild from the journal at start, and compaction.
 
 use super::*;
+use crate::durable::RecoveredSession;
+use crate::records::MsgRecord;
 
 impl ShardState {
-    /// Last journal seq appended (0 without a journal).
-    pub(super) fn jseq(&self) -> u64 {
-        self.durable.as_ref().map_or(0, |d| d.journal.last_seq())
+    /// How far the journal is now (`NONE` without one), to tell later what an event appended.
+    pub(super) fn journal_mark(&self) -> JournalSeq {
+        self.durable.as_ref().map_or(JournalSeq::NONE, |d| d.mark())
     }
 
-    /// The seq that what was done since `before` must be synced through before it is
-    /// acknowledged; 0 if nothing.
-    pub(super) fn jneed(&self, before: u64) -> u64 {
-        self.durable.as_ref().map_or(0, |d| d.need(before))
+    /// The seq that what was done since `mark` must be synced through before it is
+    /// acknowledged; `NONE` if nothing.
+    pub(super) fn sync_needed_since(&self, mark: JournalSeq) -> JournalSeq {
+        self.durable
+            .as_ref()
+            .map_or(JournalSeq::NONE, |d| d.need(mark))
     }
 
-    pub(super) fn jsynced(&self, seq: u64) -> bool {
-        seq == 0
-            || self
-                .durable
-                .as_ref()
-                .is_none_or(|d| !d.gates() || d.journal.synced_seq() >= seq)
+    pub(super) fn is_synced(&self, seq: JournalSeq) -> bool {
+        self.durable.as_ref().is_none_or(|d| d.is_synced(seq))
     }
 
     pub(super) fn jnote(&mut self, rec: Record) {
@@ -36,7 +36,7 @@ impl ShardState {
     /// Queues `what` until the journal is synced through `seq`. The queue stays in seq order:
     /// an older seq queued late waits for the newest one queued, which is no later than the
     /// last append and so is synced as soon as it is.
-    pub(super) fn after_sync(&mut self, seq: u64, what: AfterSync) {
+    pub(super) fn after_sync(&mut self, seq: JournalSeq, what: AfterSync) {
         if let Some(d) = self.durable.as_mut() {
             let seq = d.waiting.back().map_or(seq, |b| b.0.max(seq));
             d.waiting.push_back((seq, what));
@@ -62,22 +62,15 @@ impl ShardState {
         );
         let synced = d.journal.synced_seq();
         let mut ready = Vec::new();
-        while d.waiting.front().is_some_and(|w| w.0 <= synced) {
+        while d.waiting.front().is_some_and(|w| w.0 .0 <= synced) {
             ready.push(d.waiting.pop_front().expect("front exists").1);
         }
         for w in ready {
             match w {
                 AfterSync::ReleaseAcks(sid) => self.release_acks(sid),
-                AfterSync::MeshAck {
-                    peer,
-                    token,
-                    matched,
-                    refused,
-                } => self.fx.batches[peer].push(ShardMsg::PublishAck {
-                    token,
-                    matched,
-                    refused,
-                }),
+                AfterSync::MeshAck { peer, token, taken } => {
+                    self.fx.batches[peer].push(ShardMsg::PublishAck { token, taken })
+                }
                 AfterSync::SubAck {
                     session,
                     suback,
@@ -100,141 +93,150 @@ impl ShardState {
     /// Rebuilds sessions, subscriptions, deliveries and retained messages from a replayed
     /// journal. Runs before the shard accepts connections.
     pub fn restore(&mut self, rec: Recovered) {
-        let now_ms = self.clock.unix_ms();
-        let origin = self.global_id(0);
-        let now = self.now();
-        let mut expired = Vec::new();
         if let Some(d) = self.durable.as_mut() {
             d.next_msg_id = rec.max_msg_id + 1;
         }
-        self.restore_token = self.next_token;
-        self.next_token += 1;
-        let token = self.restore_token;
+        self.restore_token = RouteToken(self.new_token());
         for (client_id, rs) in rec.sessions {
-            // Sessions that were connected at the crash are taken as disconnected now.
-            let gone_ms = if rs.disconnected_unix_ms == 0 {
-                0
-            } else {
-                now_ms.saturating_sub(rs.disconnected_unix_ms)
-            };
-            let expiry = if rs.expiry_interval == u32::MAX {
-                u32::MAX
-            } else {
-                let left = u64::from(rs.expiry_interval).saturating_sub(gone_ms / 1000);
-                if left == 0 {
-                    expired.push(client_id);
-                    continue;
-                }
-                left as u32
-            };
-            let protocol = match rs.protocol {
-                3 => ProtocolVersion::V31,
-                5 => ProtocolVersion::V5,
-                _ => ProtocolVersion::V311,
-            };
-            let sid = self.next_session;
-            self.next_session += 1;
-            let cid = ByteStr::from(client_id);
-            let mut s = Session::new(
-                sid,
-                cid.clone(),
-                protocol,
-                self.cfg.max_inflight as usize,
-                self.cfg.max_queued_messages,
-            );
-            s.expiry_interval = expiry;
-            s.disconnected_at = Some(self.now_s());
-            s.journaled = true;
-            let mut restored_subs = Vec::new();
-            for (filter, (options, id)) in rs.subs {
-                let filter = ByteStr::from(filter);
-                let subscription_id = (id != 0).then_some(id);
-                s.subscriptions.insert(
-                    filter.clone(),
-                    Subscription {
-                        options,
-                        subscription_id,
-                    },
-                );
-                restored_subs.push((filter, options, subscription_id));
+            match self.restored_expiry(&rs) {
+                Some(expiry) => self.restore_session(client_id, rs, expiry),
+                None => self.jnote(Record::SessionGone { client_id }),
             }
-            for pid in rs.qos2_in {
-                if let Some(pid) = PacketId::new(pid) {
-                    s.inbound_qos2.on_publish(pid);
-                }
-            }
-            for (_, m) in rs.msgs {
-                let message = Message {
-                    topic: ByteStr::from(m.topic),
-                    payload: m.payload,
-                    qos: m.qos,
-                    retain: m.retain,
-                    properties: m.properties.map(Arc::new),
-                    origin,
-                    expires_at: env::unix_ms_to_instant(&*self.clock, m.expires_unix_ms),
-                    received_at: now,
-                };
-                let pid = PacketId::new(m.packet_id);
-                match (m.state, pid) {
-                    (records::STATE_AWAIT_ACK | records::STATE_AWAIT_PUBCOMP, Some(packet_id)) => {
-                        let state = if m.state == records::STATE_AWAIT_PUBCOMP {
-                            InflightState::AwaitPubComp
-                        } else if m.qos == QoS::ExactlyOnce {
-                            InflightState::AwaitPubRec
-                        } else {
-                            InflightState::AwaitPubAck
-                        };
-                        s.outbound.restore_inflight(Inflight {
-                            packet_id,
-                            qos: m.qos,
-                            state,
-                            message,
-                            retain: m.retain,
-                            subscription_ids: m.subscription_ids,
-                            journal_id: m.id,
-                            shared_group: 0,
-                        });
-                    }
-                    _ => s.outbound.restore_queued(Queued {
-                        qos: m.qos,
-                        message,
-                        retain: m.retain,
-                        subscription_ids: m.subscription_ids,
-                        journal_id: m.id,
-                        shared_group: 0,
-                    }),
-                }
-            }
-            self.by_client.insert(cid, sid);
-            self.sessions.insert(sid, Box::new(s));
-            for (filter, options, subscription_id) in restored_subs {
-                self.restore_pending +=
-                    self.install_subscription(sid, &filter, options, subscription_id, token);
-            }
-        }
-        for client_id in expired {
-            self.jnote(Record::SessionGone { client_id });
         }
         for (topic, r) in rec.retained {
-            let msg = Message {
-                topic: ByteStr::from(topic),
-                payload: r.payload,
-                qos: r.qos,
-                retain: true,
-                properties: r.properties.map(Arc::new),
-                origin,
-                expires_at: env::unix_ms_to_instant(&*self.clock, r.expires_unix_ms),
-                received_at: now,
-            };
-            if msg.is_expired(now) {
-                self.jnote(Record::RetainClear {
-                    topic: msg.topic.to_string(),
-                });
-                continue;
-            }
-            let topic = msg.topic.clone();
-            self.retained.insert(&topic, msg);
+            self.restore_retained(topic, r);
         }
+    }
+
+    /// What is left of a restored session's expiry interval; `None` if it ran out while the
+    /// broker was down. Sessions that were connected at the crash count as disconnected now.
+    fn restored_expiry(&self, rs: &RecoveredSession) -> Option<u32> {
+        if rs.expiry_interval == u32::MAX {
+            return Some(u32::MAX);
+        }
+        let gone_ms = if rs.disconnected_unix_ms == 0 {
+            0
+        } else {
+            self.clock.unix_ms().saturating_sub(rs.disconnected_unix_ms)
+        };
+        let left = u64::from(rs.expiry_interval).saturating_sub(gone_ms / 1000);
+        (left > 0).then_some(left as u32)
+    }
+
+    /// One persistent session as the journal left it: subscriptions (announced to the other
+    /// shards; listening waits for their acknowledgements), QoS 2 receive state, and its
+    /// deliveries, inflight ones to be resent at reconnect.
+    fn restore_session(&mut self, client_id: String, rs: RecoveredSession, expiry: u32) {
+        let protocol = match rs.protocol {
+            3 => ProtocolVersion::V31,
+            5 => ProtocolVersion::V5,
+            _ => ProtocolVersion::V311,
+        };
+        let sid = self.next_session;
+        self.next_session += 1;
+        let cid = ByteStr::from(client_id);
+        let mut s = Session::new(
+            sid,
+            cid.clone(),
+            protocol,
+            self.cfg.max_inflight as usize,
+            self.cfg.max_queued_messages,
+        );
+        s.expiry_interval = expiry;
+        s.disconnected_at = Some(self.now_s());
+        s.journaled = true;
+        for (filter, (options, id)) in rs.subs {
+            let subscription_id = (id != 0).then_some(id);
+            let sub = Subscription {
+                options,
+                subscription_id,
+            };
+            s.subscriptions.insert(ByteStr::from(filter), sub);
+        }
+        for pid in rs.qos2_in.into_iter().filter_map(PacketId::new) {
+            s.inbound_qos2.on_publish(pid);
+        }
+        for (_, m) in rs.msgs {
+            self.restore_delivery(&mut s, m);
+        }
+        let subs: Vec<_> = s
+            .subscriptions
+            .iter()
+            .map(|(f, sub)| (f.clone(), sub.clone()))
+            .collect();
+        self.by_client.insert(cid, sid);
+        self.sessions.insert(sid, Box::new(s));
+        let token = self.restore_token;
+        for (filter, sub) in subs {
+            self.restore_pending +=
+                self.install_subscription(sid, &filter, sub.options, sub.subscription_id, token);
+        }
+    }
+
+    /// A journaled delivery back into its session: inflight with its packet id and state, or
+    /// queued.
+    fn restore_delivery(&self, s: &mut Session, m: MsgRecord) {
+        let body = Body {
+            topic: ByteStr::from(m.topic),
+            payload: m.payload,
+            qos: m.qos,
+            retain: m.retain,
+            properties: m.properties,
+        };
+        let message = self.message(body, self.global_id(0), Expiry::AtUnixMs(m.expires_unix_ms));
+        let inflight = matches!(
+            m.state,
+            records::STATE_AWAIT_ACK | records::STATE_AWAIT_PUBCOMP
+        );
+        match PacketId::new(m.packet_id).filter(|_| inflight) {
+            Some(packet_id) => {
+                let state = if m.state == records::STATE_AWAIT_PUBCOMP {
+                    InflightState::AwaitPubComp
+                } else if m.qos == QoS::ExactlyOnce {
+                    InflightState::AwaitPubRec
+                } else {
+                    InflightState::AwaitPubAck
+                };
+                s.outbound.restore_inflight(Inflight {
+                    packet_id,
+                    qos: m.qos,
+                    state,
+                    message,
+                    retain: m.retain,
+                    subscription_ids: m.subscription_ids,
+                    journal_id: m.id,
+                    shared_group: 0,
+                });
+            }
+            None => s.outbound.restore_queued(Queued {
+                qos: m.qos,
+                message,
+                retain: m.retain,
+                subscription_ids: m.subscription_ids,
+                journal_id: m.id,
+                shared_group: 0,
+            }),
+        }
+    }
+
+    /// A retained message back on its owner shard, unless it expired while the broker was down.
+    fn restore_retained(&mut self, topic: String, r: RetainRecord) {
+        let body = Body {
+            topic: ByteStr::from(topic),
+            payload: r.payload,
+            qos: r.qos,
+            retain: true,
+            properties: r.properties,
+        };
+        let msg = self.message(body, self.global_id(0), Expiry::AtUnixMs(r.expires_unix_ms));
+        if msg.is_expired(self.now()) {
+            self.jnote(Record::RetainClear {
+                topic: msg.topic.to_string(),
+            });
+            return;
+        }
+        let topic = msg.topic.clone();
+        self.retained.insert(&topic, msg);
     }
 
     /// The journal record that re-creates a session as it is now.

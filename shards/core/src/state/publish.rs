@@ -5,68 +5,20 @@ use super::*;
 
 impl ShardState {
     pub(super) fn on_publish(&mut self, key: usize, sid: u64, mut p: Publish) {
-        // [MQTT-3.2.2-11] above Maximum QoS; [MQTT-3.2.2-14] RETAIN without Retain Available.
-        if p.qos as u8 > self.cfg.max_qos {
-            return self.close_conn(key, Close::Error(ReasonCode::QOS_NOT_SUPPORTED));
-        }
-        if p.retain && !self.cfg.retain_available {
-            return self.close_conn(key, Close::Error(ReasonCode::RETAIN_NOT_SUPPORTED));
-        }
-        // [MQTT-3.3.4-6] Subscription Identifiers are the server's to send, never the client's.
-        if p.properties
-            .as_ref()
-            .is_some_and(|pr| !pr.subscription_identifiers.is_empty())
-        {
-            return self.close_conn(key, Close::Error(ReasonCode::PROTOCOL_ERROR));
-        }
-        if let Some(alias) = p.properties.as_ref().and_then(|pr| pr.topic_alias) {
-            // [MQTT-3.3.2-8] 0 and [MQTT-3.3.2-9] above Topic Alias Maximum are invalid.
-            let max = self.cfg.topic_alias_maximum;
-            if alias == 0 || alias > max {
-                return self.close_conn(key, Close::Error(ReasonCode::TOPIC_ALIAS_INVALID));
-            }
-            let conn = &mut self.conns[key];
-            let table = &mut conn.extra.get_or_insert_with(Box::default).input;
-            if table.len() < max as usize {
-                table.resize(max as usize, None);
-            }
-            let slot = &mut table[alias as usize - 1];
-            if p.topic.is_empty() {
-                // An alias never set on this connection is a protocol error (3.3.2.3.4).
-                match slot {
-                    Some(t) => p.topic = t.clone(),
-                    None => return self.close_conn(key, Close::Error(ReasonCode::PROTOCOL_ERROR)),
-                }
-            } else if validate_topic_name(&p.topic, self.cfg.max_topic_levels).is_ok() {
-                // Kept for the connection's life: not a slice of the read buffer.
-                *slot = Some(ByteStr::from(p.topic.as_str()));
-            }
-        }
-        if validate_topic_name(&p.topic, self.cfg.max_topic_levels).is_err() {
-            return self.close_conn(key, Close::Error(ReasonCode::TOPIC_NAME_INVALID));
+        if let Err(reason) = self.check_publish(key, &mut p) {
+            return self.close_conn(key, Close::Error(reason));
         }
         self.counters.msgs_in[p.qos as usize] += 1;
         let origin = self.global_id(sid);
         let durable = p.qos != QoS::AtMostOnce || p.retain;
-        let mut expires_at = None;
-        let properties = p.properties.and_then(|mut pr| {
-            pr.topic_alias = None;
-            pr.subscription_identifiers.clear();
-            if let Some(secs) = pr.message_expiry_interval {
-                expires_at = Some(self.now() + std::time::Duration::from_secs(secs.into()));
-            }
-            (!pr.is_empty()).then(|| Arc::new(*pr))
-        });
-        let mut msg = Message {
+        let body = Body {
             topic: p.topic,
             payload: p.payload,
             qos: p.qos,
             retain: p.retain,
-            properties,
-            origin,
-            expires_at,
-            received_at: self.now(),
+            properties: p.properties.map(|b| *b),
         };
+        let mut msg = self.message(body, origin, Expiry::FromInterval);
         if durable {
             // Held beyond this event: do not pin the shared read buffer.
             msg = msg.compacted();
@@ -75,52 +27,139 @@ impl ShardState {
             self.route(msg, None);
             return;
         };
-        let before = self.jseq();
+        let before = self.journal_mark();
         if p.qos == QoS::ExactlyOnce {
-            let max = self.cfg.max_inflight as usize;
-            let Some(s) = self.sessions.get_mut(&sid) else {
-                return;
-            };
-            if !s.inbound_qos2.on_publish(id) {
+            match self.receive_qos2(sid, id) {
+                Qos2In::New => {}
+                Qos2In::Gone => return,
                 // A retransmission of a message already routed [MQTT-4.3.3-9]: answer again.
-                return self.queue_ack(sid, id, p.qos, None, true, 0, false);
-            }
-            if s.inbound_qos2.len() > max {
-                // [MQTT-3.3.4-9] more unacknowledged QoS 2 PUBLISHes than Receive Maximum.
-                return self.close_conn(key, Close::Error(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
-            }
-            if s.journaled {
-                let client_id = s.client_id.to_string();
-                self.jnote(Record::Qos2In {
-                    client_id,
-                    packet_id: id.get(),
-                });
+                Qos2In::Again => {
+                    return self.queue_ack(sid, id, p.qos, None, Taken::Delivered, JournalSeq::NONE)
+                }
+                Qos2In::TooMany => {
+                    // [MQTT-3.3.4-9] more unacknowledged QoS 2 PUBLISHes than Receive Maximum.
+                    let reason = ReasonCode::RECEIVE_MAXIMUM_EXCEEDED;
+                    return self.close_conn(key, Close::Error(reason));
+                }
             }
         }
-        let token = self.next_token;
-        self.next_token += 1;
+        let token = AckToken(self.new_token());
         self.delivery_refused = false;
         let routed = self.route(msg, Some(token));
         let refused = std::mem::take(&mut self.delivery_refused);
         let pending = (routed.awaiting > 0).then_some((token, routed.awaiting));
-        let need = self.jneed(before);
-        self.queue_ack(sid, id, p.qos, pending, routed.matched_here, need, refused);
+        let need = self.sync_needed_since(before);
+        let taken = Taken::new(routed.matched_here, refused);
+        self.queue_ack(sid, id, p.qos, pending, taken, need);
+    }
+
+    /// What makes a PUBLISH from a client a protocol error, checked before anything is done
+    /// with it; resolves a topic alias into the topic.
+    fn check_publish(&mut self, key: usize, p: &mut Publish) -> Result<(), ReasonCode> {
+        // [MQTT-3.2.2-11] above Maximum QoS; [MQTT-3.2.2-14] RETAIN without Retain Available.
+        if p.qos as u8 > self.cfg.max_qos {
+            return Err(ReasonCode::QOS_NOT_SUPPORTED);
+        }
+        if p.retain && !self.cfg.retain_available {
+            return Err(ReasonCode::RETAIN_NOT_SUPPORTED);
+        }
+        let props = p.properties.as_deref();
+        // [MQTT-3.3.4-6] Subscription Identifiers are the server's to send, never the client's.
+        if props.is_some_and(|pr| !pr.subscription_identifiers.is_empty()) {
+            return Err(ReasonCode::PROTOCOL_ERROR);
+        }
+        if let Some(alias) = props.and_then(|pr| pr.topic_alias) {
+            self.resolve_alias(key, alias, p)?;
+        }
+        if validate_topic_name(&p.topic, self.cfg.max_topic_levels).is_err() {
+            return Err(ReasonCode::TOPIC_NAME_INVALID);
+        }
+        Ok(())
+    }
+
+    /// A client's topic alias: an empty topic takes the alias's topic, a topic sets it.
+    fn resolve_alias(&mut self, key: usize, alias: u16, p: &mut Publish) -> Result<(), ReasonCode> {
+        // [MQTT-3.3.2-8] 0 and [MQTT-3.3.2-9] above Topic Alias Maximum are invalid.
+        let max = self.cfg.topic_alias_maximum;
+        if alias == 0 || alias > max {
+            return Err(ReasonCode::TOPIC_ALIAS_INVALID);
+        }
+        let conn = &mut self.conns[key];
+        let table = &mut conn.extra.get_or_insert_with(Box::default).input;
+        if table.len() < max as usize {
+            table.resize(max as usize, None);
+        }
+        let slot = &mut table[alias as usize - 1];
+        if p.topic.is_empty() {
+            // An alias never set on this connection is a protocol error (3.3.2.3.4).
+            p.topic = slot.clone().ok_or(ReasonCode::PROTOCOL_ERROR)?;
+        } else if validate_topic_name(&p.topic, self.cfg.max_topic_levels).is_ok() {
+            // Kept for the connection's life: not a slice of the read buffer.
+            *slot = Some(ByteStr::from(p.topic.as_str()));
+        }
+        Ok(())
+    }
+
+    /// Records the packet id of a QoS 2 PUBLISH until its PUBREL (journaled for a persistent
+    /// session), so that a retransmission is not routed twice.
+    fn receive_qos2(&mut self, sid: u64, id: PacketId) -> Qos2In {
+        let max = self.cfg.max_inflight as usize;
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return Qos2In::Gone;
+        };
+        if !s.inbound_qos2.on_publish(id) {
+            return Qos2In::Again;
+        }
+        if s.inbound_qos2.len() > max {
+            return Qos2In::TooMany;
+        }
+        if s.journaled {
+            let client_id = s.client_id.to_string();
+            self.jnote(Record::Qos2In {
+                client_id,
+                packet_id: id.get(),
+            });
+        }
+        Qos2In::New
+    }
+
+    /// PUBREL for a QoS 2 PUBLISH received: its packet id is released, and PUBCOMP goes once
+    /// that is durable. Were the id forgotten in a crash after PUBCOMP, the client's next
+    /// message with that id would be taken for a retransmission and lost.
+    pub(super) fn on_pubrel(&mut self, key: usize, sid: u64, r: PubResp) {
+        let before = self.journal_mark();
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let found = s.inbound_qos2.on_pubrel(r.packet_id);
+        let reason = if found {
+            ReasonCode::SUCCESS
+        } else {
+            ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+        };
+        if found && s.journaled {
+            let client_id = s.client_id.to_string();
+            self.jnote(Record::Qos2Done {
+                client_id,
+                packet_id: r.packet_id.get(),
+            });
+        }
+        let packet = Packet::PubComp(PubResp::with_reason(r.packet_id, reason));
+        self.send_when_durable(before, key, sid, packet);
     }
 
     /// Queues the PUBACK/PUBREC of a PUBLISH behind those of earlier PUBLISHes of the session,
     /// and sends every answer at the front that no longer waits for another shard.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn queue_ack(
         &mut self,
         sid: u64,
         packet_id: PacketId,
         qos: QoS,
-        pending: Option<(u64, usize)>,
-        matched: bool,
-        durable: u64,
-        refused: bool,
+        pending: Option<(AckToken, usize)>,
+        taken: Taken,
+        sync_before: JournalSeq,
     ) {
-        let (token, remaining) = pending.unwrap_or((0, 0));
+        let (token, remaining) = pending.unwrap_or((AckToken(0), 0));
         if remaining > 0 {
             self.ack_owner.insert(token, sid);
         }
@@ -129,17 +168,16 @@ impl ShardState {
             packet_id,
             qos,
             remaining,
-            matched,
-            durable,
-            refused,
+            taken,
+            sync_before,
         });
-        if durable > 0 {
-            self.after_sync(durable, AfterSync::ReleaseAcks(sid));
+        if sync_before != JournalSeq::NONE {
+            self.after_sync(sync_before, AfterSync::ReleaseAcks(sid));
         }
         self.release_acks(sid);
     }
 
-    pub(super) fn on_publish_ack(&mut self, token: u64, matched: bool, refused: bool) {
+    pub(super) fn on_publish_ack(&mut self, token: AckToken, taken: Taken) {
         let Some(&sid) = self.ack_owner.get(&token) else {
             return;
         };
@@ -152,8 +190,7 @@ impl ShardState {
             return;
         };
         slot.remaining -= 1;
-        slot.matched |= matched;
-        slot.refused |= refused;
+        slot.taken = slot.taken.max(taken);
         if slot.remaining == 0 {
             self.ack_owner.remove(&token);
             self.release_acks(sid);
@@ -165,17 +202,11 @@ impl ShardState {
         let Some(q) = self.acks.get_mut(&sid) else {
             return;
         };
-        let synced = self.durable.as_ref().map_or(u64::MAX, |d| {
-            if d.gates() {
-                d.journal.synced_seq()
-            } else {
-                u64::MAX
-            }
-        });
+        let durable = self.durable.as_ref();
         let mut ready = Vec::new();
         while q
             .front()
-            .is_some_and(|a| a.remaining == 0 && a.durable <= synced)
+            .is_some_and(|a| a.remaining == 0 && durable.is_none_or(|d| d.is_synced(a.sync_before)))
         {
             ready.push(q.pop_front().expect("front exists"));
         }
@@ -184,7 +215,7 @@ impl ShardState {
         }
         let Some(key) = key else { return };
         for a in ready {
-            if a.refused {
+            if a.taken == Taken::Refused {
                 // Not stored everywhere it had to be: never acknowledged as a success.
                 // MQTT 5 says why; 3.1.x has no negative PUBACK, so the connection closes
                 // unacknowledged and the client sends the message again later.
@@ -218,7 +249,7 @@ impl ShardState {
                 self.send(key, &packet);
                 continue;
             }
-            let reason = self.no_subscribers_reason(key, a.matched);
+            let reason = self.no_subscribers_reason(key, a.taken);
             let r = PubResp::with_reason(a.packet_id, reason);
             let packet = if a.qos == QoS::ExactlyOnce {
                 Packet::PubRec(r)
@@ -229,8 +260,11 @@ impl ShardState {
         }
     }
 
-    pub(super) fn no_subscribers_reason(&self, key: usize, any: bool) -> ReasonCode {
-        if !any && self.conns.get(key).is_some_and(|c| c.version.is_v5()) {
+    /// The reason code of a PUBACK/PUBREC not refused: 0x10 (No matching subscribers) for an
+    /// MQTT 5 publisher when no subscription matched anywhere, else success.
+    pub(super) fn no_subscribers_reason(&self, key: usize, taken: Taken) -> ReasonCode {
+        let v5 = self.conns.get(key).is_some_and(|c| c.version.is_v5());
+        if taken == Taken::NoSubscribers && v5 {
             ReasonCode::NO_MATCHING_SUBSCRIBERS
         } else {
             ReasonCode::SUCCESS
@@ -239,7 +273,7 @@ impl ShardState {
 
     /// Sends a message to every shard with a matching subscription and stores it if retained.
     /// With `ack`, the other shards it goes to answer `PublishAck`; their number is returned.
-    pub(super) fn route(&mut self, msg: Message, ack: Option<u64>) -> Routed {
+    pub(super) fn route(&mut self, msg: Message, ack: Option<AckToken>) -> Routed {
         let mut routed = Routed {
             matched_here: false,
             awaiting: 0,
@@ -308,7 +342,7 @@ impl ShardState {
         gid: GroupId,
         m: Member,
         msg: &Message,
-        ack: Option<u64>,
+        ack: Option<AckToken>,
     ) {
         if m.shard as usize == self.id {
             self.deliver_shared_local(m.session, gid, msg);
@@ -342,7 +376,14 @@ impl ShardState {
         let qos = sub.options.qos.min(msg.qos);
         let retain = sub.options.retain_as_published && msg.retain;
         let ids: Vec<u32> = sub.subscription_id.into_iter().collect();
-        self.deliver_to_session(sid, msg, qos, retain, ids, true, gid);
+        let d = Delivery {
+            qos,
+            retain,
+            subscription_ids: ids,
+            source: Source::Publish,
+            shared_group: gid,
+        };
+        self.deliver_to_session(sid, msg, d);
         true
     }
 
@@ -354,7 +395,7 @@ impl ShardState {
         filter: &ByteStr,
         options: SubscriptionOptions,
         subscription_id: Option<u32>,
-        token: u64,
+        token: RouteToken,
     ) -> usize {
         let mut awaiting = 0;
         if let Ok(Some(sh)) = parse_shared(filter, usize::MAX) {
@@ -423,19 +464,16 @@ impl ShardState {
     /// counted as client traffic.
     pub fn publish_sys(&mut self, topics: Vec<(String, String)>) {
         let dropped = self.counters.dropped_no_subscriber;
-        let now = self.now();
         for (topic, payload) in topics {
-            let msg = Message {
+            let body = Body {
                 topic: ByteStr::from(topic),
                 payload: Bytes::from(payload),
                 qos: QoS::AtMostOnce,
                 retain: true,
                 properties: None,
-                // Session 0 is never a client's: no No Local match.
-                origin: self.global_id(0),
-                expires_at: None,
-                received_at: now,
             };
+            // Session 0 is never a client's: no No Local match.
+            let msg = self.message(body, self.global_id(0), Expiry::FromInterval);
             self.route(msg, None);
         }
         self.counters.dropped_no_subscriber = dropped;
@@ -473,23 +511,71 @@ impl ShardState {
     }
 
     pub(super) fn publish_will(&mut self, w: LastWill, origin: u64) {
-        let mut props = w.properties;
-        props.will_delay_interval = None;
-        let expires_at = props
-            .message_expiry_interval
-            .map(|secs| self.now() + std::time::Duration::from_secs(secs.into()));
-        let msg = Message {
-            expires_at,
+        let body = Body {
             topic: w.topic,
             payload: w.payload,
             qos: w.qos,
             retain: w.retain,
-            properties: (!props.is_empty()).then(|| Arc::new(props)),
-            origin,
-            received_at: self.now(),
-        }
-        .compacted();
+            properties: Some(w.properties),
+        };
+        let msg = self.message(body, origin, Expiry::FromInterval).compacted();
         self.counters.wills += 1;
         self.route(msg, None);
     }
+
+    /// The one place a [`Message`] is made: the properties that belong to one hop (Topic
+    /// Alias, Subscription Identifiers, Will Delay Interval) are dropped, the expiry is set
+    /// [MQTT-3.3.2-5], and an empty property set is not kept.
+    pub(super) fn message(&self, body: Body, origin: u64, expiry: Expiry) -> Message {
+        let now = self.now();
+        let mut properties = body.properties.unwrap_or_default();
+        properties.topic_alias = None;
+        properties.subscription_identifiers.clear();
+        properties.will_delay_interval = None;
+        let expires_at = match expiry {
+            Expiry::FromInterval => properties
+                .message_expiry_interval
+                .map(|secs| now + std::time::Duration::from_secs(secs.into())),
+            Expiry::AtUnixMs(ms) => env::unix_ms_to_instant(&*self.clock, ms),
+        };
+        Message {
+            topic: body.topic,
+            payload: body.payload,
+            qos: body.qos,
+            retain: body.retain,
+            properties: (!properties.is_empty()).then(|| Arc::new(properties)),
+            origin,
+            expires_at,
+            received_at: now,
+        }
+    }
+}
+
+/// What a message is made of, before the broker adds where it came from and when it expires.
+pub(super) struct Body {
+    pub topic: ByteStr,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    pub properties: Option<Properties>,
+}
+
+/// Where a message's expiry comes from.
+pub(super) enum Expiry {
+    /// Its Message Expiry Interval property, counted from now.
+    FromInterval,
+    /// A wall-clock deadline read back from the journal (0: none).
+    AtUnixMs(u64),
+}
+
+/// What a QoS 2 PUBLISH's packet id says.
+enum Qos2In {
+    /// First seen: route it.
+    New,
+    /// A retransmission of one already routed: answer again only.
+    Again,
+    /// The session is gone: nothing to answer.
+    Gone,
+    /// More unanswered QoS 2 PUBLISHes than Receive Maximum.
+    TooMany,
 }

@@ -13,9 +13,8 @@ impl ShardState {
             return self.close_conn(key, Close::Error(reason));
         }
         let subscription_id = ids.first().copied();
-        let token = self.next_token;
-        self.next_token += 1;
-        let before = self.jseq();
+        let token = RouteToken(self.new_token());
+        let before = self.journal_mark();
         let mut awaiting = 0;
         let mut codes = Vec::with_capacity(sub.filters.len());
         let mut retained = Vec::new();
@@ -85,7 +84,7 @@ impl ShardState {
         f: &SubscribeFilter,
         shared: bool,
         subscription_id: Option<u32>,
-        token: u64,
+        token: RouteToken,
     ) -> Result<Subscribed, ReasonCode> {
         let room = self.jroom();
         let max_subs = self.cfg.max_subscriptions_per_client;
@@ -144,8 +143,8 @@ impl ShardState {
         mut suback: SubAck,
         retained: Vec<RetainQuery>,
         awaiting: usize,
-        token: u64,
-        before: u64,
+        token: RouteToken,
+        before: JournalSeq,
     ) {
         let problem_information = self
             .sessions
@@ -158,8 +157,8 @@ impl ShardState {
                 .find_map(|c| reason_text(*c))
                 .map(ByteStr::from);
         }
-        let need = self.jneed(before);
-        if awaiting == 0 && need == 0 {
+        let need = self.sync_needed_since(before);
+        if awaiting == 0 && need == JournalSeq::NONE {
             self.send(key, &Packet::SubAck(Box::new(suback)));
             self.query_retained(retained);
         } else if awaiting == 0 {
@@ -176,13 +175,13 @@ impl ShardState {
                 remaining: awaiting,
                 suback,
                 retained,
-                durable: need,
+                sync_before: need,
             };
             self.pending_subacks.insert(token, pending);
         }
     }
 
-    pub(super) fn on_route_ack(&mut self, token: u64) {
+    pub(super) fn on_route_ack(&mut self, token: RouteToken) {
         if token == self.restore_token && self.restore_pending > 0 {
             self.restore_pending -= 1;
             return;
@@ -195,9 +194,9 @@ impl ShardState {
             return;
         }
         let p = self.pending_subacks.remove(&token).expect("present");
-        if !self.jsynced(p.durable) {
+        if !self.is_synced(p.sync_before) {
             return self.after_sync(
-                p.durable,
+                p.sync_before,
                 AfterSync::SubAck {
                     session: p.session,
                     suback: Box::new(p.suback),
@@ -263,12 +262,19 @@ impl ShardState {
         let ids: Vec<u32> = r.subscription_id.into_iter().collect();
         for m in &r.messages {
             let qos = m.qos.min(r.options.qos);
-            self.deliver_to_session(r.session, m, qos, true, ids.clone(), false, 0);
+            let d = Delivery {
+                qos,
+                retain: true,
+                subscription_ids: ids.clone(),
+                source: Source::Retained,
+                shared_group: 0,
+            };
+            self.deliver_to_session(r.session, m, d);
         }
     }
 
     pub(super) fn on_unsubscribe(&mut self, key: usize, sid: u64, u: Unsubscribe) {
-        let before = self.jseq();
+        let before = self.journal_mark();
         let mut codes = Vec::with_capacity(u.filters.len());
         for f in &u.filters {
             let (removed, journaled) = self.sessions.get_mut(&sid).map_or((false, false), |s| {
@@ -297,9 +303,15 @@ impl ShardState {
     }
 
     /// Sends `packet` now, or once the journal records written since `before` are synced.
-    pub(super) fn send_when_durable(&mut self, before: u64, key: usize, sid: u64, packet: Packet) {
-        let need = self.jneed(before);
-        if need > 0 {
+    pub(super) fn send_when_durable(
+        &mut self,
+        before: JournalSeq,
+        key: usize,
+        sid: u64,
+        packet: Packet,
+    ) {
+        let need = self.sync_needed_since(before);
+        if need != JournalSeq::NONE {
             self.after_sync(
                 need,
                 AfterSync::Send {
