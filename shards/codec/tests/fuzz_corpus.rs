@@ -1,6 +1,7 @@
-//! Runs the cargo-fuzz target's body (`ringmq_codec::fuzzing::fuzz_roundtrip`) on stable: a
-//! seed corpus of valid packets of every type, each with every truncation and every single-byte
-//! change applied, plus a deterministic pseudo-random stream.
+//! Runs the cargo-fuzz target's body (`ringmq_codec::fuzzing::fuzz_roundtrip`) on stable: every
+//! input of the fuzzer's corpus kept in the repository (`fuzz/corpus/decode/`), a seed corpus of
+//! valid packets of every type, each with every truncation and every single-byte change applied,
+//! plus a deterministic pseudo-random stream.
 
 use bytes::BytesMut;
 use ringmq_codec::fuzzing::fuzz_roundtrip;
@@ -128,4 +129,33 @@ fn pseudo_random_streams() {
         }
         fuzz_roundtrip(&data);
     }
+}
+
+/// Replays every input of the cargo-fuzz corpus kept in the repository
+/// (`fuzz/corpus/decode/`, minimized with `cargo fuzz cmin`) through the fuzz target's body.
+/// A missing or empty corpus fails: a replay of nothing must not pass.
+#[test]
+fn replay_fuzz_corpus() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/decode");
+    let entries = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("fuzz corpus {} is missing: {e}", dir.display()));
+    let mut files: Vec<std::path::PathBuf> = entries
+        .map(|e| e.expect("corpus dir entry").path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "fuzz corpus {} is empty", dir.display());
+    let mut failed = Vec::new();
+    for path in &files {
+        let data = std::fs::read(path).expect("read corpus file");
+        if std::panic::catch_unwind(|| fuzz_roundtrip(&data)).is_err() {
+            failed.push(path.display().to_string());
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} corpus inputs panicked (reproduce with `cargo +nightly fuzz run decode <file>`): {failed:#?}",
+        failed.len(),
+        files.len()
+    );
 }

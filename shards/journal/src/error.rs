@@ -24,6 +24,8 @@ pub enum JournalError {
     Full {
         max_bytes: u64,
     },
+    /// No sequence number is left (the journal claims 2^62 records): nothing was written.
+    SeqExhausted,
     /// The configuration is unusable, or disagrees with the segments on disk.
     Config(String),
     /// No segment with this index is held by the journal.
@@ -55,6 +57,11 @@ impl fmt::Display for JournalError {
                 f,
                 "journal full: another segment would exceed max_bytes = {max_bytes} (remove \
                  old segments or raise max_bytes)"
+            ),
+            JournalError::SeqExhausted => write!(
+                f,
+                "journal sequence numbers exhausted (the recovered journal claims 2^62 records; \
+                 start with a new data directory)"
             ),
             JournalError::Config(m) => write!(f, "journal configuration: {m}"),
             JournalError::NoSuchSegment(i) => write!(f, "journal has no segment {i}"),

@@ -176,7 +176,8 @@ pub fn read_slot(buf: &[u8], off: usize, segment_bytes: usize) -> Slot {
             "length {len} runs past the end of the truncated file"
         ));
     }
-    if seq == 0 || seq > MAX_SEQ {
+    // Appends stop below MAX_SEQ, so no record at or above it was ever written.
+    if seq == 0 || seq >= MAX_SEQ {
         return Slot::Invalid(format!("seq {seq} out of range"));
     }
     if record_crc(&buf[off + 8..end]) != crc {

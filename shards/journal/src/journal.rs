@@ -79,7 +79,11 @@ impl Journal {
         if self.active().end + need > self.map_len() {
             self.roll()?;
         }
-        assert!(self.last_seq < MAX_SEQ, "journal seq space exhausted");
+        // 2^62 records is beyond any real journal, but a recovered one (a forged or damaged
+        // segment with a valid checksum) may claim it: refuse the write, never panic.
+        if self.last_seq + 1 >= MAX_SEQ {
+            return Err(JournalError::SeqExhausted);
+        }
         let seq = self.last_seq + 1;
         let seg = self
             .segments
