@@ -63,11 +63,16 @@ pub struct Shard {
     pub bell: RefCell<Option<LocalSender<()>>>,
     /// Connections held by the whole process, for `--max-connections`.
     pub conn_count: Arc<AtomicUsize>,
+    /// The effects of the previous event, emptied: swapped with the core's at each event so
+    /// that carrying them out allocates nothing.
+    spare: RefCell<Effects>,
 }
 
 impl Shard {
     pub fn new(state: ShardState, mesh: Mesh, conn_count: Arc<AtomicUsize>) -> Shard {
+        let spare = RefCell::new(Effects::new(state.nshards));
         Shard {
+            spare,
             state: RefCell::new(state),
             wakers: RefCell::new(Vec::new()),
             mesh,
@@ -93,9 +98,11 @@ impl Shard {
     /// reads bytes that cause more); returns the adopted connections to start.
     fn apply(&self, st: &mut ShardState) -> Vec<Adopted> {
         let mut adopted = Vec::new();
+        let mut fx = self.spare.borrow_mut();
         while st.has_effects() {
-            let mut fx = st.take_effects();
-            for d in std::mem::take(&mut fx.drains) {
+            st.swap_effects(&mut fx);
+            for i in 0..fx.drains.len() {
+                let d = fx.drains[i];
                 drain(st, d.old);
                 st.resume_connect(d.new);
             }
@@ -112,16 +119,13 @@ impl Shard {
                     let _ = bell.try_send(());
                 }
             }
-            self.send_batches(st, fx);
+            if fx.handoffs {
+                pass_sockets(&mut fx);
+            }
+            self.mesh.send(st, &mut fx.batches);
+            fx.clear();
         }
         adopted
-    }
-
-    fn send_batches(&self, st: &mut ShardState, mut fx: Effects) {
-        if fx.handoffs {
-            pass_sockets(&mut fx);
-        }
-        self.mesh.send(st, fx.batches);
     }
 
     fn deliver_metrics(&self, fx: &mut Effects) {
@@ -347,7 +351,9 @@ pub async fn conn_task(key: usize, mut stream: TcpStream) {
     let close = shard.finish(key);
     drop(shard);
     if close.is_some_and(told_why) {
-        linger(&mut stream).await;
+        // Boxed: its read buffer and timer would otherwise be part of every connection's
+        // future, idle or not.
+        Box::pin(linger(&mut stream)).await;
     }
     drop(stream);
 }

@@ -79,14 +79,15 @@ impl Mesh {
     }
 
     /// Sends each peer its batch of this event, in order behind anything still spilled.
-    pub fn send(&self, st: &mut ShardState, batches: Vec<Batch>) {
+    pub fn send(&self, st: &mut ShardState, batches: &mut [Batch]) {
         let Some(senders) = self.senders.as_ref() else {
             return;
         };
-        for (peer, batch) in batches.into_iter().enumerate() {
+        for (peer, batch) in batches.iter_mut().enumerate() {
             if batch.is_empty() {
                 continue;
             }
+            let batch = std::mem::take(batch);
             let spilled = &self.spilled[peer];
             let batch = if spilled.get() > 0 {
                 batch

@@ -267,6 +267,37 @@ pub struct Adopted {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SocketId(pub i32);
 
+impl Effects {
+    pub fn new(nshards: usize) -> Effects {
+        Effects {
+            batches: (0..nshards).map(|_| Vec::new()).collect(),
+            ..Effects::default()
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+            && self.closes.is_empty()
+            && self.adopted.is_empty()
+            && self.drains.is_empty()
+            && self.metrics_replies.is_empty()
+            && !self.sync
+            && self.batches.iter().all(|b| b.is_empty())
+    }
+
+    /// Empties it for reuse, keeping what it allocated.
+    pub fn clear(&mut self) {
+        self.writes.clear();
+        self.closes.clear();
+        self.batches.iter_mut().for_each(Vec::clear);
+        self.handoffs = false;
+        self.adopted.clear();
+        self.drains.clear();
+        self.metrics_replies.clear();
+        self.sync = false;
+    }
+}
+
 /// A CONNECT waiting for the connection it takes over to be read dry.
 struct DeferredConnect {
     connect: Box<Connect>,
@@ -379,10 +410,7 @@ impl ShardState {
             subs: SubscriptionTree::new(),
             routes: RouteTable::new(),
             retained: RetainedStore::new(),
-            fx: Effects {
-                batches: (0..nshards).map(|_| Vec::new()).collect(),
-                ..Effects::default()
-            },
+            fx: Effects::new(nshards),
             peer_backlog: vec![0; nshards],
             deferred_connects: HashMap::new(),
             scratch: BytesMut::new(),

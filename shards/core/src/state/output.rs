@@ -121,14 +121,18 @@ impl ShardState {
 
     /// What the events since the last call caused, for the driver to carry out.
     pub fn take_effects(&mut self) -> Effects {
-        let batches = (0..self.nshards).map(|_| Vec::new()).collect();
-        let mut fx = std::mem::replace(
-            &mut self.fx,
-            Effects {
-                batches,
-                ..Effects::default()
-            },
-        );
+        let mut fx = Effects::new(self.nshards);
+        self.swap_effects(&mut fx);
+        fx
+    }
+
+    /// [`ShardState::take_effects`] without allocating: the driver hands back the `spare` it
+    /// emptied ([`Effects::clear`]) after the previous call and gets the new effects in it.
+    pub fn swap_effects(&mut self, spare: &mut Effects) {
+        debug_assert!(spare.is_empty(), "effects not carried out");
+        spare.batches.resize_with(self.nshards, Vec::new);
+        std::mem::swap(&mut self.fx, spare);
+        let fx = spare;
         for &key in &fx.writes {
             if let Some(c) = self.conns.get_mut(key) {
                 c.dirty = false;
@@ -138,7 +142,6 @@ impl ShardState {
         if let Some(d) = self.durable.as_mut() {
             fx.sync = std::mem::take(&mut d.sync_wanted);
         }
-        fx
     }
 
     /// A connection's socket and the output queued for it, which the driver writes from the
@@ -149,13 +152,7 @@ impl ShardState {
 
     /// Whether any event left something for the driver to do.
     pub fn has_effects(&self) -> bool {
-        let fx = &self.fx;
-        !fx.writes.is_empty()
-            || !fx.closes.is_empty()
-            || !fx.adopted.is_empty()
-            || !fx.drains.is_empty()
-            || !fx.metrics_replies.is_empty()
-            || fx.batches.iter().any(|b| !b.is_empty())
+        !self.fx.is_empty() || self.durable.as_ref().is_some_and(|d| d.sync_wanted)
     }
 
     /// The driver wrote `n` bytes from the front of a connection's output (and removed them

@@ -274,26 +274,7 @@ impl ShardState {
             if !d.should_compact(self.clock.now()) {
                 return false;
             }
-            let sessions = self
-                .sessions
-                .values()
-                .filter(|s| s.journaled)
-                .map(|s| s.client_id.to_string())
-                .collect();
-            let retained = self
-                .retained
-                .iter()
-                .filter(|(t, _)| !t.starts_with("$SYS/"))
-                .map(|(t, _)| t.to_owned())
-                .collect();
-            tracing::debug!(shard = self.id, "journal compaction started");
-            d.checkpoint = Some(durable::Checkpoint {
-                start_segment: d.journal.active_segment(),
-                start_bytes: d.journal.stats().bytes_appended,
-                sessions,
-                retained,
-                end_seq: None,
-            });
+            self.start_compaction();
         }
         let mut budget = durable::COMPACT_STEP_RECORDS;
         loop {
@@ -347,6 +328,32 @@ impl ShardState {
             "journal compaction done"
         );
         false
+    }
+
+    /// A compaction starts from a list of what is live now: the journaled sessions and the
+    /// retained messages (not `$SYS`), each re-appended later in bounded steps.
+    fn start_compaction(&mut self) {
+        let sessions = self
+            .sessions
+            .values()
+            .filter(|s| s.journaled)
+            .map(|s| s.client_id.to_string())
+            .collect();
+        let retained = self
+            .retained
+            .iter()
+            .filter(|(t, _)| !t.starts_with("$SYS/"))
+            .map(|(t, _)| t.to_owned())
+            .collect();
+        tracing::debug!(shard = self.id, "journal compaction started");
+        let d = self.durable.as_mut().expect("compacting a journal");
+        d.checkpoint = Some(durable::Checkpoint {
+            start_segment: d.journal.active_segment(),
+            start_bytes: d.journal.stats().bytes_appended,
+            sessions,
+            retained,
+            end_seq: None,
+        });
     }
 
     /// Re-appends the whole state of one journaled session; returns the records written.

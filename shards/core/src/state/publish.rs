@@ -528,14 +528,18 @@ impl ShardState {
     /// [MQTT-3.3.2-5], and an empty property set is not kept.
     pub(super) fn message(&self, body: Body, origin: u64, expiry: Expiry) -> Message {
         let now = self.now();
-        let mut properties = body.properties.unwrap_or_default();
-        properties.topic_alias = None;
-        properties.subscription_identifiers.clear();
-        properties.will_delay_interval = None;
+        // Most messages (every MQTT 3.1.x one) have no properties: nothing to build for them.
+        let properties = body.properties.and_then(|mut p| {
+            p.topic_alias = None;
+            p.subscription_identifiers.clear();
+            p.will_delay_interval = None;
+            (!p.is_empty()).then(|| Arc::new(p))
+        });
+        let interval = properties.as_ref().and_then(|p| p.message_expiry_interval);
         let expires_at = match expiry {
-            Expiry::FromInterval => properties
-                .message_expiry_interval
-                .map(|secs| now + std::time::Duration::from_secs(secs.into())),
+            Expiry::FromInterval => {
+                interval.map(|secs| now + std::time::Duration::from_secs(secs.into()))
+            }
             Expiry::AtUnixMs(ms) => env::unix_ms_to_instant(&*self.clock, ms),
         };
         Message {
@@ -543,7 +547,7 @@ impl ShardState {
             payload: body.payload,
             qos: body.qos,
             retain: body.retain,
-            properties: (!properties.is_empty()).then(|| Arc::new(properties)),
+            properties,
             origin,
             expires_at,
             received_at: now,
