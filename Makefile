@@ -73,5 +73,12 @@ fuzz:
 	cd fuzz && $(CARGO) +$(FUZZ_TOOLCHAIN) fuzz run -O decode -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096
 	cd fuzz && $(CARGO) +$(FUZZ_TOOLCHAIN) fuzz run -O journal_open -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096
 
+## The deterministic simulator (shards/sim/README.md): SEEDS seeds, about 100 a second.
+## A failing seed prints its trace and the command that replays it.
+SEEDS ?= 6000
+.PHONY: sim
+sim:
+	SIM_SEEDS=$(SEEDS) $(CARGO) test -p ringmq-sim --release -- --nocapture
+
 clean:
 	$(CARGO) clean
