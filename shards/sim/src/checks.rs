@@ -63,6 +63,13 @@ impl Sim {
                 let front = sc.ack_order.front().copied();
                 if front.is_some_and(|(p, end)| p == id && end <= read) {
                     sc.ack_order.pop_front();
+                    // The same id was left unanswered on an earlier connection: this may be
+                    // that late answer, while the PUBLISH read here is still being routed.
+                    if had_stale {
+                        if let Some(o) = self.clients[c].out.iter().find(|o| o.pid == id) {
+                            self.model.msgs[o.msg as usize].stale_acked = true;
+                        }
+                    }
                 } else if sc.stale.get(&id).is_some_and(|n| *n > 0) {
                     *sc.stale.get_mut(&id).expect("checked") -= 1;
                     // The client will take it for the answer to what it now has under that id.
@@ -194,6 +201,25 @@ impl Sim {
                     }
                 }
             }
+            Packet::ConnAck(a) if !a.reason.is_error() && !self.conns[conn].resume_request => {
+                // A clean start replaces the session: a power loss must not bring the old one
+                // back (its subscriptions, deliveries and pending QoS 2 packet ids) after the
+                // client was told it is gone.
+                self.scan(home);
+                let synced = self.synced(home);
+                if self.jlogs[home].old_session_durable(c, synced) {
+                    let ev = self.next_ev();
+                    self.model.connack_risk.push((c, ev));
+                    self.fail(
+                        "durability-connack",
+                        format!(
+                            "durability: shard {k} sent CONNACK (Clean Start) to client {c} while \
+                             its synced journal (to {synced}) still holds the session being \
+                             replaced"
+                        ),
+                    );
+                }
+            }
             Packet::PubComp(r) if self.conns[conn].persistent => {
                 let id = r.packet_id.get();
                 self.scan(home);
@@ -230,6 +256,9 @@ impl Sim {
                     );
                     return;
                 };
+                if self.conns[conn].stale.contains_key(&id) {
+                    self.conns[conn].ambiguous_subacks.insert(id);
+                }
                 // Every other shard must know the route first, or a message published there
                 // after the SUBACK misses the subscription.
                 for (f, code) in filters.iter().zip(s.reason_codes.iter()) {
@@ -343,6 +372,10 @@ impl Sim {
                     let route_in_flight = self.route_in_flight(o.client, id as u64);
                     let kind = if m.qos == 2 && m.crash_before_ack {
                         "qos2-crash"
+                    } else if self.resurrected(m.publisher, m.first_sent.unwrap_or(0))
+                        || self.resurrected(o.client, o.established)
+                    {
+                        "durability-connack"
                     } else if m.early_pubrec {
                         "durability-qos2"
                     } else if route_in_flight {
@@ -434,6 +467,15 @@ impl Sim {
             return;
         }
         self.check_retained();
+    }
+
+    /// Whether a session of `client` may have been brought back by a power loss after event
+    /// `ev` (a Clean Start CONNACK went out unsynced before it, a power loss came after).
+    pub fn resurrected(&self, client: usize, ev: u64) -> bool {
+        self.model
+            .connack_risk
+            .iter()
+            .any(|&(c, at)| c == client && at < ev && self.model.last_power_loss > at)
     }
 
     /// Whether, when message `msg` was first sent, a route announcement for a filter matching

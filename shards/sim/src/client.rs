@@ -89,6 +89,9 @@ pub struct Client {
     pub in_qos2: BTreeSet<u16>,
     pub op: Option<Op>,
     pub subs: BTreeMap<String, SubState>,
+    /// A SUBACK that may have been the late answer to an earlier connection's SUBSCRIBE: the
+    /// packet id and filters waiting for the second answer.
+    pub unconfirmed: Option<(u16, Vec<String>)>,
     next_pid: u16,
     pub last_tx_ms: u64,
     /// Sends nothing until the broker closes the connection.
@@ -148,6 +151,7 @@ impl Client {
             in_qos2: BTreeSet::new(),
             op: None,
             subs: BTreeMap::new(),
+            unconfirmed: None,
             next_pid: 1,
             last_tx_ms: 0,
             silent: false,
@@ -423,6 +427,7 @@ impl Sim {
         cl.in_qos2.clear();
         cl.op = None;
         cl.subs.clear();
+        cl.unconfirmed = None;
         cl.has_session = false;
         cl.durable_session = false;
         cl.stale.clear();
@@ -874,23 +879,39 @@ impl Sim {
             }
             Packet::SubAck(s) => {
                 let ev = self.next_ev();
+                let id = s.packet_id.get();
                 let cl = &mut self.clients[c];
-                let Some(Op::Sub { pid: p, filters }) = &cl.op else {
-                    self.log(format!(
-                        "client {c}: SUBACK pid {} for nothing",
-                        s.packet_id
-                    ));
-                    return;
-                };
-                if *p != s.packet_id.get() {
-                    self.log(format!(
-                        "client {c}: SUBACK pid {} for nothing",
-                        s.packet_id
-                    ));
+                let current = matches!(&cl.op, Some(Op::Sub { pid: p, .. }) if *p == id);
+                if !current {
+                    // The second answer to an ambiguous SUBACK: now the subscription is in.
+                    if let Some((p, filters)) = cl.unconfirmed.take() {
+                        if p == id {
+                            for f in &filters {
+                                if let Some(sub) = cl.subs.get_mut(f) {
+                                    if sub.established == u64::MAX {
+                                        sub.established = ev;
+                                    }
+                                }
+                            }
+                        } else {
+                            cl.unconfirmed = Some((p, filters));
+                        }
+                    }
+                    self.log(format!("client {c}: SUBACK pid {id} for nothing"));
                     return;
                 }
-                let filters = filters.clone();
-                cl.op = None;
+                let Some(Op::Sub { filters, .. }) = cl.op.take() else {
+                    unreachable!("checked")
+                };
+                // The tap could not tell whether this answers the SUBSCRIBE sent here or its
+                // copy left unanswered on an earlier connection: the subscription counts from
+                // the second SUBACK with this id.
+                let ambiguous = self.conns[conn].ambiguous_subacks.remove(&id);
+                let established = if ambiguous { u64::MAX } else { ev };
+                let cl = &mut self.clients[c];
+                if ambiguous {
+                    cl.unconfirmed = Some((id, filters.clone()));
+                }
                 if cl.persistent {
                     cl.durable_session = true;
                 }
@@ -905,7 +926,7 @@ impl Sim {
                     let cl = &mut self.clients[c];
                     cl.subs.entry(f.clone()).or_insert(SubState {
                         qos: code.0,
-                        established: ev,
+                        established,
                     });
                 }
                 self.log(format!(
@@ -1038,9 +1059,10 @@ impl Sim {
             self.log(format!(
                 "client {c}: its session may have been replaced by its own late CONNECT"
             ));
+            // (Its QoS 2 receive state stays: the client cannot know, and if the session was
+            // in fact resumed, the broker resends what it holds under those ids.)
             let cl = &mut self.clients[c];
             cl.subs.clear();
-            cl.in_qos2.clear();
             cl.epoch += 1;
         }
         let persistent = self.conns[conn].persistent;

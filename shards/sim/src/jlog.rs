@@ -217,6 +217,31 @@ impl JLog {
         !subscribed_later
     }
 
+    /// Whether the synced journal still describes an older session of the client (its last
+    /// synced `Fresh`/`Gone` is a `Fresh`) while a newer `Fresh`/`Gone` is not synced yet:
+    /// a power loss now would bring the old session back.
+    pub fn old_session_durable(&self, client: usize, synced: u64) -> bool {
+        let Some(v) = self.client.get(&client) else {
+            return false;
+        };
+        let pending = v
+            .iter()
+            .rev()
+            .take_while(|(s, _)| *s > synced)
+            .any(|(_, r)| matches!(r, CRec::Fresh | CRec::Gone));
+        let old = v
+            .iter()
+            .rev()
+            .filter(|(s, _)| *s <= synced)
+            .find_map(|(_, r)| match r {
+                CRec::Fresh => Some(true),
+                CRec::Gone => Some(false),
+                _ => None,
+            })
+            .unwrap_or(false);
+        pending && old
+    }
+
     /// Whether the durable state has QoS 2 packet id `pid` of the client as received and not
     /// released (Some(true)), released (Some(false)), or never seen in this session (None).
     pub fn qos2_durable(&self, client: usize, pid: u16, synced: u64) -> Option<bool> {

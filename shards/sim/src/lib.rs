@@ -95,6 +95,7 @@ pub const KNOWN: &[&str] = &[
     "qos2-crash",
     "exactly-once-power",
     "suback-route",
+    "durability-connack",
 ];
 
 /// The kinds of violation the checks report.
@@ -110,6 +111,7 @@ pub const KINDS: &[&str] = &[
     "durability-qos2",
     "durability-pubcomp",
     "durability-sub",
+    "durability-connack",
     "suback-route",
     "session",
     "will",

@@ -89,6 +89,9 @@ pub struct Model {
     pub last_power_loss: u64,
     /// Events at which the broker crashed.
     pub crashes: Vec<u64>,
+    /// (client, event) of Clean Start CONNACKs sent while the replaced session was still in
+    /// the synced journal (see "durability-connack").
+    pub connack_risk: Vec<(usize, u64)>,
     /// (client, epoch, publisher, topic) -> highest pub_seq delivered in order.
     order: HashMap<(usize, u64, usize, String), u64>,
     next_pub_seq: HashMap<(usize, String), u64>,

@@ -129,6 +129,9 @@ pub struct Conn {
     pub stale_history: bool,
     pub stale: std::collections::BTreeMap<u16, u32>,
     pub stale_msgs: std::collections::BTreeSet<u64>,
+    /// SUBACKs the tap could not attribute (their packet id was also left unanswered on an
+    /// earlier connection).
+    pub ambiguous_subacks: std::collections::BTreeSet<u16>,
 }
 
 impl Conn {
@@ -1040,6 +1043,7 @@ impl Sim {
             stale_history: !self.clients[client].stale.is_empty(),
             stale: self.clients[client].stale.clone(),
             stale_msgs: self.clients[client].stale_msgs.clone(),
+            ambiguous_subacks: Default::default(),
         });
         self.live.push(c);
         // Accepted by a shard of the kernel's choosing (SO_REUSEPORT).
