@@ -5,7 +5,7 @@ PYTHON ?= python3
 RINGMQ_BIN := $(CURDIR)/target/release/ringmq
 ROUNDS ?= 3
 
-.PHONY: run build test deps lint unit integration crash-test bench fuzz fuzz-check clean
+.PHONY: run build test deps lint unit integration crash-test bench fuzz clean
 
 ## Build and start the broker on its embedded defaults (0.0.0.0:1883, one shard per core, ./data).
 run: build
@@ -63,7 +63,8 @@ crash-test: build
 bench: build
 	$(PYTHON) bench/run.py $(BENCH_ARGS)
 
-## Coverage-guided fuzzing of the decoder and of journal recovery, FUZZ_SECONDS per target, one
+## Coverage-guided fuzzing of the decoder, of journal recovery and of the core (arbitrary client
+## bytes through ringmq_sim::hostile), FUZZ_SECONDS per target, one
 ## after the other (needs `cargo install cargo-fuzz` and a nightly toolchain). New inputs land in
 ## fuzz/corpus/<target>/ (kept in git; `make test` replays it), crashes in fuzz/artifacts/.
 ## See docs/fuzzing.md.
@@ -72,6 +73,7 @@ FUZZ_TOOLCHAIN ?= nightly
 fuzz:
 	cd fuzz && $(CARGO) +$(FUZZ_TOOLCHAIN) fuzz run -O decode -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096
 	cd fuzz && $(CARGO) +$(FUZZ_TOOLCHAIN) fuzz run -O journal_open -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096
+	cd fuzz && $(CARGO) +$(FUZZ_TOOLCHAIN) fuzz run -O core_bytes -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096
 
 ## The deterministic simulator (shards/sim/README.md): SEEDS seeds, about 100 a second.
 ## A failing seed prints its trace and the command that replays it.

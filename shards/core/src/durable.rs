@@ -13,7 +13,7 @@ use crate::records::{MsgRecord, MsgView, Record, RetainRecord, MSG};
 use bytes::BytesMut;
 use ringmq_codec::{Packet, SubAck, SubscriptionOptions};
 use ringmq_journal::{Journal, JournalConfig, JournalError, RecoveryReport};
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,14 @@ impl JournalSeq {
 /// Records re-appended per compaction step, so one step never holds the reactor for long.
 pub const COMPACT_STEP_RECORDS: usize = 4096;
 
+/// The connection a held-back answer is for: its session, and which of the session's
+/// connections (see `Session::attachment`). An answer for an earlier connection is dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnRef {
+    pub session: u64,
+    pub attachment: u32,
+}
+
 /// Something to do once the journal is synced through a sequence number.
 pub enum AfterSync {
     /// Send the session's PUBACK/PUBREC answers that are now ready.
@@ -41,12 +49,21 @@ pub enum AfterSync {
     },
     /// A SUBACK whose subscriptions are now durable (routes were acknowledged already).
     SubAck {
-        session: u64,
+        to: ConnRef,
         suback: Box<SubAck>,
         retained: Vec<RetainQuery>,
     },
     /// A control packet (PUBCOMP, UNSUBACK) for the session's current connection.
-    Send { session: u64, packet: Packet },
+    Send { to: ConnRef, packet: Packet },
+    /// A PUBLISH held until its QoS 2 receipt is durable (see `state/held.rs`), with the
+    /// token of its PUBACK/PUBREC slot.
+    Route {
+        session: u64,
+        msg: ringmq_session::Message,
+        ack: Option<AckToken>,
+    },
+    /// The CONNACK of a connection in `Phase::AwaitSync`.
+    ConnAck { to: ConnRef, packet: Packet },
 }
 
 /// A compaction in progress: live state is being re-appended; when that is done and synced,
@@ -199,7 +216,8 @@ pub struct RecoveredSession {
     pub subs: BTreeMap<String, (SubscriptionOptions, u32)>,
     /// By delivery id, which is the order they were queued in.
     pub msgs: BTreeMap<u64, MsgRecord>,
-    pub qos2_in: HashSet<u16>,
+    /// QoS 2 packet ids received and not released -> whether their routing finished.
+    pub qos2_in: HashMap<u16, bool>,
 }
 
 /// State rebuilt by replaying a journal.
@@ -281,9 +299,10 @@ impl Recovered {
             Record::Qos2In {
                 client_id,
                 packet_id,
+                routed,
             } => {
                 if let Some(s) = self.sessions.get_mut(&client_id) {
-                    s.qos2_in.insert(packet_id);
+                    *s.qos2_in.entry(packet_id).or_default() |= routed;
                 }
             }
             Record::Qos2Done {
@@ -399,6 +418,7 @@ mod tests {
             Record::Qos2In {
                 client_id: "a".into(),
                 packet_id: 5,
+                routed: true,
             },
             session("b", true),
             msg("b", 3),
@@ -413,7 +433,7 @@ mod tests {
         let a = &r.sessions["a"];
         assert_eq!(a.msgs.keys().copied().collect::<Vec<_>>(), vec![2]);
         assert_eq!(a.msgs[&2].packet_id, 9);
-        assert!(a.qos2_in.contains(&5));
+        assert_eq!(a.qos2_in.get(&5), Some(&true));
         assert!(!r.sessions.contains_key("b"));
         assert_eq!(r.max_msg_id, 4);
         // Replaying the same state again (what compaction appends) changes nothing; a fresh

@@ -25,6 +25,9 @@ pub const QOS2_IN: u8 = 8;
 pub const QOS2_DONE: u8 = 9;
 pub const RETAIN: u8 = 10;
 pub const RETAIN_CLEAR: u8 = 11;
+/// A QoS 2 packet id received whose routing is not known to be finished (type 8 is written
+/// once it is: see `state/held.rs`).
+pub const QOS2_PENDING: u8 = 12;
 
 /// Delivery states as stored.
 pub const STATE_QUEUED: u8 = 0;
@@ -94,9 +97,11 @@ pub enum Record {
         client_id: String,
         id: u64,
     },
+    /// Stored as [`QOS2_IN`] once `routed`, else as [`QOS2_PENDING`].
     Qos2In {
         client_id: String,
         packet_id: u16,
+        routed: bool,
     },
     Qos2Done {
         client_id: String,
@@ -257,7 +262,8 @@ impl Record {
             Record::Msg(_) => MSG,
             Record::MsgState { .. } => MSG_STATE,
             Record::MsgDone { .. } => MSG_DONE,
-            Record::Qos2In { .. } => QOS2_IN,
+            Record::Qos2In { routed: true, .. } => QOS2_IN,
+            Record::Qos2In { routed: false, .. } => QOS2_PENDING,
             Record::Qos2Done { .. } => QOS2_DONE,
             Record::Retain(_) => RETAIN,
             Record::RetainClear { .. } => RETAIN_CLEAR,
@@ -329,6 +335,7 @@ impl Record {
             Record::Qos2In {
                 client_id,
                 packet_id,
+                ..
             }
             | Record::Qos2Done {
                 client_id,
@@ -410,9 +417,10 @@ impl Record {
                 client_id: r.str()?,
                 id: r.u64()?,
             },
-            QOS2_IN => Record::Qos2In {
+            QOS2_IN | QOS2_PENDING => Record::Qos2In {
                 client_id: r.str()?,
                 packet_id: r.u16()?,
+                routed: kind == QOS2_IN,
             },
             QOS2_DONE => Record::Qos2Done {
                 client_id: r.str()?,
@@ -495,6 +503,12 @@ mod tests {
             Record::Qos2In {
                 client_id: "c1".into(),
                 packet_id: 65535,
+                routed: true,
+            },
+            Record::Qos2In {
+                client_id: "c1".into(),
+                packet_id: 3,
+                routed: false,
             },
             Record::Qos2Done {
                 client_id: "c1".into(),

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use ringmq_codec::{
     ByteStr, LastWill, PacketId, Properties, ProtocolVersion, QoS, SubscriptionOptions,
 };
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -314,26 +314,76 @@ impl Outbound {
     }
 }
 
-/// QoS 2 PUBLISHes received and answered with PUBREC, awaiting PUBREL.
+/// QoS 2 PUBLISHes received and not yet released by PUBREL.
 #[derive(Debug, Default)]
 pub struct InboundQos2 {
-    ids: HashSet<u16>,
+    ids: HashMap<u16, Qos2Routing>,
+}
+
+/// How far a received QoS 2 message's routing got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Qos2Routing {
+    /// Being routed (or held until its receipt is durable).
+    Pending,
+    /// Every shard took it: PUBREC may go.
+    Routed,
+    /// Read back from the journal at start without a record that its routing finished: a
+    /// crash may have cut it short.
+    Unknown,
+}
+
+/// What a QoS 2 PUBLISH's packet id says about the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Qos2Seen {
+    /// First seen: route it.
+    New,
+    /// A retransmission of a message routed or being routed [MQTT-4.3.3-9]: answer again only.
+    Again,
+    /// Received before a restart whose routing may not have finished: route it again (a
+    /// second copy at some subscribers beats losing it at others).
+    Unknown,
 }
 
 impl InboundQos2 {
-    /// True the first time an id is seen: route the message. False for a retransmission
-    /// of a message already routed [MQTT-4.3.3-9].
-    pub fn on_publish(&mut self, id: PacketId) -> bool {
-        self.ids.insert(id.get())
+    pub fn on_publish(&mut self, id: PacketId) -> Qos2Seen {
+        match self.ids.insert(id.get(), Qos2Routing::Pending) {
+            None => Qos2Seen::New,
+            Some(Qos2Routing::Unknown) => Qos2Seen::Unknown,
+            Some(state) => {
+                self.ids.insert(id.get(), state);
+                Qos2Seen::Again
+            }
+        }
+    }
+
+    /// Its routing finished; true if it was pending (the change to make durable).
+    pub fn routed(&mut self, id: PacketId) -> bool {
+        match self.ids.get_mut(&id.get()) {
+            Some(r) if *r != Qos2Routing::Routed => {
+                *r = Qos2Routing::Routed;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A packet id read back from the journal at start.
+    pub fn restore(&mut self, id: PacketId, routed: bool) {
+        let state = if routed {
+            Qos2Routing::Routed
+        } else {
+            Qos2Routing::Unknown
+        };
+        self.ids.insert(id.get(), state);
     }
 
     /// True if the id was pending.
     pub fn on_pubrel(&mut self, id: PacketId) -> bool {
-        self.ids.remove(&id.get())
+        self.ids.remove(&id.get()).is_some()
     }
 
-    pub fn ids(&self) -> impl Iterator<Item = u16> + '_ {
-        self.ids.iter().copied()
+    pub fn ids(&self) -> impl Iterator<Item = (u16, Qos2Routing)> + '_ {
+        self.ids.iter().map(|(&i, &r)| (i, r))
     }
 
     pub fn len(&self) -> usize {
@@ -423,6 +473,10 @@ pub struct Session {
     pub will: Option<Box<LastWill>>,
     /// The connection currently attached, by its key on the shard.
     pub connection: Option<usize>,
+    /// Counts the connections attached so far. An answer held back for one connection (a
+    /// SUBACK waiting for routes, a PUBCOMP waiting for a sync) carries it, so it is never
+    /// sent on the next connection, where its packet id may mean something else.
+    pub attachment: u32,
     /// Seconds on the shard's clock when the last connection ended.
     pub disconnected_at: Option<u64>,
     /// Largest packet the client accepts (MQTT 5 Maximum Packet Size); u32::MAX if unlimited.
@@ -451,6 +505,7 @@ impl Session {
             inbound_qos2: InboundQos2::default(),
             will: None,
             connection: None,
+            attachment: 0,
             disconnected_at: None,
             max_packet_size: u32::MAX,
             problem_information: true,
@@ -604,11 +659,32 @@ mod tests {
     fn inbound_qos2_routes_once() {
         // [MQTT-4.3.3-9] a retransmitted QoS 2 PUBLISH is not delivered onwards twice.
         let mut i = InboundQos2::default();
-        assert!(i.on_publish(pid(7)));
-        assert!(!i.on_publish(pid(7)));
+        assert_eq!(i.on_publish(pid(7)), Qos2Seen::New);
+        assert_eq!(i.on_publish(pid(7)), Qos2Seen::Again);
         assert!(i.on_pubrel(pid(7)));
         assert!(!i.on_pubrel(pid(7)));
-        assert!(i.on_publish(pid(7)), "after PUBREL the id is free again");
+        let again = i.on_publish(pid(7));
+        assert_eq!(again, Qos2Seen::New, "after PUBREL the id is free again");
+    }
+
+    #[test]
+    fn inbound_qos2_unknown_routing_routes_once_more() {
+        // An id read back from the journal without a record that its routing finished: the
+        // first retransmission is routed (the crash may have cut the routing short), later
+        // ones are not; one whose routing finished is not routed again [MQTT-4.3.3-9].
+        let mut i = InboundQos2::default();
+        i.restore(pid(7), false);
+        i.restore(pid(8), true);
+        assert_eq!(i.on_publish(pid(8)), Qos2Seen::Again);
+        assert_eq!(i.on_publish(pid(7)), Qos2Seen::Unknown);
+        assert_eq!(i.on_publish(pid(7)), Qos2Seen::Again);
+        assert!(i.routed(pid(7)), "pending until routed");
+        assert!(!i.routed(pid(7)), "routed once");
+        assert!(!i.routed(pid(8)));
+        assert_eq!(i.len(), 2);
+        assert!(i.on_pubrel(pid(8)));
+        assert!(i.on_pubrel(pid(7)));
+        assert!(i.is_empty());
     }
 
     #[test]

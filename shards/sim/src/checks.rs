@@ -259,17 +259,18 @@ impl Sim {
                 if self.conns[conn].stale.contains_key(&id) {
                     self.conns[conn].ambiguous_subacks.insert(id);
                 }
+                let read_ev = self.conns[conn].sub_read.remove(&id).unwrap_or(u64::MAX);
                 // Every other shard must know the route first, or a message published there
-                // after the SUBACK misses the subscription.
+                // after the SUBACK misses the subscription: every announcement of the filter
+                // made before the broker read the SUBSCRIBE has arrived. (One made later, for
+                // another subscriber, may still be on its way.)
                 for (f, code) in filters.iter().zip(s.reason_codes.iter()) {
                     if code.is_error() {
                         continue;
                     }
-                    if let Some(r) = self
-                        .route_adds
-                        .iter()
-                        .find(|r| r.from == k && r.delivered.is_none() && r.filter == *f)
-                    {
+                    if let Some(r) = self.route_adds.iter().find(|r| {
+                        r.from == k && r.delivered.is_none() && r.filter == *f && r.sent <= read_ev
+                    }) {
                         let to = r.to;
                         self.fail(
                             "suback-route",

@@ -107,6 +107,7 @@ impl JLog {
             Record::Qos2In {
                 client_id,
                 packet_id,
+                ..
             } => (client_id, CRec::Qos2In(packet_id)),
             Record::Qos2Done {
                 client_id,

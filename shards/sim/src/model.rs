@@ -175,11 +175,17 @@ impl Model {
             e.0 += 1;
             let (n, first_ev) = *e;
             if n > 1 {
-                // A power loss in between can take the publisher's record of the QoS 2 packet
-                // id after the message went out: a known way to get a second copy.
-                let sent = self.msgs[msg as usize].first_sent.unwrap_or(first_ev);
-                let kind = if self.last_power_loss > sent.min(first_ev) {
-                    "exactly-once-power"
+                // A crash after the message went out and before its PUBREC reached the
+                // publisher: the broker routes the retransmission again, not knowing whether
+                // the first routing finished (a known way to get a second copy).
+                let m = &self.msgs[msg as usize];
+                let sent = m.first_sent.unwrap_or(first_ev).min(first_ev);
+                let crash_window = self
+                    .crashes
+                    .iter()
+                    .any(|&c| c > sent && m.acked.is_none_or(|a| a > c));
+                let kind = if crash_window {
+                    "exactly-once-crash"
                 } else {
                     "exactly-once"
                 };

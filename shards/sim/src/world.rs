@@ -102,6 +102,8 @@ pub struct Conn {
     /// SUBSCRIBE / UNSUBSCRIBE packet ids the client sent here -> filters, end offset.
     pub subs: std::collections::HashMap<u16, (Vec<String>, u64)>,
     pub unsubs: std::collections::HashMap<u16, (Vec<String>, u64)>,
+    /// SUBSCRIBE packet id -> the event at which the broker had read all of it.
+    pub sub_read: std::collections::HashMap<u16, u64>,
     /// Bytes the client wrote / the broker read, since the connection opened.
     pub written: u64,
     pub read: u64,
@@ -171,6 +173,8 @@ pub struct Sim {
     pub failed: bool,
     /// Every `RouteAdd` sent: (from, to, filter, sent at, delivered at).
     pub route_adds: Vec<RouteFlight>,
+    /// SUBSCRIBEs read in this step, stamped in `sub_read` once the effects are applied.
+    sub_reads: Vec<(usize, u16)>,
 }
 
 /// A route announcement crossing the mesh.
@@ -257,6 +261,7 @@ impl Sim {
             stats: Stats::default(),
             failed: false,
             route_adds: Vec::new(),
+            sub_reads: Vec::new(),
         };
         let line = format!(
             "seed {seed}: {} shards, {} clients, segment {} B, fsync {:?}, max_inflight {}, \
@@ -318,25 +323,11 @@ impl Sim {
     fn boot(&mut self) {
         let n = self.p.nshards;
         for k in 0..n {
-            let mut st = ShardState::new(
-                k,
-                n,
-                self.cfg.clone(),
-                Box::new(self.clock.clone()),
-                Box::new(SplitMix64(self.rng.next_u64())),
-            );
-            let (journal, report, recovered) =
-                durable::open(&self.dir, k, self.p.segment_bytes, false)
-                    .unwrap_or_else(|e| panic!("journal open: {e}"));
+            let entropy = self.rng.next_u64();
+            let (st, report, recovered) = open_shard(&self.cfg, &self.clock, k, entropy);
             let last = report.last_seq;
             let sessions = recovered.sessions.len();
             let retained = recovered.retained.len();
-            st.durable = Some(Durable::new(
-                journal,
-                self.cfg.fsync,
-                self.p.segment_bytes,
-                self.cfg.journal_max_bytes,
-            ));
             self.shards.push(Shard {
                 st,
                 finishing: Vec::new(),
@@ -460,6 +451,11 @@ impl Sim {
                 }
             }
         }
+        for (c, id) in std::mem::take(&mut self.sub_reads) {
+            if let Some(at) = self.conns[c].sub_read.get_mut(&id) {
+                *at = self.ev;
+            }
+        }
     }
 
     /// Reads what arrived on a connection (up to `READ_CHUNK`, and at most `max`) into the
@@ -477,6 +473,13 @@ impl Sim {
         buf.extend(sc.c2b.drain(..got));
         sc.arrived -= got;
         sc.read += got as u64;
+        for (&id, (_, end)) in &sc.subs {
+            if *end <= sc.read && !sc.sub_read.contains_key(&id) {
+                // Stamped once the effects of this read are applied (`apply`).
+                sc.sub_read.insert(id, u64::MAX);
+                self.sub_reads.push((c, id));
+            }
+        }
         if sc.connect_seen.is_none() && sc.read >= sc.connect_end {
             let home = ringmq_core::config::home_shard(
                 self.clients[sc.client].id.as_bytes(),
@@ -572,7 +575,10 @@ impl Sim {
         };
         let c = conn.socket.0 as usize;
         let close = conn.close;
-        let accepted = conn.phase == ringmq_core::state::Phase::Active;
+        // A CONNECT waiting for its CONNACK to be released by a sync was accepted: the
+        // session holds its will.
+        use ringmq_core::state::Phase as P;
+        let accepted = matches!(conn.phase, P::Active | P::AwaitSync);
         let Some(conn) = self.shards[k].st.conns.get_mut(key) else {
             return;
         };
@@ -1029,6 +1035,7 @@ impl Sim {
             ack_order: VecDeque::new(),
             subs: Default::default(),
             unsubs: Default::default(),
+            sub_read: Default::default(),
             written: 0,
             read: 0,
             disconnect_end: None,
@@ -1253,7 +1260,33 @@ fn describe_batch(b: &Batch) -> String {
 
 /// A fresh directory for one run's journals: on tmpfs when there is one (syncs are then
 /// cheap; durability is the simulator's own bookkeeping anyway).
-fn data_dir(seed: u64) -> PathBuf {
+/// A shard of the real core on its journal in `cfg.data_dir`, recovered but not yet restored.
+pub(crate) fn open_shard(
+    cfg: &Rc<Config>,
+    clock: &Rc<ManualClock>,
+    k: usize,
+    entropy: u64,
+) -> (
+    ShardState,
+    ringmq_journal::RecoveryReport,
+    durable::Recovered,
+) {
+    let mut st = ShardState::new(
+        k,
+        cfg.shards,
+        cfg.clone(),
+        Box::new(clock.clone()),
+        Box::new(SplitMix64(entropy)),
+    );
+    let segment = cfg.journal_segment_bytes;
+    let (journal, report, recovered) = durable::open(&cfg.data_dir, k, segment, false)
+        .unwrap_or_else(|e| panic!("the journal does not open: {e}"));
+    let max = cfg.journal_max_bytes;
+    st.durable = Some(Durable::new(journal, cfg.fsync, segment, max));
+    (st, report, recovered)
+}
+
+pub(crate) fn data_dir(seed: u64) -> PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     let shm = std::path::Path::new("/dev/shm");

@@ -150,14 +150,14 @@ fn canary_lying_fsync_is_caught() {
         let lying = run(o);
         let kinds: Vec<&str> = lying.violations.iter().map(|(k, _)| *k).collect();
         eprintln!("canary seed {seed}: lying fsync -> {kinds:?}");
-        if kinds
-            .iter()
-            .any(|k| matches!(*k, "at-least-once" | "retained" | "session" | "will"))
-        {
+        // Lost data, or state lost under a client that was told it was kept (a second copy
+        // of a completed QoS 2 message, a packet id answered early): anything but a known
+        // finding, which the honest run tolerates too.
+        if kinds.iter().any(|k| !ringmq_sim::KNOWN.contains(k)) {
             caught.push(seed);
         }
     }
-    eprintln!("canary: lost acknowledged data detected in seeds {caught:?} of 1..=20");
+    eprintln!("canary: lost durable state detected in seeds {caught:?} of 1..=20");
     assert!(
         caught.len() >= 7,
         "the planted lying fsync went unnoticed in most seeds (caught: {caught:?})"

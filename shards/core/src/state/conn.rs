@@ -37,8 +37,6 @@ impl ShardState {
         }
         s.connection = None;
         s.disconnected_at = Some(now_s);
-        // Unsent acknowledgements die with the connection; the client resends those PUBLISHes.
-        self.acks.remove(&sid);
         let will = s.will.take();
         let ends = s.expiry_interval == 0;
         if s.journaled && !ends {
@@ -189,7 +187,8 @@ impl ShardState {
             let Some(conn) = self.conns.get(key) else {
                 return;
             };
-            if conn.close.is_some() || conn.phase == Phase::AwaitTakeover {
+            if conn.close.is_some() || matches!(conn.phase, Phase::AwaitTakeover | Phase::AwaitSync)
+            {
                 return;
             }
             // [MQTT-3.1.0-1] the first packet must be CONNECT: a connection that starts with

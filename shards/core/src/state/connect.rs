@@ -315,7 +315,15 @@ impl ShardState {
         }
         self.conns[key].phase = Phase::AwaitConnect;
         self.accept_connect_now(key, d.connect, d.assigned, d.auth);
-        let mut buf = std::mem::take(&mut self.conns[key].partial);
+        self.process_held_input(key);
+    }
+
+    /// Handles what the client sent while its CONNECT waited.
+    fn process_held_input(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let mut buf = std::mem::take(&mut conn.partial);
         if !buf.is_empty() {
             self.process_frames(key, &mut buf);
             if let Some(conn) = self.conns.get_mut(key) {
@@ -324,6 +332,19 @@ impl ShardState {
                 }
             }
         }
+    }
+
+    /// The removal a Clean Start CONNECT waited for is synced: CONNACK, then the input held.
+    pub(super) fn release_connack(&mut self, to: ConnRef, ack: Packet) {
+        let Some(key) = self.conn_for(to) else {
+            return;
+        };
+        if self.conns[key].phase != Phase::AwaitSync || self.conns[key].close.is_some() {
+            return;
+        }
+        self.conns[key].phase = Phase::Active;
+        self.send_connack(key, to.session, &ack, false);
+        self.process_held_input(key);
     }
 
     pub(super) fn accept_connect_now(
@@ -349,16 +370,27 @@ impl ShardState {
         if session_present {
             self.delayed_wills.retain(|w| w.session != sid);
         }
+        tracing::debug!(shard = self.id, conn = key, client = %c.client_id, session_present, "connected");
         let ack = Packet::ConnAck(Box::new(ConnAck {
             session_present,
             reason: ReasonCode::SUCCESS,
             properties: granted.connack,
         }));
-        self.send(key, &ack);
+        if !session_present && self.removal_unsynced(&c.client_id) {
+            let need = self.sync_needed_since(JournalSeq::NONE);
+            self.conns[key].phase = Phase::AwaitSync;
+            let to = self.conn_ref(sid);
+            return self.after_sync(need, AfterSync::ConnAck { to, packet: ack });
+        }
+        self.send_connack(key, sid, &ack, session_present);
+    }
+
+    /// Sends the CONNACK, then what the session has for the client.
+    fn send_connack(&mut self, key: usize, sid: u64, ack: &Packet, session_present: bool) {
+        self.send(key, ack);
         self.counters.connects += 1;
         let waited = self.now_us().saturating_sub(self.conns[key].opened_us);
         record_us(&mut self.histograms.connect_to_connack_us, waited);
-        tracing::debug!(shard = self.id, conn = key, client = %c.client_id, session_present, "connected");
         if session_present {
             self.resend_inflight(sid);
         }
@@ -406,6 +438,7 @@ impl ShardState {
         s.problem_information = c.properties.request_problem_information != Some(0);
         s.will = will;
         s.connection = Some(key);
+        s.attachment = s.attachment.wrapping_add(1);
         s.disconnected_at = None;
         self.journal_session_change(sid, session_present);
         (sid, session_present)
@@ -507,10 +540,15 @@ impl ShardState {
             return;
         };
         self.by_client.remove(&s.client_id);
+        // Answers it still owed have no connection to go to (`sid` is never reused).
+        self.acks.remove(&sid);
         if s.journaled {
             self.jnote(Record::SessionGone {
                 client_id: s.client_id.to_string(),
             });
+            if let Some(d) = self.durable.as_ref().filter(|d| d.gates()) {
+                self.removals.push_back((d.mark(), s.client_id.clone()));
+            }
         }
         for filter in s.subscriptions.keys() {
             self.uninstall_subscription(sid, filter);

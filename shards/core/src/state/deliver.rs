@@ -304,7 +304,12 @@ impl ShardState {
         }
     }
 
+    /// PUBREC from a subscriber: PUBREL goes once the new state is durable. Sent earlier, a
+    /// power loss would bring back the delivery as unacknowledged, and its resend would reach
+    /// a client that completed it already as a new message: once PUBREL is sent, the PUBLISH
+    /// must never be sent again [MQTT-4.3.3-6].
     pub(super) fn on_pubrec(&mut self, key: usize, sid: u64, r: PubResp) {
+        let before = self.answer_mark(sid);
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
@@ -324,10 +329,12 @@ impl ShardState {
                         state: records::STATE_AWAIT_PUBCOMP,
                     });
                 }
-                self.send(key, &Packet::PubRel(PubResp::new(r.packet_id)));
+                let rel = Packet::PubRel(PubResp::new(r.packet_id));
+                self.send_when_durable(before, key, sid, rel);
             }
             PubRecOutcome::Repeated => {
-                self.send(key, &Packet::PubRel(PubResp::new(r.packet_id)));
+                let rel = Packet::PubRel(PubResp::new(r.packet_id));
+                self.send_when_durable(before, key, sid, rel);
             }
             PubRecOutcome::Unknown => {
                 if self.conns[key].version.is_v5() {

@@ -9,7 +9,7 @@
 //! written once at the end of the event in a few vectored writes and at most one batch per peer.
 
 use crate::config::{home_shard, Config};
-use crate::durable::{self, AfterSync, Durable, JournalSeq, Recovered};
+use crate::durable::{self, AfterSync, ConnRef, Durable, JournalSeq, Recovered};
 use crate::env::{self, Clock, Entropy};
 use crate::mesh::{AckToken, RouteToken, ScrapeToken, Taken};
 use crate::mesh::{Batch, Handoff, RetainQuery, RetainReply, ShardMsg};
@@ -29,7 +29,7 @@ use ringmq_router::{
     RouteTable, SubscriptionTree,
 };
 use ringmq_session::{
-    Inflight, InflightState, Message, Offer, PubRecOutcome, Queued, Session, Subscription,
+    Inflight, InflightState, Message, Offer, PubRecOutcome, Qos2Seen, Queued, Session, Subscription,
 };
 use slab::Slab;
 use std::collections::{HashMap, VecDeque};
@@ -40,6 +40,7 @@ use std::time::Instant;
 mod conn;
 mod connect;
 mod deliver;
+mod held;
 mod output;
 mod peers;
 mod persist;
@@ -68,6 +69,10 @@ pub enum Phase {
     /// CONNECT read; it waits while the connection it takes over is read dry, and so does
     /// everything after it.
     AwaitTakeover,
+    /// CONNECT accepted with Clean Start over a persistent session: the CONNACK, and what
+    /// the client sent after the CONNECT, wait until the session's removal is synced, so that
+    /// a power loss cannot bring back a session the client was told is gone [MQTT-3.1.2-4].
+    AwaitSync,
     /// CONNACK sent.
     Active,
 }
@@ -219,8 +224,10 @@ pub struct SubEntry {
 /// A SUBACK held back until every other shard has acknowledged the new routes, so that a
 /// message published anywhere after the client saw its SUBACK reaches it.
 struct PendingSubAck {
-    session: u64,
+    to: ConnRef,
     remaining: usize,
+    /// Filters whose announcement this SUBSCRIBE made (see `ShardState::announcing`).
+    announced: Vec<ByteStr>,
     suback: SubAck,
     retained: Vec<RetainQuery>,
     /// How far the journal must be synced first.
@@ -229,6 +236,10 @@ struct PendingSubAck {
 
 /// A PUBACK or PUBREC waiting for other shards to take the message.
 struct AckSlot {
+    /// The session's connection the PUBLISH came on (`Session::attachment`): the answer is
+    /// sent only there, but kept in the queue in any case, so that the answer to a
+    /// retransmission on the next connection still waits behind it.
+    attachment: u32,
     token: AckToken,
     packet_id: PacketId,
     qos: QoS,
@@ -363,6 +374,19 @@ pub struct ShardState {
     arena: BytesMut,
     match_buf: Vec<(u64, SubEntry)>,
     pending_subacks: HashMap<RouteToken, PendingSubAck>,
+    /// Filters whose `RouteAdd` is not yet acknowledged by every peer, with the token of the
+    /// latest announcement. A later local subscriber of such a filter announces it again (the
+    /// add is idempotent; the mesh keeps order), so its SUBACK also waits until every peer
+    /// routes the filter here.
+    announcing: HashMap<ByteStr, RouteToken>,
+    /// Client ids whose persistent session was removed by a record not yet synced, with that
+    /// record's seq, oldest first; a power loss now would bring the session back.
+    removals: VecDeque<(JournalSeq, ByteStr)>,
+    /// Per publishing session, its PUBLISHes held until the journal has a QoS 2 receipt (see
+    /// `held.rs`); later ones wait behind them, so the session's messages keep their order.
+    held: HashMap<u64, usize>,
+    /// Filters announced by the SUBSCRIBE being handled; moved into its `PendingSubAck`.
+    announced_now: Vec<ByteStr>,
     /// Per publishing session, its PUBACK/PUBREC answers in the order the PUBLISHes arrived
     /// [MQTT-4.6.0-2]; each is released once every shard it went to has taken it.
     acks: HashMap<u64, VecDeque<AckSlot>>,
@@ -417,6 +441,10 @@ impl ShardState {
             arena: BytesMut::new(),
             match_buf: Vec::new(),
             pending_subacks: HashMap::new(),
+            announcing: HashMap::new(),
+            announced_now: Vec::new(),
+            removals: VecDeque::new(),
+            held: HashMap::new(),
             acks: HashMap::new(),
             ack_owner: HashMap::new(),
             next_token: 1,

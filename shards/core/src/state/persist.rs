@@ -11,12 +11,47 @@ impl ShardState {
         self.durable.as_ref().map_or(JournalSeq::NONE, |d| d.mark())
     }
 
+    /// Where to count from for the answer to a request of session `sid`: a persistent
+    /// session's answer may rest on an earlier change to its state that is not yet synced
+    /// (a repeated PUBREL, UNSUBSCRIBE or SUBSCRIBE changes nothing itself), so it waits for
+    /// everything appended so far; any other waits for what the request itself appends.
+    pub(super) fn answer_mark(&self, sid: u64) -> JournalSeq {
+        if self.sessions.get(&sid).is_some_and(|s| s.journaled) {
+            JournalSeq::NONE
+        } else {
+            self.journal_mark()
+        }
+    }
+
     /// The seq that what was done since `mark` must be synced through before it is
     /// acknowledged; `NONE` if nothing.
     pub(super) fn sync_needed_since(&self, mark: JournalSeq) -> JournalSeq {
         self.durable
             .as_ref()
             .map_or(JournalSeq::NONE, |d| d.need(mark))
+    }
+
+    /// The session's current connection, for an answer held back for it.
+    pub(super) fn conn_ref(&self, sid: u64) -> ConnRef {
+        let attachment = self.sessions.get(&sid).map_or(0, |s| s.attachment);
+        ConnRef {
+            session: sid,
+            attachment,
+        }
+    }
+
+    /// The connection a held-back answer may still go to: `None` once the session ended or
+    /// another connection took it over.
+    pub(super) fn conn_for(&self, to: ConnRef) -> Option<usize> {
+        let s = self.sessions.get(&to.session)?;
+        (s.attachment == to.attachment).then_some(s.connection?)
+    }
+
+    /// Whether the last removal of `client_id`'s persistent session is not yet synced.
+    pub(super) fn removal_unsynced(&self, client_id: &str) -> bool {
+        self.removals
+            .iter()
+            .any(|(seq, c)| c.as_str() == client_id && !self.is_synced(*seq))
     }
 
     pub(super) fn is_synced(&self, seq: JournalSeq) -> bool {
@@ -61,6 +96,9 @@ impl ShardState {
             took.as_micros() as u64,
         );
         let synced = d.journal.synced_seq();
+        while self.removals.front().is_some_and(|r| r.0 .0 <= synced) {
+            self.removals.pop_front();
+        }
         let mut ready = Vec::new();
         while d.waiting.front().is_some_and(|w| w.0 .0 <= synced) {
             ready.push(d.waiting.pop_front().expect("front exists").1);
@@ -72,20 +110,22 @@ impl ShardState {
                     self.fx.batches[peer].push(ShardMsg::PublishAck { token, taken })
                 }
                 AfterSync::SubAck {
-                    session,
+                    to,
                     suback,
                     retained,
                 } => {
-                    if let Some(key) = self.sessions.get(&session).and_then(|s| s.connection) {
+                    if let Some(key) = self.conn_for(to) {
                         self.send(key, &Packet::SubAck(suback));
                         self.query_retained(retained);
                     }
                 }
-                AfterSync::Send { session, packet } => {
-                    if let Some(key) = self.sessions.get(&session).and_then(|s| s.connection) {
+                AfterSync::Send { to, packet } => {
+                    if let Some(key) = self.conn_for(to) {
                         self.send(key, &packet);
                     }
                 }
+                AfterSync::ConnAck { to, packet } => self.release_connack(to, packet),
+                AfterSync::Route { session, msg, ack } => self.route_held(session, msg, ack),
             }
         }
     }
@@ -153,8 +193,10 @@ impl ShardState {
             };
             s.subscriptions.insert(ByteStr::from(filter), sub);
         }
-        for pid in rs.qos2_in.into_iter().filter_map(PacketId::new) {
-            s.inbound_qos2.on_publish(pid);
+        for (pid, routed) in rs.qos2_in {
+            if let Some(pid) = PacketId::new(pid) {
+                s.inbound_qos2.restore(pid, routed);
+            }
         }
         for (_, m) in rs.msgs {
             self.restore_delivery(&mut s, m);
@@ -377,10 +419,11 @@ impl ShardState {
                 subscription_id: sub.subscription_id.unwrap_or(0),
             });
         }
-        for pid in s.inbound_qos2.ids() {
+        for (pid, routing) in s.inbound_qos2.ids() {
             recs.push(Record::Qos2In {
                 client_id: cid.clone(),
                 packet_id: pid,
+                routed: routing == ringmq_session::Qos2Routing::Routed,
             });
         }
         let mut n = recs.len();

@@ -24,6 +24,9 @@ impl ShardState {
             msg = msg.compacted();
         }
         let Some(id) = p.packet_id else {
+            if self.held.contains_key(&sid) {
+                return self.hold(sid, None, msg);
+            }
             self.route(msg, None);
             return;
         };
@@ -32,9 +35,12 @@ impl ShardState {
             match self.receive_qos2(sid, id) {
                 Qos2In::New => {}
                 Qos2In::Gone => return,
-                // A retransmission of a message already routed [MQTT-4.3.3-9]: answer again.
+                // A retransmission of a message already routed [MQTT-4.3.3-9]: answer again,
+                // once the first answer could have gone (it waits behind it in the queue) and
+                // what routing it wrote is durable (maybe written by an earlier event).
                 Qos2In::Again => {
-                    return self.queue_ack(sid, id, p.qos, None, Taken::Delivered, JournalSeq::NONE)
+                    let need = self.sync_needed_since(JournalSeq::NONE);
+                    return self.queue_ack(sid, id, p.qos, None, Taken::Delivered, need);
                 }
                 Qos2In::TooMany => {
                     // [MQTT-3.3.4-9] more unacknowledged QoS 2 PUBLISHes than Receive Maximum.
@@ -43,13 +49,23 @@ impl ShardState {
                 }
             }
         }
+        // A QoS 2 receipt just journaled (a persistent session), or earlier PUBLISHes of the
+        // session still held: see `held.rs`.
+        let receipt =
+            p.qos == QoS::ExactlyOnce && self.sync_needed_since(before) != JournalSeq::NONE;
+        if receipt || self.held.contains_key(&sid) {
+            return self.hold(sid, Some((id, p.qos)), msg);
+        }
         let token = AckToken(self.new_token());
         self.delivery_refused = false;
         let routed = self.route(msg, Some(token));
         let refused = std::mem::take(&mut self.delivery_refused);
         let pending = (routed.awaiting > 0).then_some((token, routed.awaiting));
-        let need = self.sync_needed_since(before);
         let taken = Taken::new(routed.matched_here, refused);
+        if p.qos == QoS::ExactlyOnce && pending.is_none() && taken != Taken::Refused {
+            self.qos2_routed(sid, id);
+        }
+        let need = self.sync_needed_since(before);
         self.queue_ack(sid, id, p.qos, pending, taken, need);
     }
 
@@ -107,8 +123,11 @@ impl ShardState {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return Qos2In::Gone;
         };
-        if !s.inbound_qos2.on_publish(id) {
-            return Qos2In::Again;
+        match s.inbound_qos2.on_publish(id) {
+            Qos2Seen::Again => return Qos2In::Again,
+            // Its receipt is in the journal already.
+            Qos2Seen::Unknown => return Qos2In::New,
+            Qos2Seen::New => {}
         }
         if s.inbound_qos2.len() > max {
             return Qos2In::TooMany;
@@ -118,6 +137,7 @@ impl ShardState {
             self.jnote(Record::Qos2In {
                 client_id,
                 packet_id: id.get(),
+                routed: false,
             });
         }
         Qos2In::New
@@ -127,7 +147,7 @@ impl ShardState {
     /// that is durable. Were the id forgotten in a crash after PUBCOMP, the client's next
     /// message with that id would be taken for a retransmission and lost.
     pub(super) fn on_pubrel(&mut self, key: usize, sid: u64, r: PubResp) {
-        let before = self.journal_mark();
+        let before = self.answer_mark(sid);
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
@@ -160,21 +180,29 @@ impl ShardState {
         sync_before: JournalSeq,
     ) {
         let (token, remaining) = pending.unwrap_or((AckToken(0), 0));
-        if remaining > 0 {
-            self.ack_owner.insert(token, sid);
-        }
-        self.acks.entry(sid).or_default().push_back(AckSlot {
+        let slot = AckSlot {
+            attachment: self.conn_ref(sid).attachment,
             token,
             packet_id,
             qos,
             remaining,
             taken,
             sync_before,
-        });
+        };
+        self.push_ack_slot(sid, slot);
         if sync_before != JournalSeq::NONE {
             self.after_sync(sync_before, AfterSync::ReleaseAcks(sid));
         }
         self.release_acks(sid);
+    }
+
+    /// Queues an answer slot behind the session's earlier ones; one that waits for other
+    /// shards is found again by its token.
+    pub(super) fn push_ack_slot(&mut self, sid: u64, slot: AckSlot) {
+        if slot.remaining > 0 {
+            self.ack_owner.insert(slot.token, sid);
+        }
+        self.acks.entry(sid).or_default().push_back(slot);
     }
 
     pub(super) fn on_publish_ack(&mut self, token: AckToken, taken: Taken) {
@@ -198,23 +226,40 @@ impl ShardState {
     }
 
     pub(super) fn release_acks(&mut self, sid: u64) {
-        let key = self.sessions.get(&sid).and_then(|s| s.connection);
-        let Some(q) = self.acks.get_mut(&sid) else {
-            return;
-        };
-        let durable = self.durable.as_ref();
         let mut ready = Vec::new();
-        while q
-            .front()
-            .is_some_and(|a| a.remaining == 0 && durable.is_none_or(|d| d.is_synced(a.sync_before)))
-        {
+        while let Some(a) = self.acks.get(&sid).and_then(|q| q.front()) {
+            if a.remaining > 0 || !self.is_synced(a.sync_before) {
+                break;
+            }
+            // A QoS 2 message routed to other shards: its routing is recorded as finished,
+            // and PUBREC waits for that record too (see `held.rs`).
+            if a.qos == QoS::ExactlyOnce && a.taken != Taken::Refused {
+                let pid = a.packet_id;
+                let before = self.journal_mark();
+                self.qos2_routed(sid, pid);
+                let need = self.sync_needed_since(before);
+                if need != JournalSeq::NONE {
+                    let front = self.acks.get_mut(&sid).and_then(|q| q.front_mut());
+                    front.expect("still there").sync_before = need;
+                    self.after_sync(need, AfterSync::ReleaseAcks(sid));
+                    break;
+                }
+            }
+            let q = self.acks.get_mut(&sid).expect("non-empty");
             ready.push(q.pop_front().expect("front exists"));
+            if q.is_empty() {
+                self.acks.remove(&sid);
+            }
         }
-        if q.is_empty() {
-            self.acks.remove(&sid);
-        }
-        let Some(key) = key else { return };
         for a in ready {
+            let to = ConnRef {
+                session: sid,
+                attachment: a.attachment,
+            };
+            // Owed on a connection that is gone: the client sends the PUBLISH again.
+            let Some(key) = self.conn_for(to) else {
+                continue;
+            };
             if a.taken == Taken::Refused {
                 // Not stored everywhere it had to be: never acknowledged as a success.
                 // MQTT 5 says why; 3.1.x has no negative PUBACK, so the connection closes
@@ -422,10 +467,20 @@ impl ShardState {
             options,
             subscription_id,
         };
-        // The first local subscriber of a filter is news for the other shards.
+        // The first local subscriber of a filter is news for the other shards; a later one
+        // while that news is in flight must wait for it too.
         let first = self.subs.subscribers(filter).next().is_none();
+        let in_flight = !first
+            && self
+                .announcing
+                .get(filter)
+                .is_some_and(|t| self.pending_subacks.contains_key(t));
         self.subs.insert(filter, sid, entry);
-        if first {
+        if (first || in_flight) && self.nshards > 1 && token != self.restore_token {
+            self.announcing.insert(filter.clone(), token);
+            self.announced_now.push(filter.clone());
+        }
+        if first || in_flight {
             for peer in 0..self.nshards {
                 if peer != self.id {
                     self.fx.batches[peer].push(ShardMsg::RouteAdd {

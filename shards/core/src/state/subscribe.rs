@@ -14,7 +14,7 @@ impl ShardState {
         }
         let subscription_id = ids.first().copied();
         let token = RouteToken(self.new_token());
-        let before = self.journal_mark();
+        let before = self.answer_mark(sid);
         let mut awaiting = 0;
         let mut codes = Vec::with_capacity(sub.filters.len());
         let mut retained = Vec::new();
@@ -158,21 +158,24 @@ impl ShardState {
                 .map(ByteStr::from);
         }
         let need = self.sync_needed_since(before);
+        let to = self.conn_ref(sid);
+        let announced = std::mem::take(&mut self.announced_now);
         if awaiting == 0 && need == JournalSeq::NONE {
             self.send(key, &Packet::SubAck(Box::new(suback)));
             self.query_retained(retained);
         } else if awaiting == 0 {
             let suback = Box::new(suback);
             let after = AfterSync::SubAck {
-                session: sid,
+                to,
                 suback,
                 retained,
             };
             self.after_sync(need, after);
         } else {
             let pending = PendingSubAck {
-                session: sid,
+                to,
                 remaining: awaiting,
+                announced,
                 suback,
                 retained,
                 sync_before: need,
@@ -194,18 +197,22 @@ impl ShardState {
             return;
         }
         let p = self.pending_subacks.remove(&token).expect("present");
+        for f in &p.announced {
+            if self.announcing.get(f) == Some(&token) {
+                self.announcing.remove(f);
+            }
+        }
         if !self.is_synced(p.sync_before) {
             return self.after_sync(
                 p.sync_before,
                 AfterSync::SubAck {
-                    session: p.session,
+                    to: p.to,
                     suback: Box::new(p.suback),
                     retained: p.retained,
                 },
             );
         }
-        let conn = self.sessions.get(&p.session).and_then(|s| s.connection);
-        if let Some(key) = conn {
+        if let Some(key) = self.conn_for(p.to) {
             self.send(key, &Packet::SubAck(Box::new(p.suback)));
             self.query_retained(p.retained);
         }
@@ -274,7 +281,7 @@ impl ShardState {
     }
 
     pub(super) fn on_unsubscribe(&mut self, key: usize, sid: u64, u: Unsubscribe) {
-        let before = self.journal_mark();
+        let before = self.answer_mark(sid);
         let mut codes = Vec::with_capacity(u.filters.len());
         for f in &u.filters {
             let (removed, journaled) = self.sessions.get_mut(&sid).map_or((false, false), |s| {
@@ -312,13 +319,8 @@ impl ShardState {
     ) {
         let need = self.sync_needed_since(before);
         if need != JournalSeq::NONE {
-            self.after_sync(
-                need,
-                AfterSync::Send {
-                    session: sid,
-                    packet,
-                },
-            );
+            let to = self.conn_ref(sid);
+            self.after_sync(need, AfterSync::Send { to, packet });
         } else {
             self.send(key, &packet);
         }
