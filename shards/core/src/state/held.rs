@@ -31,6 +31,11 @@ impl ShardState {
         }
     }
 
+    /// Whether the session has PUBLISHes held; cheap when no session has (the usual case).
+    pub(super) fn is_held(&self, sid: u64) -> bool {
+        !self.held.is_empty() && self.held.contains_key(&sid)
+    }
+
     /// Holds `msg` until everything the journal has now is synced; `ack`: its packet id and
     /// QoS, whose answer slot is reserved now.
     pub(super) fn hold(&mut self, sid: u64, ack: Option<(PacketId, QoS)>, msg: Message) {

@@ -24,7 +24,7 @@ impl ShardState {
             msg = msg.compacted();
         }
         let Some(id) = p.packet_id else {
-            if self.held.contains_key(&sid) {
+            if self.is_held(sid) {
                 return self.hold(sid, None, msg);
             }
             self.route(msg, None);
@@ -53,7 +53,7 @@ impl ShardState {
         // session still held: see `held.rs`.
         let receipt =
             p.qos == QoS::ExactlyOnce && self.sync_needed_since(before) != JournalSeq::NONE;
-        if receipt || self.held.contains_key(&sid) {
+        if receipt || self.is_held(sid) {
             return self.hold(sid, Some((id, p.qos)), msg);
         }
         let token = AckToken(self.new_token());
