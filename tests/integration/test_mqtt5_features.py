@@ -239,36 +239,10 @@ def test_will_delay_sent_after_the_delay(broker, clients):
     assert time.monotonic() - t0 >= 0.9
 
 
-def test_will_delay_cancelled_by_reconnect(broker, clients):
-    topic = unique_topic("wd2")
-    watcher = v5(clients, broker, "wd2-watch", 1)
-    watcher.connect()
-    watcher.subscribe(topic, qos=1)
-    cid = client_id_on_shard("wd-2", 0, broker.nshards)
-    c = rawmqtt.RawClient(broker.host, broker.port, version=5)
-    c.connect(cid, properties={"session_expiry_interval": 60}, will_topic=topic,
-              will_payload=b"gone", will_props={"will_delay_interval": 2})
-    c.abort()
-    time.sleep(0.3)
-    c2 = rawmqtt.RawClient(broker.host, broker.port, version=5)
-    sp, rc, _ = c2.connect(cid, clean=False, properties={"session_expiry_interval": 60})
-    assert sp
-    watcher.expect_none(2.8)
-
-
-def test_will_sent_at_session_end_when_earlier_than_delay(broker, clients):
-    """The will goes at the earlier of the Will Delay Interval and the session's end."""
-    topic = unique_topic("wd3")
-    watcher = v5(clients, broker, "wd3-watch", 1)
-    watcher.connect()
-    watcher.subscribe(topic, qos=1)
-    c = rawmqtt.RawClient(broker.host, broker.port, version=5)
-    c.connect(client_id_on_shard("wd-3", 0, broker.nshards),
-              properties={"session_expiry_interval": 1}, will_topic=topic,
-              will_payload=b"bye", will_props={"will_delay_interval": 30})
-    c.abort()
-    m = watcher.get(timeout=4)
-    assert m.payload == b"bye"
+# A reconnect within the Will Delay Interval cancels the will, and a session ending before the
+# delay sends it then [MQTT-3.1.3-9]: on a virtual clock in shards/sim/tests/scenarios.rs
+# (reconnect_within_the_will_delay_cancels_the_will,
+# will_goes_when_the_session_ends_before_the_delay).
 
 
 # ------------------------------------------------------------------ capabilities

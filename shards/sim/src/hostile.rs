@@ -64,7 +64,7 @@ struct Shard {
     closing: Vec<usize>,
 }
 
-struct Hostile {
+pub(crate) struct Hostile {
     dir: PathBuf,
     cfg: Rc<Config>,
     clock: Rc<ManualClock>,
@@ -77,10 +77,14 @@ struct Hostile {
     /// Connections opened so far: socket ids are never reused.
     opened: i32,
     summary: Summary,
+    /// Per socket id: what the broker wrote, and whether it closed the socket (kept only for
+    /// scripted scenarios: the fuzzer does not look).
+    pub(crate) written: Vec<(bytes::BytesMut, bool)>,
+    pub(crate) keep_output: bool,
 }
 
 impl Hostile {
-    fn new(nshards: usize, always: bool) -> Hostile {
+    pub(crate) fn new(nshards: usize, always: bool) -> Hostile {
         let dir = data_dir(0);
         let cfg = Config {
             shards: nshards,
@@ -105,6 +109,8 @@ impl Hostile {
             sockets: [-1; CONNS],
             opened: 0,
             summary: Summary::default(),
+            written: Vec::new(),
+            keep_output: false,
         };
         h.boot();
         h
@@ -129,7 +135,7 @@ impl Hostile {
         );
     }
 
-    fn send(&mut self, c: usize, bytes: &[u8]) {
+    pub(crate) fn send(&mut self, c: usize, bytes: &[u8]) {
         let (k, key) = match self.conns[c] {
             Some(open) => open,
             None => {
@@ -163,7 +169,19 @@ impl Hostile {
             .is_some_and(|c| c.close.is_none())
     }
 
-    fn eof(&mut self, c: usize) {
+    fn output(&mut self, socket: usize) -> &mut (bytes::BytesMut, bool) {
+        if self.written.len() <= socket {
+            self.written.resize_with(socket + 1, Default::default);
+        }
+        &mut self.written[socket]
+    }
+
+    /// The socket id of slot `c`'s latest connection (-1: none yet).
+    pub(crate) fn socket_of_slot(&self, c: usize) -> i32 {
+        self.sockets[c]
+    }
+
+    pub(crate) fn eof(&mut self, c: usize) {
         if let Some((k, key)) = self.conns[c] {
             if self.is_open(k, key) {
                 let buf = self.shards[k].st.read_buffer(key);
@@ -175,7 +193,7 @@ impl Hostile {
         self.settle();
     }
 
-    fn advance(&mut self, by: Duration) {
+    pub(crate) fn advance(&mut self, by: Duration) {
         self.clock.advance(by);
         for k in 0..self.shards.len() {
             self.shards[k].st.tick();
@@ -195,11 +213,19 @@ impl Hostile {
                 let st = &mut self.shards[k].st;
                 let conn = st
                     .conns
-                    .get(key)
+                    .get_mut(key)
                     .expect("a write for a connection the core has");
-                let n: usize = conn.out.iter().map(Bytes::len).sum();
+                // All of it goes at once; the driver removes what it wrote.
+                let out = std::mem::take(&mut conn.out);
+                let socket = conn.socket.0 as usize;
+                let n: usize = out.iter().map(Bytes::len).sum();
                 if n > 0 {
                     st.wrote(key, n);
+                }
+                if self.keep_output {
+                    for b in &out {
+                        self.output(socket).0.extend_from_slice(b);
+                    }
                 }
             }
             for key in fx.closes {
@@ -225,7 +251,7 @@ impl Hostile {
     }
 
     /// Delivers the mesh and finishes closed connections until nothing is left to do.
-    fn settle(&mut self) {
+    pub(crate) fn settle(&mut self) {
         for _ in 0..10_000 {
             if let Some((to, batch)) = self.mesh.pop_front() {
                 self.shards[to].st.on_batch(batch);
@@ -236,6 +262,13 @@ impl Hostile {
                 return;
             };
             let key = self.shards[k].closing.remove(0);
+            if let Some(conn) = self.shards[k].st.conns.get(key) {
+                let socket = conn.socket.0 as usize;
+                let handoff = conn.close == Some(ringmq_core::state::Close::Handoff);
+                if self.keep_output && !handoff {
+                    self.output(socket).1 = true;
+                }
+            }
             self.shards[k].st.finish_conn(key);
             self.apply(k);
             for c in self.conns.iter_mut() {
@@ -247,7 +280,7 @@ impl Hostile {
         panic!("the shards never settle");
     }
 
-    fn sync_all(&mut self) {
+    pub(crate) fn sync_all(&mut self) {
         for k in 0..self.shards.len() {
             self.shards[k].st.compact_step();
             self.apply(k);
@@ -266,7 +299,7 @@ impl Hostile {
     }
 
     /// The process dies (its page cache survives) and starts again from the journals.
-    fn crash(&mut self) {
+    pub(crate) fn crash(&mut self) {
         self.count();
         self.summary.restarts += 1;
         self.shards.clear();

@@ -49,7 +49,7 @@
 //! - `jlog`: the journals read back record by record; power-loss tail cutting.
 //! - `rng`, `trace`, `detrand` (deterministic `HashMap` order).
 //! - `hostile`: arbitrary client bytes instead of simulated clients (the `core_bytes` fuzz
-//!   target).
+//!   target); `scenario`: scripted protocol scenarios on a virtual clock (tests/scenarios.rs).
 
 mod checks;
 mod client;
@@ -58,6 +58,7 @@ pub mod hostile;
 mod jlog;
 mod model;
 pub mod rng;
+pub mod scenario;
 mod trace;
 mod world;
 

@@ -1,0 +1,209 @@
+//! Timing rules of the protocol as scripted scenarios on the real core and a virtual clock
+//! (`ringmq_sim::scenario`): exact, instant and deterministic where the black-box tests need
+//! real seconds and slack. Each runs on one and on two shards (client ids placed on both).
+
+use ringmq_codec::{Packet, ProtocolVersion, QoS, ReasonCode};
+use ringmq_sim::scenario::{Hello, Scenario};
+use std::time::Duration;
+
+const V311: ProtocolVersion = ProtocolVersion::V311;
+const V5: ProtocolVersion = ProtocolVersion::V5;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn connack(packets: &[Packet]) -> (bool, ReasonCode) {
+    match packets.first() {
+        Some(Packet::ConnAck(a)) => (a.session_present, a.reason),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+fn publishes(packets: &[Packet]) -> Vec<String> {
+    packets
+        .iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) => Some(p.topic.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn each_shard_count(f: impl Fn(usize)) {
+    for n in [1, 2] {
+        f(n);
+    }
+}
+
+#[test]
+fn silent_client_closed_between_one_and_one_and_a_half_keep_alives() {
+    // [MQTT-3.1.2-24] no packet within 1.5 x Keep Alive: the server disconnects; MQTT 5 says
+    // why first (0x8D Keep Alive timeout); not before the Keep Alive itself.
+    each_shard_count(|n| {
+        for version in [V311, V5] {
+            let mut s = Scenario::new(n);
+            let mut hello = Hello::new(version, "ka");
+            hello.keep_alive = 2;
+            s.connect(0, hello);
+            connack(&s.received(0));
+            s.advance(ms(2_000));
+            assert!(!s.closed(0), "closed at 1.0 x keep-alive ({version:?})");
+            s.advance(ms(900));
+            assert!(!s.closed(0), "closed before 1.5 x keep-alive ({version:?})");
+            s.advance(ms(400));
+            assert!(s.closed(0), "open after 1.5 x keep-alive ({version:?})");
+            let got = s.received(0);
+            if version == V5 {
+                assert!(
+                    matches!(got.as_slice(), [Packet::Disconnect(d)] if d.reason == ReasonCode::KEEP_ALIVE_TIMEOUT),
+                    "{got:?}"
+                );
+            } else {
+                assert!(got.is_empty(), "{got:?}");
+            }
+        }
+    });
+}
+
+#[test]
+fn any_packet_resets_the_keep_alive_timer() {
+    // [MQTT-3.1.2-23] PINGREQ or any other packet within the interval keeps the connection;
+    // [MQTT-3.12.4-1] PINGREQ is answered with PINGRESP.
+    each_shard_count(|n| {
+        let mut s = Scenario::new(n);
+        let mut hello = Hello::new(V311, "alive");
+        hello.keep_alive = 1;
+        s.connect(0, hello);
+        connack(&s.received(0));
+        for i in 0..40 {
+            s.advance(ms(1_200));
+            if i % 2 == 0 {
+                s.ping(0);
+                assert!(matches!(s.received(0).as_slice(), [Packet::PingResp]));
+            } else {
+                s.publish(0, "alive/t", b"x");
+            }
+            assert!(!s.closed(0), "closed at step {i} although it kept sending");
+        }
+        s.advance(ms(1_600));
+        assert!(s.closed(0), "silent at last, but still open");
+    });
+}
+
+/// A subscriber on `will/#` in slot 0, and in slot 1 a publisher with a will on `will/t`.
+fn will_setup(n: usize, delay: u32, expiry: u32) -> Scenario {
+    let mut s = Scenario::new(n);
+    s.connect(0, Hello::new(V5, "watcher"));
+    s.subscribe(0, "will/#", QoS::AtMostOnce);
+    s.sync();
+    s.received(0);
+    let mut hello = Hello::new(V5, "dies");
+    hello.expiry = Some(expiry);
+    hello.will = Some(("will/t", delay));
+    s.connect(1, hello);
+    connack(&s.received(1));
+    s
+}
+
+#[test]
+fn will_waits_for_its_delay() {
+    // [MQTT-3.1.3-9] the will goes once the Will Delay Interval has passed, not before.
+    each_shard_count(|n| {
+        let mut s = will_setup(n, 5, 600);
+        s.drop_connection(1);
+        s.advance(ms(4_500));
+        assert!(
+            publishes(&s.received(0)).is_empty(),
+            "will before its delay"
+        );
+        s.advance(ms(1_000));
+        assert_eq!(publishes(&s.received(0)), ["will/t"]);
+    });
+}
+
+#[test]
+fn reconnect_within_the_will_delay_cancels_the_will() {
+    // [MQTT-3.1.3-9] a new connection to the session before the delay passes: no will.
+    each_shard_count(|n| {
+        let mut s = will_setup(n, 5, 600);
+        s.drop_connection(1);
+        s.advance(ms(2_000));
+        let mut hello = Hello::new(V5, "dies");
+        hello.clean_start = false;
+        hello.expiry = Some(600);
+        s.connect(2, hello);
+        assert_eq!(connack(&s.received(2)), (true, ReasonCode::SUCCESS));
+        s.advance(ms(10_000));
+        assert!(
+            publishes(&s.received(0)).is_empty(),
+            "will after a reconnect"
+        );
+    });
+}
+
+#[test]
+fn will_goes_when_the_session_ends_before_the_delay() {
+    // [MQTT-3.1.3-9] the earlier of the Will Delay Interval and the session's end.
+    each_shard_count(|n| {
+        let mut s = will_setup(n, 30, 3);
+        s.drop_connection(1);
+        s.advance(ms(2_000));
+        assert!(
+            publishes(&s.received(0)).is_empty(),
+            "will before the session ended"
+        );
+        s.advance(ms(2_000));
+        assert_eq!(publishes(&s.received(0)), ["will/t"]);
+    });
+}
+
+#[test]
+fn session_outlives_its_connection_for_its_expiry_interval() {
+    // [MQTT-3.1.2-23 (v5 numbering 3.1.2.11.2)] the session is kept for the Session Expiry
+    // Interval after the connection closes, and discarded after it.
+    each_shard_count(|n| {
+        let mut s = Scenario::new(n);
+        let hello = |clean_start| {
+            let mut h = Hello::new(V5, "expiring");
+            h.clean_start = clean_start;
+            h.expiry = Some(10);
+            h
+        };
+        s.connect(0, hello(true));
+        connack(&s.received(0));
+        s.disconnect(0);
+        s.advance(ms(9_000));
+        s.connect(1, hello(false));
+        assert_eq!(connack(&s.received(1)), (true, ReasonCode::SUCCESS));
+        s.disconnect(1);
+        s.advance(ms(11_000));
+        s.connect(2, hello(false));
+        assert_eq!(connack(&s.received(2)), (false, ReasonCode::SUCCESS));
+    });
+}
+
+#[test]
+fn takeover_disconnects_the_old_connection() {
+    // [MQTT-3.1.4-3] a second CONNECT with the same client id: the server disconnects the
+    // existing client (MQTT 5: DISCONNECT 0x8E Session taken over) and serves the new one.
+    each_shard_count(|n| {
+        let mut s = Scenario::new(n);
+        let hello = || {
+            let mut h = Hello::new(V5, "twin");
+            h.clean_start = false;
+            h.expiry = Some(60);
+            h
+        };
+        s.connect(0, hello());
+        connack(&s.received(0));
+        s.connect(1, hello());
+        assert_eq!(connack(&s.received(1)), (true, ReasonCode::SUCCESS));
+        let old = s.received(0);
+        assert!(
+            matches!(old.as_slice(), [Packet::Disconnect(d)] if d.reason == ReasonCode::SESSION_TAKEN_OVER),
+            "{old:?}"
+        );
+        assert!(s.closed(0) && !s.closed(1));
+    });
+}
