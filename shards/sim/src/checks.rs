@@ -282,7 +282,14 @@ impl Sim {
                         return;
                     }
                 }
-                if !self.conns[conn].persistent {
+                // A Clean Start of the client read after the SUBSCRIBE ended the session on
+                // purpose: a SUBACK still on its way to the old connection proves nothing.
+                let replaced = self.conns.iter().any(|x| {
+                    x.client == c
+                        && !x.resume_request
+                        && x.connect_seen.is_some_and(|e| e > read_ev)
+                });
+                if !self.conns[conn].persistent || replaced {
                     return;
                 }
                 self.scan(home);

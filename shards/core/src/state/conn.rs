@@ -18,6 +18,7 @@ impl ShardState {
         let Some(conn) = self.conns.try_remove(key) else {
             return;
         };
+        self.forget_gate(key);
         let close = conn.close.unwrap_or(Close::Eof);
         if close == Close::Handoff {
             // Not a close the client sees: counted apart from connections_closed.
@@ -69,12 +70,14 @@ impl ShardState {
 
     /// Decides that a connection ends; the driver writes what is queued and closes it.
     pub fn close_conn(&mut self, key: usize, why: Close) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        if conn.close.is_some() {
+        if self.conns.get(key).is_none_or(|c| c.close.is_some()) {
             return;
         }
+        // Output held for a sync never reaches a connection that ends first: the session
+        // keeps what it was (PUBLISHes go again at its next connection), and nothing sent
+        // after it may overtake it.
+        self.seal_gate(key);
+        let conn = &mut self.conns[key];
         let reason = match why {
             Close::Error(r) => Some(r),
             Close::KeepAlive => Some(ReasonCode::KEEP_ALIVE_TIMEOUT),

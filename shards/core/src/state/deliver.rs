@@ -109,6 +109,7 @@ impl ShardState {
         };
         let s = self.sessions.get_mut(&sid).expect("checked");
         let offer = s.outbound.offer(q, conn.is_some());
+        let before = self.journal_mark();
         if journal_id != 0 {
             self.journal_delivery(sid, journal_id, &offer, msg);
         }
@@ -117,6 +118,9 @@ impl ShardState {
                 // Offered as online, so the connection and the packet exist.
                 if let (Some(key), Some(p)) = (conn, p.as_mut()) {
                     p.packet_id = Some(id);
+                    if p.qos == QoS::ExactlyOnce {
+                        self.gate_output(key, self.sync_needed_since(before));
+                    }
                     self.write_publish(key, p, received);
                 }
             }
@@ -200,6 +204,7 @@ impl ShardState {
         };
         let Some(key) = s.connection else { return };
         let now = self.clock.now();
+        let before = self.durable.as_ref().map_or(JournalSeq::NONE, |d| d.mark());
         let (ids, expired) = s.outbound.refill(|q| !q.message.is_expired(now));
         self.counters.dropped_expired += expired.len() as u64;
         if let Some(d) = self.durable.as_mut().filter(|_| s.journaled) {
@@ -242,6 +247,11 @@ impl ShardState {
                 (p, i.message.received_at, i.message.origin)
             })
             .collect();
+        // A QoS 2 PUBLISH goes once its packet id is durable: were it lost, the message would
+        // be sent again under another id, which the client cannot recognise as a duplicate.
+        if packets.iter().any(|(p, ..)| p.qos == QoS::ExactlyOnce) {
+            self.gate_output(key, self.sync_needed_since(before));
+        }
         for (p, received_at, origin) in &packets {
             self.write_publish(key, p, None);
             self.record_publish_to_write(*received_at, *origin, p.qos);

@@ -234,6 +234,14 @@ struct PendingSubAck {
     sync_before: JournalSeq,
 }
 
+/// Output of a connection held back until a sync: chunks go here instead of `Conn::out`, so
+/// the driver cannot write them with earlier output; dropped if the connection ends first.
+struct Gate {
+    seq: JournalSeq,
+    key: usize,
+    held: VecDeque<Bytes>,
+}
+
 /// A PUBACK or PUBREC waiting for other shards to take the message.
 struct AckSlot {
     /// The session's connection the PUBLISH came on (`Session::attachment`): the answer is
@@ -382,6 +390,9 @@ pub struct ShardState {
     /// Client ids whose persistent session was removed by a record not yet synced, with that
     /// record's seq, oldest first; a power loss now would bring the session back.
     removals: VecDeque<(JournalSeq, ByteStr)>,
+    /// Connections whose output is held until the journal is synced through the seq: a QoS 2
+    /// PUBLISH to a persistent session goes once its packet id is durable (see `deliver.rs`).
+    gates: Vec<Gate>,
     /// Per publishing session, its PUBLISHes held until the journal has a QoS 2 receipt (see
     /// `held.rs`); later ones wait behind them, so the session's messages keep their order.
     held: HashMap<u64, usize>,
@@ -445,6 +456,7 @@ impl ShardState {
             announced_now: Vec::new(),
             removals: VecDeque::new(),
             held: HashMap::new(),
+            gates: Vec::new(),
             acks: HashMap::new(),
             ack_owner: HashMap::new(),
             next_token: 1,

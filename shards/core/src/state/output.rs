@@ -102,6 +102,10 @@ impl ShardState {
     }
 
     pub(super) fn push_chunk(&mut self, key: usize, chunk: Bytes) {
+        if let Some(g) = self.gates.iter_mut().find(|g| g.key == key) {
+            g.held.push_back(chunk);
+            return;
+        }
         let conn = &mut self.conns[key];
         conn.out_bytes += chunk.len();
         conn.out.push_back(chunk);
@@ -116,6 +120,48 @@ impl ShardState {
         if !conn.dirty && !conn.out.is_empty() {
             conn.dirty = true;
             self.fx.writes.push(key);
+        }
+    }
+
+    /// Holds the connection's output, what is queued and what comes next, until the journal
+    /// is synced through `seq` (nothing if `NONE`).
+    pub(super) fn gate_output(&mut self, key: usize, seq: JournalSeq) {
+        if seq == JournalSeq::NONE {
+            return;
+        }
+        match self.gates.iter_mut().find(|g| g.key == key) {
+            // Already held: everything waits for the later sync.
+            Some(g) => g.seq = g.seq.max(seq),
+            None => self.gates.push(Gate {
+                seq,
+                key,
+                held: VecDeque::new(),
+            }),
+        }
+    }
+
+    /// The journal is synced through `synced`: output held for it goes.
+    pub(super) fn open_gates(&mut self, synced: u64) {
+        while let Some(i) = self.gates.iter().position(|g| g.seq.0 <= synced) {
+            let g = self.gates.swap_remove(i);
+            for chunk in g.held {
+                self.push_chunk(g.key, chunk);
+            }
+        }
+    }
+
+    /// The connection ends: what was held for it, and anything after, is never sent (the
+    /// session still has it); the gate goes with the connection (`forget_gate`).
+    pub(super) fn seal_gate(&mut self, key: usize) {
+        if let Some(g) = self.gates.iter_mut().find(|g| g.key == key) {
+            g.seq = JournalSeq(u64::MAX);
+            g.held.clear();
+        }
+    }
+
+    pub(super) fn forget_gate(&mut self, key: usize) {
+        if !self.gates.is_empty() {
+            self.gates.retain(|g| g.key != key);
         }
     }
 

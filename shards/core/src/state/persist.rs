@@ -103,6 +103,7 @@ impl ShardState {
         while d.waiting.front().is_some_and(|w| w.0 .0 <= synced) {
             ready.push(d.waiting.pop_front().expect("front exists").1);
         }
+        self.open_gates(synced);
         for w in ready {
             match w {
                 AfterSync::ReleaseAcks(sid) => self.release_acks(sid),
