@@ -52,6 +52,7 @@ impl ShardState {
                 remaining: 1,
                 taken: Taken::NoSubscribers,
                 sync_before: JournalSeq::NONE,
+                marked: false,
             };
             self.push_ack_slot(sid, slot);
             token

@@ -256,6 +256,8 @@ struct AckSlot {
     sync_before: JournalSeq,
     /// What the shards it went to did with it, so far.
     taken: Taken,
+    /// QoS 2: its routing is recorded as finished (`held.rs`).
+    marked: bool,
 }
 
 /// A will held back by its Will Delay Interval.

@@ -40,7 +40,7 @@ impl ShardState {
                 // what routing it wrote is durable (maybe written by an earlier event).
                 Qos2In::Again => {
                     let need = self.sync_needed_since(JournalSeq::NONE);
-                    return self.queue_ack(sid, id, p.qos, None, Taken::Delivered, need);
+                    return self.queue_ack(key, sid, id, p.qos, None, Taken::Delivered, need);
                 }
                 Qos2In::TooMany => {
                     // [MQTT-3.3.4-9] more unacknowledged QoS 2 PUBLISHes than Receive Maximum.
@@ -66,7 +66,7 @@ impl ShardState {
             self.qos2_routed(sid, id);
         }
         let need = self.sync_needed_since(before);
-        self.queue_ack(sid, id, p.qos, pending, taken, need);
+        self.queue_ack(key, sid, id, p.qos, pending, taken, need);
     }
 
     /// What makes a PUBLISH from a client a protocol error, checked before anything is done
@@ -168,10 +168,13 @@ impl ShardState {
         self.send_when_durable(before, key, sid, packet);
     }
 
-    /// Queues the PUBACK/PUBREC of a PUBLISH behind those of earlier PUBLISHes of the session,
-    /// and sends every answer at the front that no longer waits for another shard.
+    /// Queues the PUBACK/PUBREC of a PUBLISH (read on connection `key`) behind those of
+    /// earlier PUBLISHes of the session, and sends every answer at the front that no longer
+    /// waits for another shard or the journal.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn queue_ack(
         &mut self,
+        key: usize,
         sid: u64,
         packet_id: PacketId,
         qos: QoS,
@@ -179,6 +182,21 @@ impl ShardState {
         taken: Taken,
         sync_before: JournalSeq,
     ) {
+        // The common case: nothing to wait for, nothing queued before it.
+        if pending.is_none() && sync_before == JournalSeq::NONE && !self.acks.contains_key(&sid) {
+            let a = AckSlot {
+                attachment: 0,
+                token: AckToken(0),
+                packet_id,
+                qos,
+                remaining: 0,
+                taken,
+                sync_before,
+                marked: true,
+            };
+            self.answer_publish(key, sid, &a);
+            return;
+        }
         let (token, remaining) = pending.unwrap_or((AckToken(0), 0));
         let slot = AckSlot {
             attachment: self.conn_ref(sid).attachment,
@@ -188,6 +206,7 @@ impl ShardState {
             remaining,
             taken,
             sync_before,
+            marked: false,
         };
         self.push_ack_slot(sid, slot);
         if sync_before != JournalSeq::NONE {
@@ -227,82 +246,93 @@ impl ShardState {
 
     pub(super) fn release_acks(&mut self, sid: u64) {
         let mut ready = Vec::new();
-        while let Some(a) = self.acks.get(&sid).and_then(|q| q.front()) {
-            if a.remaining > 0 || !self.is_synced(a.sync_before) {
-                break;
-            }
-            // A QoS 2 message routed to other shards: its routing is recorded as finished,
-            // and PUBREC waits for that record too (see `held.rs`).
-            if a.qos == QoS::ExactlyOnce && a.taken != Taken::Refused {
-                let pid = a.packet_id;
-                let before = self.journal_mark();
-                self.qos2_routed(sid, pid);
-                let need = self.sync_needed_since(before);
-                if need != JournalSeq::NONE {
-                    let front = self.acks.get_mut(&sid).and_then(|q| q.front_mut());
-                    front.expect("still there").sync_before = need;
-                    self.after_sync(need, AfterSync::ReleaseAcks(sid));
+        while let Some(q) = self.acks.get_mut(&sid) {
+            let durable = self.durable.as_ref();
+            let mut mark = None;
+            while let Some(a) = q.front() {
+                if a.remaining > 0 || !durable.is_none_or(|d| d.is_synced(a.sync_before)) {
                     break;
                 }
+                if a.qos == QoS::ExactlyOnce && a.taken != Taken::Refused && !a.marked {
+                    mark = Some(a.packet_id);
+                    break;
+                }
+                ready.push(q.pop_front().expect("front exists"));
             }
-            let q = self.acks.get_mut(&sid).expect("non-empty");
-            ready.push(q.pop_front().expect("front exists"));
             if q.is_empty() {
                 self.acks.remove(&sid);
             }
-        }
-        for a in ready {
-            let to = ConnRef {
-                session: sid,
-                attachment: a.attachment,
-            };
-            // Owed on a connection that is gone: the client sends the PUBLISH again.
-            let Some(key) = self.conn_for(to) else {
-                continue;
-            };
-            if a.taken == Taken::Refused {
-                // Not stored everywhere it had to be: never acknowledged as a success.
-                // MQTT 5 says why; 3.1.x has no negative PUBACK, so the connection closes
-                // unacknowledged and the client sends the message again later.
-                self.counters.journal_refused_acks += 1;
-                if !self.conns.get(key).is_some_and(|c| c.version.is_v5()) {
-                    self.close_conn(key, Close::Error(ReasonCode::QUOTA_EXCEEDED));
-                    return;
-                }
-                if a.qos == QoS::ExactlyOnce {
-                    // A PUBREC with an error ends the flow: the id is free again.
-                    if let Some(s) = self.sessions.get_mut(&sid) {
-                        s.inbound_qos2.on_pubrel(a.packet_id);
-                    }
-                }
-                let mut r = PubResp::with_reason(a.packet_id, ReasonCode::QUOTA_EXCEEDED);
-                if self
-                    .sessions
-                    .get(&sid)
-                    .is_some_and(|s| s.problem_information)
-                {
-                    r.properties = Some(Box::new(Properties {
-                        reason_string: reason_text(ReasonCode::QUOTA_EXCEEDED).map(ByteStr::from),
-                        ..Properties::default()
-                    }));
-                }
-                let packet = if a.qos == QoS::ExactlyOnce {
-                    Packet::PubRec(r)
-                } else {
-                    Packet::PubAck(r)
-                };
-                self.send(key, &packet);
-                continue;
+            let Some(pid) = mark else { break };
+            // A QoS 2 message routed to other shards: its routing is recorded as finished,
+            // and PUBREC waits for that record too (see `held.rs`).
+            let before = self.journal_mark();
+            self.qos2_routed(sid, pid);
+            let need = self.sync_needed_since(before);
+            let front = self.acks.get_mut(&sid).and_then(|q| q.front_mut());
+            let front = front.expect("still there");
+            front.marked = true;
+            if need != JournalSeq::NONE {
+                front.sync_before = need;
+                self.after_sync(need, AfterSync::ReleaseAcks(sid));
+                break;
             }
-            let reason = self.no_subscribers_reason(key, a.taken);
-            let r = PubResp::with_reason(a.packet_id, reason);
-            let packet = if a.qos == QoS::ExactlyOnce {
-                Packet::PubRec(r)
-            } else {
-                Packet::PubAck(r)
-            };
-            self.send(key, &packet);
         }
+        if ready.is_empty() {
+            return;
+        }
+        // Owed on a connection that is gone: the client sends the PUBLISH again.
+        let Some((attachment, Some(key))) = self
+            .sessions
+            .get(&sid)
+            .map(|s| (s.attachment, s.connection))
+        else {
+            return;
+        };
+        for a in ready.iter().filter(|a| a.attachment == attachment) {
+            if !self.answer_publish(key, sid, a) {
+                return;
+            }
+        }
+    }
+
+    /// Sends the PUBACK/PUBREC of a PUBLISH; false if that closed the connection instead.
+    fn answer_publish(&mut self, key: usize, sid: u64, a: &AckSlot) -> bool {
+        let r = if a.taken == Taken::Refused {
+            // Not stored everywhere it had to be: never acknowledged as a success. MQTT 5
+            // says why; 3.1.x has no negative PUBACK, so the connection closes unacknowledged
+            // and the client sends the message again later.
+            self.counters.journal_refused_acks += 1;
+            if !self.conns.get(key).is_some_and(|c| c.version.is_v5()) {
+                self.close_conn(key, Close::Error(ReasonCode::QUOTA_EXCEEDED));
+                return false;
+            }
+            let s = self.sessions.get_mut(&sid);
+            let problem_information = s.as_ref().is_some_and(|s| s.problem_information);
+            if a.qos == QoS::ExactlyOnce {
+                // A PUBREC with an error ends the flow: the id is free again.
+                if let Some(s) = s {
+                    s.inbound_qos2.on_pubrel(a.packet_id);
+                }
+            }
+            let mut r = PubResp::with_reason(a.packet_id, ReasonCode::QUOTA_EXCEEDED);
+            if problem_information {
+                r.properties = Some(Box::new(Properties {
+                    reason_string: reason_text(ReasonCode::QUOTA_EXCEEDED).map(ByteStr::from),
+                    ..Properties::default()
+                }));
+            }
+            r
+        } else {
+            let reason = self.no_subscribers_reason(key, a.taken);
+            PubResp::with_reason(a.packet_id, reason)
+        };
+        let packet = if a.qos == QoS::ExactlyOnce {
+            Packet::PubRec(r)
+        } else {
+            Packet::PubAck(r)
+        };
+        self.send(key, &packet);
+        true
     }
 
     /// The reason code of a PUBACK/PUBREC not refused: 0x10 (No matching subscribers) for an
