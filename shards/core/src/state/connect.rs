@@ -382,6 +382,14 @@ impl ShardState {
             let to = self.conn_ref(sid);
             return self.after_sync(need, AfterSync::ConnAck { to, packet: ack });
         }
+        if session_present && self.sessions.get(&sid).is_some_and(|s| s.journaled) {
+            // A resumed persistent session's CONNACK, and the PUBLISH/PUBREL resends after it,
+            // go once the journal has everything so far: lost in a power loss, the
+            // re-attachment would leave the session counted as offline since its last
+            // disconnect (and expire it), and a PUBREL resent for an unsynced PUBREC would
+            // be followed, after the restart, by the PUBLISH again [MQTT-4.3.3-6].
+            self.gate_output(key, self.sync_needed_since(JournalSeq::NONE));
+        }
         self.send_connack(key, sid, &ack, session_present);
     }
 
