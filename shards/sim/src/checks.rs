@@ -157,7 +157,10 @@ impl Sim {
                         return;
                     }
                 }
-                if matches!(p, Packet::PubRec(_)) && self.conns[conn].persistent {
+                if matches!(p, Packet::PubRec(_))
+                    && self.conns[conn].persistent
+                    && !self.discarded_later(conn)
+                {
                     let synced = self.synced(home);
                     if self.jlogs[home].qos2_durable(c, id, synced) != Some(true) {
                         self.model.msgs[msg as usize].early_pubrec = true;
@@ -220,7 +223,7 @@ impl Sim {
                     );
                 }
             }
-            Packet::PubComp(r) if self.conns[conn].persistent => {
+            Packet::PubComp(r) if self.conns[conn].persistent && !self.discarded_later(conn) => {
                 let id = r.packet_id.get();
                 self.scan(home);
                 let synced = self.synced(home);
@@ -330,7 +333,7 @@ impl Sim {
                     );
                     return;
                 };
-                if !self.conns[conn].persistent {
+                if !self.conns[conn].persistent || self.discarded_later(conn) {
                     return;
                 }
                 self.scan(home);
@@ -521,6 +524,17 @@ impl Sim {
                         x.connect_seen_ms.saturating_sub(o) + 5_000 >= exp
                     }))
         })
+    }
+
+    /// Whether the broker has read a Clean Start of the client on a later connection than
+    /// `conn`: the client discarded the session on purpose, so an answer still going out on
+    /// `conn` concerns state the client will never ask about again, and whether that state
+    /// is in the synced journal proves nothing.
+    fn discarded_later(&self, conn: usize) -> bool {
+        let c = self.conns[conn].client;
+        self.conns[conn + 1..]
+            .iter()
+            .any(|x| x.client == c && !x.resume_request && x.connect_seen.is_some())
     }
 
     /// Whether the broker took a CONNECT of `client` resuming its session after event `ev`
