@@ -441,11 +441,20 @@ impl Sim {
                         }
                     ));
                 }
+                // A resuming CONNECT taken after this connection's own is a new connection to
+                // the session (it took this one over, or came after it ended): the delayed
+                // will is not sent [MQTT-3.1.3-9].
                 WillEnd::Due
                     if !crash_after
                         && (w.delay_s == 0
                             || w.session_ends
-                            || !self.resumed_after(w.client, end_ev)) =>
+                            || !self.resumed_after(
+                                w.client,
+                                self.conns[w.conn]
+                                    .connect_seen
+                                    .unwrap_or(end_ev)
+                                    .min(end_ev),
+                            )) =>
                 {
                     // Must have been published: to every subscription established before the
                     // connection ended that is still there.

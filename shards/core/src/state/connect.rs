@@ -543,6 +543,18 @@ impl ShardState {
         self.close_conn(old_key, Close::TakenOver);
     }
 
+    /// Writes that the session of `client_id` is gone; a Clean Start of that client is
+    /// answered only once this is synced (`removal_unsynced`), or a power loss could bring the
+    /// old session back after the client was told it is gone.
+    pub(super) fn journal_removal(&mut self, client_id: &ByteStr) {
+        self.jnote(Record::SessionGone {
+            client_id: client_id.to_string(),
+        });
+        if let Some(d) = self.durable.as_ref().filter(|d| d.gates()) {
+            self.removals.push_back((d.mark(), client_id.clone()));
+        }
+    }
+
     pub(super) fn remove_session(&mut self, sid: u64) {
         let Some(s) = self.sessions.remove(&sid) else {
             return;
@@ -551,12 +563,7 @@ impl ShardState {
         // Answers it still owed have no connection to go to (`sid` is never reused).
         self.acks.remove(&sid);
         if s.journaled {
-            self.jnote(Record::SessionGone {
-                client_id: s.client_id.to_string(),
-            });
-            if let Some(d) = self.durable.as_ref().filter(|d| d.gates()) {
-                self.removals.push_back((d.mark(), s.client_id.clone()));
-            }
+            self.journal_removal(&s.client_id);
         }
         for filter in s.subscriptions.keys() {
             self.uninstall_subscription(sid, filter);

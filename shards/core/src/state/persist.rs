@@ -141,7 +141,8 @@ impl ShardState {
         for (client_id, rs) in rec.sessions {
             match self.restored_expiry(&rs) {
                 Some(expiry) => self.restore_session(client_id, rs, expiry),
-                None => self.jnote(Record::SessionGone { client_id }),
+                // Expired while the broker was down: gone, like one that expires now.
+                None => self.journal_removal(&ByteStr::from(client_id)),
             }
         }
         for (topic, r) in rec.retained {
