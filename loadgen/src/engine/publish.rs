@@ -49,8 +49,7 @@ impl Exec {
         };
         for pi in 0..self.pubs.len() {
             let di = self.pubs[pi].dev as usize;
-            let d = &self.devs[di];
-            if d.st != St::Ready || !d.tx.is_empty() {
+            if !self.can_write(di) {
                 continue;
             }
             wbuf.clear();
@@ -67,6 +66,12 @@ impl Exec {
         }
         self.wbuf = wbuf;
         progress
+    }
+
+    /// Ready, and the kernel took everything written before: more would only pile up in `tx`.
+    fn can_write(&self, di: usize) -> bool {
+        let d = &self.devs[di];
+        d.st == St::Ready && d.tx.is_empty()
     }
 
     pub(super) fn sent_n(&mut self, di: usize, n: u64, data: &[u8]) {
@@ -91,8 +96,7 @@ impl Exec {
             let pi = pi as usize;
             self.pubs[pi].queued = false;
             let di = self.pubs[pi].dev as usize;
-            let d = &self.devs[di];
-            if d.st != St::Ready || !d.tx.is_empty() {
+            if !self.can_write(di) {
                 // Re-queued by `unblock` once its bytes are out.
                 continue;
             }

@@ -319,10 +319,9 @@ impl Server {
         self.report(start);
     }
 
-    /// Handles one completion; returns the number of provided buffers handed back.
-    fn on_cqe(&mut self, tag: u64, res: i32, flags: u32) -> u16 {
+    fn on_cqe(&mut self, tag: u64, res: i32, flags: u32) {
         match tag {
-            TAG_IGNORE => 0,
+            TAG_IGNORE => {}
             TAG_ACCEPT => {
                 if res >= 0 {
                     self.conns += 1;
@@ -331,7 +330,6 @@ impl Server {
                 if !cqueue::more(flags) {
                     panic!("multishot accept ended: {res}");
                 }
-                0
             }
             TAG_EPOLL => {
                 self.on_epoll();
@@ -343,21 +341,19 @@ impl Server {
                             .user_data(TAG_EPOLL),
                     );
                 }
-                0
             }
             fd => self.on_conn(fd as i32, res, flags),
         }
     }
 
-    fn on_conn(&mut self, fd: i32, res: i32, flags: u32) -> u16 {
+    /// Buffers it consumed go back into the ring, published after the batch.
+    fn on_conn(&mut self, fd: i32, res: i32, flags: u32) {
         match self.mode {
             Mode::RecvMulti => {
-                let mut returned = 0;
                 if let Some(bid) = cqueue::buffer_select(flags) {
                     let b = self.bufs.as_mut().expect("recv-multi");
                     b.push(bid, self.returned);
                     self.returned += 1;
-                    returned = 1;
                 }
                 if res > 0 {
                     self.bytes += res as u64;
@@ -369,7 +365,6 @@ impl Server {
                 } else {
                     self.close(fd);
                 }
-                returned
             }
             Mode::PollMulti | Mode::PollOneshot => {
                 if !self.drain(fd) {
@@ -377,9 +372,8 @@ impl Server {
                 } else if self.mode == Mode::PollOneshot || !cqueue::more(flags) {
                     self.arm(fd);
                 }
-                0
             }
-            Mode::Epoll => 0,
+            Mode::Epoll => {}
         }
     }
 
