@@ -419,6 +419,7 @@ class Scenario:
     title: str
     ramp_up: float = 10.0  # loadgen --ramp-up: upper bound of the connect phase (it ends once all are up)
     connect_rate: float | None = None  # loadgen --connect-rate (None: loadgen default, 5000/s)
+    beside_idle: int = 0   # idle devices (session + subscription) held by a second loadgen meanwhile
 
     def opts(self, cfg: "Config") -> list[str]:
         o = list(self.quick if cfg.quick else self.full)
@@ -426,6 +427,8 @@ class Scenario:
             o += ["--window", str(cfg.window)]
         if self.lg == "idle":
             o += ["--hold", fmt_num(cfg.duration_for(self))]
+        if self.lg == "connect-storm" and cfg.quick:
+            o = ["--devices", "2000"]
         return o
 
     def connections(self, cfg: "Config") -> int:
@@ -451,14 +454,31 @@ SCENARIOS = [
              "9,000 publisher/subscriber pairs at 1 msg/s each, QoS 0 (latency; 18,000 sockets per side)",
              ramp_up=20.0),
     Scenario("idle", "idle", "idle", 0,
+             ["--devices", "19000"],
+             ["--devices", "1000"], 19000, 1000,
+             "Idle fleet of 19,000 connections, each with a session and a subscription: connect rate "
+             "and broker memory per connection",
+             connect_rate=20000.0, ramp_up=20.0),
+    Scenario("connect-storm", "idle", "connect-storm", 0,
              ["--devices", "10000"],
-             ["--devices", "1000"], 10000, 1000,
-             "Idle fleet of 10,000 connections: connect rate and broker memory per connection",
-             connect_rate=20000.0),
+             ["--devices", "2000"], 10000, 2000,
+             "Connect storm: 10,000 devices connect as fast as they can (CONNECT -> CONNACK), then leave",
+             connect_rate=1000000.0),
     Scenario("openloop-qos0", "latency", "fan-in", 0,
              ["--publishers", "1000", "--subscribers", "1", "--rate", "20"],
              ["--publishers", "100", "--subscribers", "1", "--rate", "200"], 1001, 101,
              "Open loop 20,000 msgs/s, QoS 0: 1,000 publishers x 20 msgs/s -> 1 subscriber (latency)"),
+    Scenario("openloop-qos0-idle1k", "latency", "fan-in", 0,
+             ["--publishers", "1000", "--subscribers", "1", "--rate", "20"],
+             ["--publishers", "100", "--subscribers", "1", "--rate", "200"], 1001, 101,
+             "Open loop 20,000 msgs/s, QoS 0, beside 1,000 idle devices (loop cost, baseline)",
+             beside_idle=1000),
+    Scenario("openloop-qos0-idle18k", "latency", "fan-in", 0,
+             ["--publishers", "1000", "--subscribers", "1", "--rate", "20"],
+             ["--publishers", "100", "--subscribers", "1", "--rate", "200"], 1001, 101,
+             "Open loop 20,000 msgs/s, QoS 0, beside 18,000 idle devices (loop cost; 18,000 + 1,001 "
+             "sockets is what one process's 20,000 descriptors allow)",
+             beside_idle=18000),
     Scenario("openloop-qos1", "latency", "fan-in", 1,
              ["--publishers", "1000", "--subscribers", "1", "--rate", "20"],
              ["--publishers", "100", "--subscribers", "1", "--rate", "200"], 1001, 101,
@@ -664,6 +684,37 @@ def loadgen_command(cfg: Config, scn: Scenario, port: int, broker_pid: int,
     return cmd
 
 
+def start_idle_fleet(cfg: Config, scn: Scenario, port: int, broker_pid: int, log_path: Path):
+    """A second loadgen holding `scn.beside_idle` idle devices (each with a session and one
+    subscription, keep-alive 60 s) for longer than the measured run."""
+    hold = cfg.duration_for(scn) + cfg.ramp_for(scn) + cfg.drain + 30
+    cmd = ["taskset", "-c", cfg.loadgen_cpus] if cfg.loadgen_cpus else []
+    cmd += [cfg.loadgen, "--host", "127.0.0.1", "--port", str(port), "--mqtt-version", cfg.mqtt_version,
+            "--connect-rate", "20000", "--ramp-up", "30", "--duration", fmt_num(hold), "--quiet",
+            "idle", "--devices", str(scn.beside_idle), "--hold", fmt_num(hold), "--first", "1000000"]
+    with open(log_path, "wb") as lf:
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    _register(p, "loadgen")
+    return p
+
+
+def wait_for_fds(pid: int, n: int, timeout: float) -> int:
+    """Waits until the process holds at least n descriptors; returns how many it holds."""
+    deadline = time.monotonic() + timeout
+    count = 0
+    while time.monotonic() < deadline:
+        try:
+            count = len(os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            return count
+        if count >= n:
+            time.sleep(1.0)  # the last SUBSCRIBEs
+            return count
+        time.sleep(0.2)
+    raise RuntimeError(f"the idle fleet reached only {count} of {n} descriptors in {timeout:.0f} s")
+
+
 def wait_with_rusage(proc: subprocess.Popen, timeout: float):
     """Wait for proc like Popen.wait but also return its rusage (exact CPU
     time of the loadgen).  Returns (returncode or None on timeout, rusage)."""
@@ -697,6 +748,7 @@ def run_one(cfg: Config, scn: Scenario, spec: BrokerSpec, rep: int, outdir: Path
     rec["broker_cmd"] = shlex.join(broker.cmd)
     sampler = Sampler(cfg.sample_interval, cpu_list(cfg.broker_cpus) + cpu_list(cfg.loadgen_cpus))
     lg = None
+    idle_lg = None
     try:
         broker.start()
         if broker.config_text:
@@ -709,6 +761,12 @@ def run_one(cfg: Config, scn: Scenario, spec: BrokerSpec, rep: int, outdir: Path
         sampler.add("broker", broker.pid)
         sampler.start()
 
+        if scn.beside_idle:
+            idle_lg = start_idle_fleet(cfg, scn, port, broker.pid, outdir / f"{run_id}.idle.log")
+            rec["idle_cmd"] = shlex.join(idle_lg.args)
+            rec["h"]["beside_idle_fds"] = wait_for_fds(broker.pid, scn.beside_idle, 60.0)
+            base = read_proc(broker.pid)
+            rec["h"]["broker_rss_start_kb"] = base["rss_kb"] if base else None
         cmd = loadgen_command(cfg, scn, port, broker.pid, json_path, plot_path)
         rec["loadgen_cmd"] = shlex.join(cmd)
         timeout = cfg.timeout_for(scn)
@@ -809,6 +867,11 @@ def run_one(cfg: Config, scn: Scenario, spec: BrokerSpec, rep: int, outdir: Path
         if sampler.is_alive():
             sampler.stop()
     finally:
+        if idle_lg is not None:
+            if idle_lg.poll() is None:
+                _signal_group(idle_lg, signal.SIGKILL)
+                idle_lg.wait()
+            _unregister(idle_lg)
         rec["broker_stop"] = broker.stop()
         if rec["broker_stop"].get("sigkill"):
             rec.setdefault("notes", []).append("broker needed SIGKILL after 5 s")

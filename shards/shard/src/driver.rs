@@ -1,28 +1,27 @@
-//! The driver: carries out what the sans-I/O core decided, and feeds it what the sockets, the
-//! mesh and the timers bring. Every call into [`ShardState`] goes through [`Shard::with_state`],
-//! which applies the [`Effects`] before the borrow ends: output written in a few vectored
-//! `sendmsg` calls, batches handed to the mesh, closing connections woken, taken-over sockets
-//! read dry, adopted sockets given a task.
+//! The driver: carries out what the sans-I/O core decided, and feeds it what the network
+//! ring, the mesh and the timers bring. Every call into [`ShardState`] goes through
+//! [`Shard::with_state`], which applies the [`Effects`] before the borrow ends: output written
+//! in a few vectored `sendmsg` calls per connection, batches handed to the mesh, closing
+//! connections closed, taken-over sockets read dry, adopted sockets armed.
 //!
-//! A connection is a glommio task that waits for its socket (readable, or writable while output
-//! is blocked) and otherwise holds nothing: bytes are read with `recv` into the shard's scratch
-//! buffer, which the core lends ([`ShardState::read_buffer`]).
+//! Connections have no task: the shard's network task ([`net_loop`]) waits for the ring's
+//! eventfd, then hands every completion posted meanwhile to the core in one call, so the
+//! writes they cause are gathered per connection for the whole batch.
 
 use crate::io;
 use crate::mesh::Mesh;
+use crate::net::{Armed, Net};
+use crate::ring::{Cqe, Op};
 use glommio::channels::local_channel::LocalSender;
-use glommio::net::TcpStream;
 use ringmq_core::env::{Clock, Entropy};
 use ringmq_core::mesh::{ScrapeToken, ShardMsg};
 use ringmq_core::metrics::ShardMetrics;
-use ringmq_core::state::{Adopted, Read, READ_CHUNK};
-use ringmq_core::{Close, Effects, ShardState};
+use ringmq_core::state::{Adopted, Phase, Read, READ_CHUNK};
+use ringmq_core::{Close, Effects, ShardState, SocketId};
 use std::cell::RefCell;
-use std::collections::HashMap;
-use std::os::fd::FromRawFd;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 /// The real clock.
@@ -54,8 +53,8 @@ impl Entropy for OsEntropy {
 /// One shard as its executor thread holds it.
 pub struct Shard {
     pub state: RefCell<ShardState>,
-    /// Per connection key: the waker of its task, to end it or to wait for writability.
-    wakers: RefCell<Vec<Option<Waker>>>,
+    /// Never borrowed across a call into the core that could apply effects.
+    net: RefCell<Net>,
     pub mesh: Mesh,
     /// Scrapes waiting for other shards' metrics, by token.
     pub metrics_pending: RefCell<HashMap<ScrapeToken, LocalSender<Box<ShardMetrics>>>>,
@@ -69,12 +68,12 @@ pub struct Shard {
 }
 
 impl Shard {
-    pub fn new(state: ShardState, mesh: Mesh, conn_count: Arc<AtomicUsize>) -> Shard {
+    pub fn new(state: ShardState, net: Net, mesh: Mesh, conn_count: Arc<AtomicUsize>) -> Shard {
         let spare = RefCell::new(Effects::new(state.nshards));
         Shard {
             spare,
             state: RefCell::new(state),
-            wakers: RefCell::new(Vec::new()),
+            net: RefCell::new(net),
             mesh,
             metrics_pending: RefCell::new(HashMap::new()),
             bell: RefCell::new(None),
@@ -82,50 +81,50 @@ impl Shard {
         }
     }
 
-    /// Calls into the core and carries out what it caused. Never called with the state
-    /// borrowed; tasks for adopted connections start after the borrow ends (glommio may run
-    /// a spawned task at once).
+    /// Calls into the core and carries out what it caused; requests the effects queued in
+    /// the network ring are submitted before returning.
     pub fn with_state<R>(&self, f: impl FnOnce(&mut ShardState) -> R) -> R {
         let mut st = self.state.borrow_mut();
         let r = f(&mut st);
-        let adopted = self.apply(&mut st);
+        self.apply(&mut st);
         drop(st);
-        start_adopted(adopted);
+        self.net.borrow_mut().ring.submit();
         r
     }
 
     /// Applies effects until the core has none left (writing may close a connection, a drain
-    /// reads bytes that cause more); returns the adopted connections to start.
-    fn apply(&self, st: &mut ShardState) -> Vec<Adopted> {
-        let mut adopted = Vec::new();
+    /// reads bytes that cause more).
+    fn apply(&self, st: &mut ShardState) {
         let mut fx = self.spare.borrow_mut();
         while st.has_effects() {
             st.swap_effects(&mut fx);
+            // Before the closes below close this shard's descriptor of a handed-over socket.
+            if fx.handoffs {
+                pass_sockets(&mut fx);
+            }
+            for a in fx.adopted.drain(..) {
+                self.adopt(st, a);
+            }
             for i in 0..fx.drains.len() {
                 let d = fx.drains[i];
-                drain(st, d.old);
+                self.drain(st, d.old);
                 st.resume_connect(d.new);
             }
             for &key in &fx.writes {
                 self.write(st, key);
             }
             for &key in &fx.closes {
-                self.wake(key);
+                self.finish(st, key);
             }
-            adopted.append(&mut fx.adopted);
             self.deliver_metrics(&mut fx);
             if fx.sync {
                 if let Some(bell) = self.bell.borrow().as_ref() {
                     let _ = bell.try_send(());
                 }
             }
-            if fx.handoffs {
-                pass_sockets(&mut fx);
-            }
             self.mesh.send(st, &mut fx.batches);
             fx.clear();
         }
-        adopted
     }
 
     fn deliver_metrics(&self, fx: &mut Effects) {
@@ -138,8 +137,8 @@ impl Shard {
         }
     }
 
-    /// Writes what a connection has queued, without waiting; a full socket leaves the rest for
-    /// its task, which waits for writability.
+    /// Writes what a connection has queued, without waiting; a full socket leaves the rest
+    /// until the ring says there is room.
     fn write(&self, st: &mut ShardState, key: usize) {
         let Some(conn) = st.conns.get_mut(key) else {
             return;
@@ -147,140 +146,264 @@ impl Shard {
         if conn.write_blocked || conn.out.is_empty() {
             return;
         }
-        match io::send_chunks(conn.socket.0, &mut conn.out) {
+        let fd = conn.socket.0;
+        match io::send_chunks(fd, &mut conn.out) {
             Ok(n) => {
                 let blocked = !conn.out.is_empty();
                 conn.write_blocked = blocked;
                 st.wrote(key, n);
                 if blocked {
-                    self.wake(key);
+                    self.net.borrow_mut().arm_writable(key, fd);
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 conn.write_blocked = true;
-                self.wake(key);
+                self.net.borrow_mut().arm_writable(key, fd);
             }
             Err(_) => st.write_failed(key),
         }
     }
 
-    fn wake(&self, key: usize) {
-        if let Some(Some(w)) = self.wakers.borrow().get(key) {
-            w.wake_by_ref();
-        }
-    }
-
-    fn set_waker(&self, key: usize, cx: &Context<'_>) {
-        let mut wakers = self.wakers.borrow_mut();
-        if wakers.len() <= key {
-            wakers.resize(key + 1, None);
-        }
-        let slot = &mut wakers[key];
-        if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            *slot = Some(cx.waker().clone());
-        }
-    }
-
-    /// One turn of a connection's task: write what is blocked, read and handle what arrived.
-    /// Returns Ready when the connection must end.
-    fn poll_conn(&self, key: usize, cx: &mut Context<'_>, stream: &mut TcpStream) -> Poll<()> {
-        use futures_lite::AsyncRead;
-        use std::pin::Pin;
-        self.set_waker(key, cx);
-        let mut budget = 16;
-        loop {
-            match self.with_state(|st| poll_write(st, key, cx, stream)) {
-                Poll::Ready(()) => return Poll::Ready(()),
-                Poll::Pending => {}
-            }
-            if budget == 0 {
-                // Let other connections run; come back at once.
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            budget -= 1;
-            // Read what is there first: after a wake-up the socket is usually readable, and
-            // asking glommio first would cost a one-byte recv on top of the real one.
-            match self.with_state(|st| read(st, key, None)) {
-                Read::Full | Read::Closed => continue,
-                Read::Partial | Read::Nothing => {}
-            }
-            // Drained: wait for readiness. glommio tries a non-blocking one-byte recv and
-            // otherwise arms an io_uring poll; no buffer is lent to the kernel meanwhile.
-            let mut one = [0u8; 1];
-            match Pin::new(&mut *stream).poll_read(cx, &mut one) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                    self.with_state(|st| st.close_conn(key, Close::Eof));
-                }
-                Poll::Ready(Ok(_)) => {
-                    self.with_state(|st| read(st, key, Some(one[0])));
-                }
-            }
-        }
-    }
-
     /// The end of a connection: a last try at writing what is queued (a final DISCONNECT or
-    /// CONNACK), then the core's bookkeeping (will, session) and the process-wide count.
-    /// Returns why it ended.
-    fn finish(&self, key: usize) -> Option<Close> {
-        let close = self.with_state(|st| {
-            let conn = st.conns.get_mut(key)?;
-            if !conn.out.is_empty() && !conn.write_blocked {
-                let _ = io::send_chunks(conn.socket.0, &mut conn.out);
-            }
-            let close = conn.close;
-            st.finish_conn(key);
-            close
-        });
+    /// CONNACK), the core's bookkeeping (will, session), the process-wide count, and the
+    /// socket closed, or shut and closed a moment later if the client was told why.
+    fn finish(&self, st: &mut ShardState, key: usize) {
+        let Some(conn) = st.conns.get_mut(key) else {
+            return;
+        };
+        if !conn.out.is_empty() && !conn.write_blocked {
+            let _ = io::send_chunks(conn.socket.0, &mut conn.out);
+        }
+        let fd = conn.socket.0;
+        let close = conn.close;
+        st.finish_conn(key);
         if close != Some(Close::Handoff) {
             self.conn_count.fetch_sub(1, Ordering::Relaxed);
         }
-        if let Some(slot) = self.wakers.borrow_mut().get_mut(key) {
-            *slot = None;
+        let mut net = self.net.borrow_mut();
+        net.release(key);
+        if close.is_some_and(told_why) {
+            net.linger(fd, Instant::now());
+        } else {
+            io::close_fd(fd);
         }
-        close
+    }
+
+    /// A connection another shard handed over: its CONNECT is handled, so it reads with a
+    /// multishot receive from the start.
+    fn adopt(&self, st: &mut ShardState, a: Adopted) {
+        let mut net = self.net.borrow_mut();
+        net.slot(a.key).adopted = true;
+        // One refused at once is closed by `finish`: nothing to watch.
+        if st.conns.get(a.key).is_some_and(|c| c.close.is_none()) {
+            net.arm_recv(a.key, a.socket.0, true);
+        }
+    }
+
+    /// Reads the old connection of a takeover dry before the new one goes on: first what the
+    /// ring already delivered for it, then what its socket still holds.
+    fn drain(&self, st: &mut ShardState, key: usize) {
+        let mine = {
+            let mut net = self.net.borrow_mut();
+            let net = &mut *net;
+            net.ring.reap(&mut net.cqes);
+            let gen = net.slots.get(key).map_or(0, |s| s.gen);
+            let recv = crate::ring::tag(Op::Recv, gen, key);
+            let (mine, rest): (VecDeque<Cqe>, VecDeque<Cqe>) =
+                net.cqes.drain(..).partition(|c| c.user_data == recv);
+            net.cqes = rest;
+            mine
+        };
+        for c in mine {
+            self.on_cqe(st, c);
+        }
+        while st.conns.get(key).is_some_and(|c| c.close.is_none()) {
+            if read_socket(st, key) != Read::Full {
+                break;
+            }
+        }
+    }
+
+    /// Handles every completion the network ring has posted, in one call into the core.
+    /// Returns how many there were.
+    pub fn turn(&self) -> usize {
+        {
+            let mut net = self.net.borrow_mut();
+            let net = &mut *net;
+            net.ring.reap(&mut net.cqes);
+            net.close_lingering(Instant::now(), false);
+            if net.cqes.is_empty() {
+                net.ring.submit();
+                return 0;
+            }
+        }
+        self.with_state(|st| {
+            let mut n = 0;
+            loop {
+                let next = self.net.borrow_mut().cqes.pop_front();
+                let Some(c) = next else { break };
+                self.on_cqe(st, c);
+                n += 1;
+            }
+            n
+        })
+    }
+
+    /// Handles batches while bytes keep arriving, with the eventfd quiet meanwhile: what
+    /// arrives during a batch is taken by the next one here rather than by another pass of
+    /// glommio's loop, whose submissions cost more than one more look at the ring.
+    fn run_batches(&self) {
+        self.net.borrow_mut().ring.signal_eventfd(false);
+        for _ in 0..BATCHES_IN_A_ROW {
+            if self.turn() == 0 {
+                break;
+            }
+        }
+        self.net.borrow_mut().ring.signal_eventfd(true);
+        // What was deferred between the last look and the eventfd coming back on signalled
+        // nothing: take it now.
+        self.turn();
+    }
+
+    fn on_cqe(&self, st: &mut ShardState, c: Cqe) {
+        let (op, gen, index) = crate::ring::untag(c.user_data);
+        match op {
+            Some(Op::Recv) => self.on_recv(st, index, gen, c),
+            Some(Op::Writable) => {
+                let mut net = self.net.borrow_mut();
+                if !net.is_current(index, gen) {
+                    return;
+                }
+                net.slots[index].writable = false;
+                drop(net);
+                if let Some(conn) = st.conns.get_mut(index) {
+                    conn.write_blocked = false;
+                    st.want_write(index);
+                }
+            }
+            Some(Op::Accept) => self.on_accept(st, index, c),
+            Some(Op::Cancel) | None => {}
+        }
+    }
+
+    /// Bytes (or the end) of a connection's receive.
+    fn on_recv(&self, st: &mut ShardState, key: usize, gen: u32, c: Cqe) {
+        let mut net = self.net.borrow_mut();
+        let current = net.is_current(key, gen);
+        if current && !c.more() {
+            net.slots[key].recv = Armed::Nothing;
+        }
+        if c.res > 0 {
+            let bid = c.buffer().expect("a receive with bytes names its buffer");
+            if current {
+                let n = c.res as usize;
+                let mut buf = st.read_buffer(key);
+                let room = buf.capacity() - buf.len();
+                buf.extend_from_slice(net.ring.buffer(bid, n));
+                net.ring.give_back(bid);
+                drop(net);
+                st.on_read(key, buf, n, room, false);
+                net = self.net.borrow_mut();
+            } else {
+                net.ring.give_back(bid);
+            }
+        } else if let Some(bid) = c.buffer() {
+            net.ring.give_back(bid);
+        }
+        if !current {
+            return;
+        }
+        match c.res {
+            // Out of provided buffers: the receive ended and is armed again below, now that
+            // this batch is handing its buffers back.
+            r if r > 0 || r == -libc::ENOBUFS => {}
+            // The peer closed, reset, or the socket failed.
+            _ => {
+                drop(net);
+                st.close_conn(key, Close::Eof);
+                return;
+            }
+        }
+        if net.slots[key].recv == Armed::Nothing {
+            if let Some(conn) = st.conns.get(key).filter(|c| c.close.is_none()) {
+                net.arm_recv(key, conn.socket.0, conn.phase != Phase::AwaitConnect);
+            }
+        }
+    }
+
+    /// A connection from listener `index`, or why its accept ended.
+    fn on_accept(&self, st: &mut ShardState, index: usize, c: Cqe) {
+        if c.res >= 0 {
+            let fd = c.res;
+            let max = st.cfg.max_connections;
+            if self.conn_count.fetch_add(1, Ordering::Relaxed) >= max {
+                self.conn_count.fetch_sub(1, Ordering::Relaxed);
+                st.counters.connections_refused += 1;
+                tracing::debug!("connection refused: --max-connections reached");
+                io::close_fd(fd);
+            } else {
+                // TCP_NODELAY is inherited from the listening socket.
+                let key = st.add_conn(SocketId(fd));
+                let mut net = self.net.borrow_mut();
+                net.slot(key).adopted = false;
+                net.arm_recv(key, fd, false);
+            }
+        }
+        if c.more() {
+            return;
+        }
+        let mut net = self.net.borrow_mut();
+        if crate::runtime::shutting_down() {
+            return;
+        }
+        if c.res < 0 {
+            // Out of descriptors or memory: retried at the next tick rather than spinning.
+            let e = std::io::Error::from_raw_os_error(-c.res);
+            tracing::warn!(error = %e, "accept failed");
+            net.accept_paused.push(index);
+        } else {
+            net.arm_accept(index);
+        }
+    }
+
+    /// Periodic driver work: lingering sockets closed, paused accepts armed again.
+    pub fn tick(&self) {
+        let mut net = self.net.borrow_mut();
+        net.close_lingering(Instant::now(), false);
+        for index in std::mem::take(&mut net.accept_paused) {
+            net.arm_accept(index);
+        }
+        net.ring.submit();
+    }
+
+    /// Starts accepting on a listening socket.
+    pub fn listen(&self, fd: std::os::fd::RawFd) {
+        let mut net = self.net.borrow_mut();
+        net.listeners.push(fd);
+        let index = net.listeners.len() - 1;
+        net.arm_accept(index);
+        net.ring.submit();
+    }
+
+    /// At shutdown: sockets still lingering are closed now.
+    pub fn close_all_lingering(&self) {
+        self.net.borrow_mut().close_lingering(Instant::now(), true);
+    }
+
+    /// Sockets lingering after a close (metrics, tests).
+    pub fn lingering(&self) -> usize {
+        self.net.borrow().lingering()
+    }
+
+    /// The eventfd the network ring signals.
+    pub fn net_eventfd(&self) -> std::os::fd::RawFd {
+        self.net.borrow().ring.eventfd()
     }
 }
 
-/// Writes the front of a blocked output queue through glommio, which waits for writability.
-/// Ready when the connection is over.
-fn poll_write(
-    st: &mut ShardState,
-    key: usize,
-    cx: &mut Context<'_>,
-    stream: &mut TcpStream,
-) -> Poll<()> {
-    use futures_lite::AsyncWrite;
-    use std::pin::Pin;
-    let conn = &mut st.conns[key];
-    if conn.close.is_some() {
-        return Poll::Ready(());
-    }
-    if !conn.write_blocked {
-        return Poll::Pending;
-    }
-    let Some(chunk) = conn.out.front().cloned() else {
-        conn.write_blocked = false;
-        return Poll::Pending;
-    };
-    match Pin::new(&mut *stream).poll_write(cx, &chunk) {
-        Poll::Ready(Ok(n)) => {
-            io::consume(&mut conn.out, n);
-            conn.write_blocked = false;
-            st.wrote(key, n);
-            // The rest goes out with the effects of this call.
-            st.want_write(key);
-        }
-        Poll::Ready(Err(_)) => st.write_failed(key),
-        Poll::Pending => {}
-    }
-    Poll::Pending
-}
-
-/// Reads what the socket has into the buffer the core lends and hands it over. `first` is a
-/// byte glommio's readiness probe already consumed.
-fn read(st: &mut ShardState, key: usize, first: Option<u8>) -> Read {
+/// Reads what a socket has into the buffer the core lends, with a plain `recv` (the drain of
+/// a takeover, which must not wait for the ring).
+fn read_socket(st: &mut ShardState, key: usize) -> Read {
     let Some(conn) = st.conns.get(key) else {
         return Read::Closed;
     };
@@ -288,31 +411,18 @@ fn read(st: &mut ShardState, key: usize, first: Option<u8>) -> Read {
     let mut buf = st.read_buffer(key);
     let room = buf.capacity() - buf.len();
     let mut got = 0;
-    if let Some(b) = first {
-        buf.extend_from_slice(&[b]);
-        got = 1;
-    }
     let mut eof = false;
-    match io::recv_into(fd, &mut buf, READ_CHUNK - got) {
+    match io::recv_into(fd, &mut buf, READ_CHUNK) {
         Ok(0) => eof = true,
-        Ok(n) => got += n,
+        Ok(n) => got = n,
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
         Err(_) => eof = true,
     }
     st.on_read(key, buf, got, room, eof)
 }
 
-/// Reads a connection until its socket has nothing more (the old connection of a takeover).
-fn drain(st: &mut ShardState, key: usize) {
-    while st.conns.get(key).is_some_and(|c| c.close.is_none()) {
-        if read(st, key, None) != Read::Full {
-            break;
-        }
-    }
-}
-
-/// A handed-over connection travels as a duplicate descriptor: this shard's task closes its
-/// own when it ends, and the home shard owns the duplicate.
+/// A handed-over connection travels as a duplicate descriptor: this shard closes its own
+/// when the connection ends here, and the home shard owns the duplicate.
 fn pass_sockets(fx: &mut Effects) {
     for batch in &mut fx.batches {
         batch.retain_mut(|m| {
@@ -334,30 +444,6 @@ fn pass_sockets(fx: &mut Effects) {
     }
 }
 
-/// Starts a task for each connection another shard handed over.
-fn start_adopted(adopted: Vec<Adopted>) {
-    for a in adopted {
-        // SAFETY: the descriptor was duplicated for us by the sending shard and nothing else
-        // owns it.
-        let stream = unsafe { TcpStream::from_raw_fd(a.socket.0) };
-        glommio::spawn_local(conn_task(a.key, stream)).detach();
-    }
-}
-
-/// The task of one connection: it lives while the connection does.
-pub async fn conn_task(key: usize, mut stream: TcpStream) {
-    let shard = crate::runtime::current();
-    futures_lite::future::poll_fn(|cx| shard.poll_conn(key, cx, &mut stream)).await;
-    let close = shard.finish(key);
-    drop(shard);
-    if close.is_some_and(told_why) {
-        // Boxed: its read buffer and timer would otherwise be part of every connection's
-        // future, idle or not.
-        Box::pin(linger(&mut stream)).await;
-    }
-    drop(stream);
-}
-
 /// Closes the broker decided on, after which it may have told the client why (DISCONNECT with
 /// a reason code, or a failure CONNACK).
 fn told_why(close: Close) -> bool {
@@ -367,28 +453,19 @@ fn told_why(close: Close) -> bool {
     )
 }
 
-/// How long, and how many bytes, a closing connection is read and discarded for.
-const LINGER: std::time::Duration = std::time::Duration::from_millis(100);
-const LINGER_BYTES: usize = 64 * 1024;
-
-/// A graceful close: the write side is shut down after the last packet, and what the client
-/// is still sending is read and discarded for a moment. Closing with unread bytes would make
-/// the kernel answer with a reset, which can destroy the DISCONNECT or CONNACK before the
-/// client reads why it was disconnected.
-async fn linger(stream: &mut TcpStream) {
-    use futures_lite::AsyncReadExt;
-    use std::os::fd::AsRawFd;
-    io::shutdown_write(stream.as_raw_fd());
-    let _ = glommio::timer::timeout(LINGER, async {
-        let mut sink = [0u8; 512];
-        let mut total = 0;
-        while total < LINGER_BYTES {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => total += n,
-            }
+/// The shard's network task: waits until the ring posts completions, then handles them all.
+/// The eventfd is read through glommio, so the wait is one armed read in glommio's ring
+/// whatever the number of connections.
+pub async fn net_loop(eventfd: glommio::io::BufferedFile) {
+    let shard = crate::runtime::current();
+    loop {
+        if let Err(e) = eventfd.read_at(0, 8).await {
+            tracing::error!(error = %e, "cannot wait for the network ring");
+            glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
         }
-        Ok(())
-    })
-    .await;
+        shard.run_batches();
+    }
 }
+
+/// Batches a shard handles in a row before it lets glommio's loop run again.
+const BATCHES_IN_A_ROW: usize = 8;

@@ -1,6 +1,6 @@
-//! The few socket system calls the shard makes itself. glommio is used to wait for readiness;
-//! the data moves with non-blocking `recv` into the shard's scratch buffer and vectored
-//! `sendmsg` of queued chunks, so no buffer is ever lent to the kernel while a connection idles.
+//! The few socket system calls the shard makes itself: vectored `sendmsg` of queued chunks, and
+//! `recv` into the shard's scratch buffer where the network ring is not used (the drain of a
+//! taken-over connection).
 
 use bytes::{Buf, Bytes, BytesMut};
 use std::collections::VecDeque;

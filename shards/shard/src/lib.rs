@@ -1,13 +1,16 @@
-//! The glommio driver of a shard: the only crate that touches glommio, sockets and the clock.
+//! The driver of a shard: the only crate that touches glommio, io_uring, sockets and the clock.
 //! Every protocol decision is made by the sans-I/O core, `ringmq-core`.
 //!
 //! # Layout
 //! - [`runtime`]: one pinned glommio executor per shard; every shard listens on every address with
-//!   SO_REUSEPORT; the accept loop, the tick, the journal task, `$SYS` and the metrics endpoint.
+//!   SO_REUSEPORT; the tick, the journal task, `$SYS` and the metrics endpoint.
 //! - [`driver`]: [`driver::Shard`], which calls into the core and carries out its effects, and
-//!   the task of each connection (wait for the socket, read into the shard's scratch buffer).
+//!   the shard's network task, which hands the network ring's completions to the core in batches.
+//! - [`net`]: the connections as the network ring sees them: a slot per connection, accepts,
+//!   closes and lingering sockets.
+//! - [`ring`]: the network ring itself (io_uring, multishot receives into provided buffers).
 //! - [`mesh`]: the channel mesh between shards, sending and receiving.
-//! - [`io`]: the socket calls made directly: `recv` into a shared scratch buffer, vectored `sendmsg`.
+//! - [`io`]: the socket calls made directly: vectored `sendmsg`, `recv` for a takeover's drain.
 //!
 //! A client's session lives on its home shard, `fnv1a_64(client_id) % shards`. A connection
 //! accepted elsewhere is handed over after its CONNECT is read: a duplicate of the socket's
@@ -17,6 +20,8 @@
 pub mod driver;
 pub mod io;
 pub mod mesh;
+pub mod net;
+pub mod ring;
 pub mod runtime;
 
 pub use ringmq_core::{auth, config, Config};

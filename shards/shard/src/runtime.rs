@@ -2,16 +2,18 @@
 //! mesh. Tasks here only wait; all decisions are made in the core's [`ShardState`], called
 //! through [`Shard::with_state`].
 
-use crate::driver::{conn_task, OsEntropy, Shard, SystemClock};
+use crate::driver::{net_loop, OsEntropy, Shard, SystemClock};
 use crate::io;
 use crate::mesh::{self, Mesh};
+use crate::net::Net;
+use crate::ring::NetRing;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
 use ringmq_core::mesh::Batch;
-use ringmq_core::{Config, ShardState, SocketId};
+use ringmq_core::{Config, ShardState};
 use std::cell::RefCell;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -21,6 +23,9 @@ use std::time::Duration;
 const TICK: Duration = Duration::from_millis(250);
 /// Accept queue depth per listening socket (the kernel caps it at net.core.somaxconn).
 const LISTEN_BACKLOG: i32 = 4096;
+/// Provided buffers of the network ring per shard (4 KiB each): bytes that arrived and are
+/// not yet handled, shared by every connection of the shard.
+const READ_BUFFERS: u16 = 512;
 /// How long shutdown waits for the shards to say goodbye to their clients.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -35,6 +40,11 @@ static SHARDS_READY: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     static SHARD: RefCell<Option<Rc<Shard>>> = const { RefCell::new(None) };
+}
+
+/// A graceful shutdown has started.
+pub fn shutting_down() -> bool {
+    SHUTDOWN.load(Ordering::Relaxed)
 }
 
 /// The shard of the calling executor thread.
@@ -167,7 +177,10 @@ async fn shard_main(
     let retained = recovered.retained.len();
     let messages: usize = recovered.sessions.values().map(|s| s.msgs.len()).sum();
     mesh.start_flushers(id);
-    let shard = Rc::new(Shard::new(state, mesh, conn_count));
+    let ring = NetRing::new(READ_BUFFERS)
+        .map_err(|e| std::io::Error::other(format!("cannot set up the network ring: {e}")))?;
+    let eventfd = io::dup_fd(ring.eventfd())?;
+    let shard = Rc::new(Shard::new(state, Net::new(ring), mesh, conn_count));
     *shard.bell.borrow_mut() = Some(bell_tx);
     SHARD.with(|s| *s.borrow_mut() = Some(shard.clone()));
     shard.with_state(|st| st.restore(recovered));
@@ -190,6 +203,9 @@ async fn shard_main(
         took_ms = started.elapsed().as_millis() as u64,
         "journal recovered"
     );
+    // SAFETY: a duplicate of the ring's eventfd, owned by the file from here on.
+    let eventfd = unsafe { glommio::io::BufferedFile::from_raw_fd(eventfd) };
+    glommio::spawn_local(net_loop(eventfd)).detach();
     glommio::spawn_local(journal_loop(bell_rx, cfg.fsync, cfg.journal_segment_bytes)).detach();
     mesh::start_receivers(receivers);
 
@@ -223,10 +239,8 @@ async fn shard_main(
         let fd = io::listen_socket(*addr, LISTEN_BACKLOG)
             .map_err(|e| std::io::Error::other(format!("cannot listen on {addr}: {e}")))?;
         listen_fds.push(fd);
-        // SAFETY: a fresh listening socket that nothing else owns.
-        let listener = unsafe { TcpListener::from_raw_fd(fd) };
         tracing::info!(shard = id, %addr, "listening");
-        glommio::spawn_local(accept_loop(listener)).detach();
+        shard.listen(fd);
     }
 
     loop {
@@ -243,13 +257,15 @@ async fn shard_main(
                     }
                 }
             });
-            // Give the connection tasks a turn to write their DISCONNECT and close.
-            glommio::timer::sleep(Duration::from_millis(100)).await;
+            // Give the clients a moment to read their DISCONNECT before the sockets close.
+            glommio::timer::sleep(crate::net::LINGER).await;
+            shard.close_all_lingering();
             SHARDS_DONE.fetch_add(1, Ordering::SeqCst);
             tracing::info!(shard = id, "shard stopped");
             return Ok(());
         }
         shard.with_state(|st| st.tick());
+        shard.tick();
     }
 }
 
@@ -276,32 +292,6 @@ fn watch_signals(shards: usize) -> std::io::Result<()> {
             }
         })?;
     Ok(())
-}
-
-async fn accept_loop(listener: TcpListener) {
-    loop {
-        match listener.accept().await {
-            Ok(stream) => {
-                let shard = current();
-                let max = shard.state.borrow().cfg.max_connections;
-                if shard.conn_count.fetch_add(1, Ordering::Relaxed) >= max {
-                    shard.conn_count.fetch_sub(1, Ordering::Relaxed);
-                    shard.with_state(|st| st.counters.connections_refused += 1);
-                    tracing::debug!("connection refused: --max-connections reached");
-                    continue;
-                }
-                let _ = stream.set_nodelay(true);
-                let key = shard.with_state(|st| st.add_conn(SocketId(stream.as_raw_fd())));
-                glommio::spawn_local(conn_task(key, stream)).detach();
-            }
-            Err(_) if SHUTDOWN.load(Ordering::Relaxed) => return,
-            Err(e) => {
-                // Out of descriptors or memory: back off rather than spin.
-                tracing::warn!(error = %e, "accept failed");
-                glommio::timer::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
 }
 
 /// Raises the open-file limit and says whether it can hold `--max-connections`.

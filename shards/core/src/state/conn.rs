@@ -9,7 +9,9 @@ impl ShardState {
         let now = self.now_ms();
         let now_us = self.now_us();
         self.counters.connections_accepted += 1;
-        self.conns.insert(Conn::new(socket, now, now_us))
+        let key = self.conns.insert(Conn::new(socket, now, now_us));
+        self.watch_conn(key);
+        key
     }
 
     /// Called by the driver once `close` is set and the socket is closed (or handed over):
@@ -54,17 +56,21 @@ impl ShardState {
                 } else {
                     let expiry = self.sessions[&sid].expiry_interval;
                     let wait_s = u64::from(delay.min(expiry));
+                    let due_ms = self.now_ms() + wait_s * 1000;
                     self.delayed_wills.push(DelayedWill {
                         session: sid,
-                        due_ms: self.now_ms() + wait_s * 1000,
+                        due_ms,
                         will: w,
                         origin,
                     });
+                    self.watch_will(sid, due_ms);
                 }
             }
         }
         if ends {
             self.remove_session(sid);
+        } else {
+            self.watch_session(sid);
         }
     }
 

@@ -252,6 +252,7 @@ impl ShardState {
             .saturating_duration_since(self.start)
             .as_micros() as u64;
         let key = self.conns.insert(Conn::new(h.socket, now, opened_us));
+        self.watch_conn(key);
         self.fx.adopted.push(Adopted {
             key,
             socket: h.socket,
@@ -343,6 +344,7 @@ impl ShardState {
             return;
         }
         self.conns[key].phase = Phase::Active;
+        self.watch_conn(key);
         self.send_connack(key, to.session, &ack, false);
         self.process_held_input(key);
     }
@@ -517,6 +519,7 @@ impl ShardState {
         if let Some((method, _)) = auth {
             conn.extra.get_or_insert_with(Box::default).auth_method = Some(method);
         }
+        self.watch_conn(key);
     }
 
     /// Detaches a session from its old connection and closes that connection.

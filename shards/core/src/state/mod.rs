@@ -46,6 +46,7 @@ mod peers;
 mod persist;
 mod publish;
 mod subscribe;
+mod timers;
 
 use deliver::{Delivery, Dup, Source};
 use output::{make_publish, reason_text};
@@ -144,6 +145,8 @@ pub struct Conn {
     pub last_rx_ms: u64,
     /// Accepted (or adopted) at this many µs of the shard's clock.
     pub opened_us: u64,
+    /// The deadline (ms, low 32 bits) of the connection's timer entry that counts.
+    timer_due: u32,
     handoff: Option<Box<Connect>>,
     /// Topic aliases in both directions and enhanced authentication state (MQTT 5); allocated
     /// on first use, so connections that use neither pay a pointer.
@@ -195,6 +198,7 @@ impl Conn {
             keep_alive_s: 0,
             last_rx_ms: now_ms,
             opened_us: now_us,
+            timer_due: 0,
             handoff: None,
             extra: None,
         }
@@ -419,6 +423,8 @@ pub struct ShardState {
     delivery_refused: bool,
     /// Wills waiting for their Will Delay Interval or their session's end.
     delayed_wills: Vec<DelayedWill>,
+    /// Connect timeouts, keep-alives, session expiry and will delays.
+    timers: timers::Timers,
     /// Every shared subscription group and its members on all shards.
     shared: SharedGroups,
     group_buf: Vec<GroupId>,
@@ -471,6 +477,7 @@ impl ShardState {
             durable: None,
             delivery_refused: false,
             delayed_wills: Vec::new(),
+            timers: timers::Timers::default(),
             shared: SharedGroups::default(),
             group_buf: Vec::new(),
             restore_pending: 0,
@@ -562,56 +569,10 @@ impl ShardState {
 
     // ---------------------------------------------------------------- timers
 
-    /// Periodic: connect timeouts, keep-alive, session expiry.
+    /// Periodic: connect timeouts, keep-alive, session expiry, delayed wills; costs what is
+    /// due, not what exists (`timers.rs`).
     pub fn tick(&mut self) {
-        let now = self.now_ms();
-        let now_us = self.now_us();
-        let connect_timeout = self.cfg.connect_timeout.as_millis() as u64;
-        let mut expired = Vec::new();
-        for (key, c) in self.conns.iter() {
-            if c.close.is_some() {
-                continue;
-            }
-            match c.phase {
-                Phase::AwaitConnect
-                    if now_us.saturating_sub(c.opened_us) / 1000 >= connect_timeout =>
-                {
-                    expired.push((key, Close::ConnectTimeout));
-                }
-                Phase::Active
-                    if c.keep_alive_s > 0
-                        && now.saturating_sub(c.last_rx_ms) > u64::from(c.keep_alive_s) * 1500 =>
-                {
-                    expired.push((key, Close::KeepAlive));
-                }
-                _ => {}
-            }
-        }
-        for (key, why) in expired {
-            self.close_conn(key, why);
-        }
-        let now_s = self.now_s();
-        let ended: Vec<u64> = self
-            .sessions
-            .values()
-            .filter(|s| s.expired(now_s))
-            .map(|s| s.id)
-            .collect();
-        for sid in ended {
-            self.remove_session(sid);
-        }
-        if !self.delayed_wills.is_empty() {
-            let now = self.now_ms();
-            let mut i = 0;
-            while i < self.delayed_wills.len() {
-                if self.delayed_wills[i].due_ms <= now {
-                    let w = self.delayed_wills.swap_remove(i);
-                    self.publish_will(*w.will, w.origin);
-                } else {
-                    i += 1;
-                }
-            }
-        }
+        self.fire_timers();
     }
 
     /// Graceful shutdown: every connection is told and closed; wills are not published,

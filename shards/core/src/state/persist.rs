@@ -210,6 +210,7 @@ impl ShardState {
             .collect();
         self.by_client.insert(cid, sid);
         self.sessions.insert(sid, Box::new(s));
+        self.watch_session(sid);
         let token = self.restore_token;
         for (filter, sub) in subs {
             self.restore_pending +=
