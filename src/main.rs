@@ -3,6 +3,7 @@
 //! hand over to the shard runtime, which runs one pinned executor per core until the end.
 
 mod config;
+mod datadir;
 
 use clap::{CommandFactory, Parser};
 use config::{ConfigError, LogFormat, Settings};
@@ -92,6 +93,11 @@ fn main() {
         );
         std::process::exit(1);
     }
+    // Held until the process ends.
+    let _lock = datadir::lock(&cfg.data_dir).unwrap_or_else(|e| {
+        eprintln!("ringmq: {e}");
+        std::process::exit(2);
+    });
     ringmq_shard::check_fd_limit(cfg.max_connections);
     tracing::info!(
         shards = cfg.shards,

@@ -9,6 +9,9 @@ use std::fmt::Write;
 pub struct Counters {
     pub connections_accepted: u64,
     pub connections_refused: u64,
+    /// Receives the kernel ended because every receive buffer of the shard was in use (armed
+    /// again at once, after the batch gave its buffers back).
+    pub receive_buffers_exhausted: u64,
     pub connections_closed: u64,
     pub connections_rejected: u64,
     pub connects: u64,
@@ -102,6 +105,7 @@ impl Counters {
         add!(
             connections_accepted,
             connections_refused,
+            receive_buffers_exhausted,
             connections_closed,
             connections_rejected,
             connects,
@@ -263,6 +267,12 @@ fn counter_rows(c: &Counters, codes: &[u8]) -> Vec<CounterRow> {
             "Connections refused at accept, by reason.",
             Some(("reason", "max_connections".to_owned())),
             c.connections_refused,
+        ),
+        (
+            "receive_buffers_exhausted",
+            "Receives ended because all of the shard's receive buffers were in use; re-armed.",
+            None,
+            c.receive_buffers_exhausted,
         ),
         (
             "connections_closed",

@@ -428,6 +428,11 @@ impl Subscriptions {
         match self.0.iter_mut().find(|(f, _)| *f == filter) {
             Some((_, s)) => Some(std::mem::replace(s, sub)),
             None => {
+                // Exact growth (1, 2, 4, ...): Vec's first push would make room for four
+                // entries, 192 bytes, for the one a typical device holds.
+                if self.0.len() == self.0.capacity() {
+                    self.0.reserve_exact(self.0.len().max(1));
+                }
                 self.0.push((filter, sub));
                 None
             }
