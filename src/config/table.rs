@@ -164,11 +164,16 @@ settings! {
         /// limit (ulimit -l).
         io_memory: usize = "524288", ANY, "BYTES" => io_memory;
 
-        /// Entries of each io_uring ring per shard (a power of two from 128 to 32768). Every idle
-        /// connection keeps a poll armed in the kernel; deeper rings, up to 4096 (where the
-        /// kernel's cancel hash reaches its 256 buckets), make finding one on each cancel
-        /// cheaper.
+        /// Entries of each of glommio's io_uring rings per shard (a power of two from 128 to
+        /// 32768): the journal, timers and the shards' channels; connections live on the
+        /// shard's own network ring.
         ring_depth: usize = "4096", pow2(128, 32_768), "N" => ring_depth;
+
+        /// Receive buffers of 4 KiB per shard that every connection of the shard reads into (a
+        /// power of two from 8 to 32768): the bytes that arrived and are not yet handled. A
+        /// burst beyond them waits in the socket for the next batch (counted in
+        /// receive_buffers_exhausted).
+        receive_buffers: usize = "512", pow2(8, 32_768), "N" => receive_buffers;
 
         /// Microseconds each executor busy-polls before sleeping when idle; 0 parks at once. Only
         /// for machines the broker has to itself.

@@ -55,6 +55,7 @@ fn defaults() {
     assert_eq!(s.metrics_addr, Some("127.0.0.1:9883".parse().unwrap()));
     assert_eq!(s.io_memory, 512 * 1024);
     assert_eq!(s.ring_depth, 4096);
+    assert_eq!(s.receive_buffers, 512);
     assert_eq!(s.spin_us, 0);
     assert_eq!(s.log_level, "info");
     assert_eq!(s.log_format, LogFormat::Plain);

@@ -59,10 +59,10 @@ pub struct Config {
     /// Bytes of pinned io_uring buffer memory per shard (glommio's io_memory); counts against
     /// RLIMIT_MEMLOCK.
     pub io_memory: usize,
-    /// Entries of each io_uring submission ring per shard. Deeper rings also give the kernel
-    /// more buckets to find an armed poll in when anything is cancelled, and every idle
-    /// connection keeps one poll armed.
+    /// Entries of each of glommio's io_uring submission rings per shard.
     pub ring_depth: usize,
+    /// Provided receive buffers (4 KiB each, a power of two) of the shard's network ring.
+    pub receive_buffers: usize,
     /// Busy-poll before parking, for machines the broker has to itself.
     pub spin: Option<Duration>,
     /// Batches that one shard may have in flight to another before senders wait.
@@ -119,6 +119,7 @@ impl Default for Config {
             journal_move_aside: false,
             io_memory: 512 * 1024,
             ring_depth: 4096,
+            receive_buffers: 512,
             spin: None,
             mesh_channel_batches: 1024,
         }

@@ -78,9 +78,8 @@ fn drop_output(st: &mut ShardState, fx: &mut Effects) {
     st.swap_effects(fx);
     for &key in &fx.writes {
         if let Some(c) = st.conns.get_mut(key) {
-            c.out.clear();
-            c.out.shrink_to_fit();
-            c.out_bytes = 0;
+            let n: usize = c.out.take().iter().map(|b| b.len()).sum();
+            st.wrote(key, n);
         }
     }
     fx.clear();
@@ -129,6 +128,9 @@ fn an_idle_device_costs_the_core_a_bounded_number_of_bytes() {
     );
     // 2026-12-03: 1,005 in all, 861 once a session's first subscription stopped reserving
     // room for four (connection 257 with the slab's spare capacity, CONNECT 421, SUBSCRIBE
-    // 183). The target is 512 with everything else the process adds.
-    assert!(all <= 900.0, "an idle device grew to {all:.0} bytes");
+    // 183). 2026-12-04: 507 (connection 139: 64 bytes, output and partial frame behind
+    // pointers; CONNECT 208: session 120 bytes, queues and QoS 2 map allocated on use, the
+    // client-id index holding session ids; SUBSCRIBE 159: no shared-bytes headers). The target
+    // is 512 with everything else the process adds.
+    assert!(all <= 540.0, "an idle device grew to {all:.0} bytes");
 }

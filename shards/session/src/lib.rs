@@ -131,49 +131,84 @@ pub enum Offer {
 }
 
 /// The outgoing QoS 1/2 state of one session.
+///
+/// The window and the queue live in one allocation made when the first message arrives and
+/// released when both are empty again: most devices of an idle fleet hold nothing, and a session
+/// that received once should not keep the buffers of its busiest moment.
 #[derive(Debug)]
 pub struct Outbound {
+    held: Option<Box<Held>>,
     next_id: u16,
+    /// Largest number of unacknowledged QoS 1/2 PUBLISHes: min(client Receive Maximum, server).
+    window: u16,
+    queue_max: u32,
+}
+
+#[derive(Debug, Default)]
+struct Held {
     /// In send order: acknowledgements mostly arrive in that order, so lookups find the front.
     inflight: VecDeque<Inflight>,
     queue: VecDeque<Queued>,
-    /// Largest number of unacknowledged QoS 1/2 PUBLISHes: min(client Receive Maximum, server).
-    window: usize,
-    queue_max: usize,
 }
+
+/// Shared empty queues for the read-only accessors of a session that holds nothing.
+static EMPTY_INFLIGHT: VecDeque<Inflight> = VecDeque::new();
+static EMPTY_QUEUE: VecDeque<Queued> = VecDeque::new();
 
 impl Outbound {
     pub fn new(window: usize, queue_max: usize) -> Outbound {
         assert!(window > 0 && window <= u16::MAX as usize);
         Outbound {
+            held: None,
             next_id: 1,
-            inflight: VecDeque::new(),
-            queue: VecDeque::new(),
-            window,
-            queue_max,
+            window: window as u16,
+            queue_max: u32::try_from(queue_max).unwrap_or(u32::MAX),
         }
     }
 
     /// A reconnect may bring another Receive Maximum.
     pub fn set_window(&mut self, window: usize) {
         assert!(window > 0 && window <= u16::MAX as usize);
-        self.window = window;
+        self.window = window as u16;
+    }
+
+    fn inflight_q(&self) -> &VecDeque<Inflight> {
+        self.held.as_ref().map_or(&EMPTY_INFLIGHT, |h| &h.inflight)
+    }
+
+    fn queue_q(&self) -> &VecDeque<Queued> {
+        self.held.as_ref().map_or(&EMPTY_QUEUE, |h| &h.queue)
+    }
+
+    fn held_mut(&mut self) -> &mut Held {
+        self.held.get_or_insert_with(Box::default)
+    }
+
+    /// Gives the allocation back once nothing is held.
+    fn release_if_empty(&mut self) {
+        if self
+            .held
+            .as_ref()
+            .is_some_and(|h| h.inflight.is_empty() && h.queue.is_empty())
+        {
+            self.held = None;
+        }
     }
 
     pub fn inflight_len(&self) -> usize {
-        self.inflight.len()
+        self.inflight_q().len()
     }
 
     pub fn queued_len(&self) -> usize {
-        self.queue.len()
+        self.queue_q().len()
     }
 
     pub fn inflight(&self) -> impl Iterator<Item = &Inflight> {
-        self.inflight.iter()
+        self.inflight_q().iter()
     }
 
     fn id_in_use(&self, id: u16) -> bool {
-        self.inflight.iter().any(|i| i.packet_id.get() == id)
+        self.inflight_q().iter().any(|i| i.packet_id.get() == id)
     }
 
     fn allocate_id(&mut self) -> PacketId {
@@ -187,18 +222,22 @@ impl Outbound {
         }
     }
 
+    fn window_open(&self) -> bool {
+        self.inflight_len() < usize::from(self.window)
+    }
+
     /// Hands a QoS 1/2 message to the session. `online` is false for a disconnected persistent
     /// session, whose messages always queue.
     pub fn offer(&mut self, q: Queued, online: bool) -> Offer {
         debug_assert!(q.qos != QoS::AtMostOnce);
-        if online && self.inflight.len() < self.window && self.queue.is_empty() {
+        if online && self.window_open() && self.queue_q().is_empty() {
             let id = self.push_inflight(q);
             return Offer::Send(id);
         }
-        if self.queue.len() >= self.queue_max {
+        if self.queued_len() >= self.queue_max as usize {
             return Offer::Dropped;
         }
-        self.queue.push_back(q);
+        self.held_mut().queue.push_back(q);
         Offer::Queued
     }
 
@@ -209,7 +248,7 @@ impl Outbound {
         } else {
             InflightState::AwaitPubAck
         };
-        self.inflight.push_back(Inflight {
+        self.held_mut().inflight.push_back(Inflight {
             packet_id,
             qos: q.qos,
             state,
@@ -228,17 +267,17 @@ impl Outbound {
         if self.next_id <= i.packet_id.get() {
             self.next_id = i.packet_id.get().checked_add(1).unwrap_or(1);
         }
-        self.inflight.push_back(i);
+        self.held_mut().inflight.push_back(i);
     }
 
     /// Puts back a delivery that was queued before a restart. Restored state may exceed the
     /// queue bound if the bound was lowered: nothing acknowledged is dropped for that.
     pub fn restore_queued(&mut self, q: Queued) {
-        self.queue.push_back(q);
+        self.held_mut().queue.push_back(q);
     }
 
     pub fn queued(&self) -> impl Iterator<Item = &Queued> {
-        self.queue.iter()
+        self.queue_q().iter()
     }
 
     /// Moves queued messages into free window slots; returns the ids to send now, oldest first.
@@ -247,8 +286,8 @@ impl Outbound {
     pub fn refill(&mut self, mut alive: impl FnMut(&Queued) -> bool) -> (Vec<PacketId>, Vec<u64>) {
         let mut ids = Vec::new();
         let mut dropped = Vec::new();
-        while self.inflight.len() < self.window {
-            let Some(q) = self.queue.pop_front() else {
+        while self.window_open() {
+            let Some(q) = self.held.as_mut().and_then(|h| h.queue.pop_front()) else {
                 break;
             };
             if !alive(&q) {
@@ -257,36 +296,45 @@ impl Outbound {
             }
             ids.push(self.push_inflight(q));
         }
+        self.release_if_empty();
         (ids, dropped)
     }
 
     pub fn get(&self, id: PacketId) -> Option<&Inflight> {
-        self.inflight.iter().find(|i| i.packet_id == id)
+        self.inflight_q().iter().find(|i| i.packet_id == id)
     }
 
     fn position(&self, id: PacketId, state: InflightState) -> Option<usize> {
-        self.inflight
+        self.inflight_q()
             .iter()
             .position(|i| i.packet_id == id && i.state == state)
+    }
+
+    /// Removes the inflight delivery at `p` (found by [`Outbound::position`]): its journal id.
+    fn finish(&mut self, p: usize) -> Option<u64> {
+        let done = self.held.as_mut()?.inflight.remove(p).map(|i| i.journal_id);
+        self.release_if_empty();
+        done
     }
 
     /// PUBACK for a QoS 1 delivery: the finished delivery's journal id, `None` if no such
     /// delivery awaited it.
     pub fn on_puback(&mut self, id: PacketId) -> Option<u64> {
         let p = self.position(id, InflightState::AwaitPubAck)?;
-        self.inflight.remove(p).map(|i| i.journal_id)
+        self.finish(p)
     }
 
     /// PUBREC for a QoS 2 delivery: the message is now the client's; what remains is PUBREL.
     /// A PUBREC with a failure reason code ends the flow instead (`failed`).
     pub fn on_pubrec(&mut self, id: PacketId, failed: bool) -> PubRecOutcome {
         match self.position(id, InflightState::AwaitPubRec) {
-            Some(p) if failed => self.inflight.remove(p).map_or(PubRecOutcome::Unknown, |i| {
-                PubRecOutcome::Failed(i.journal_id)
-            }),
+            Some(p) if failed => self
+                .finish(p)
+                .map_or(PubRecOutcome::Unknown, PubRecOutcome::Failed),
             Some(p) => {
-                self.inflight[p].state = InflightState::AwaitPubComp;
-                PubRecOutcome::Released(self.inflight[p].journal_id)
+                let i = &mut self.held_mut().inflight[p];
+                i.state = InflightState::AwaitPubComp;
+                PubRecOutcome::Released(i.journal_id)
             }
             // A retransmitted PUBREC for a flow already at PUBREL: answer PUBREL again.
             None if self.position(id, InflightState::AwaitPubComp).is_some() => {
@@ -299,25 +347,35 @@ impl Outbound {
     /// PUBCOMP: the finished delivery's journal id, `None` if no delivery awaited it.
     pub fn on_pubcomp(&mut self, id: PacketId) -> Option<u64> {
         let p = self.position(id, InflightState::AwaitPubComp)?;
-        self.inflight.remove(p).map(|i| i.journal_id)
+        self.finish(p)
     }
 
     /// Drops everything (Clean Start, or the session ended).
     pub fn clear(&mut self) {
-        self.inflight.clear();
-        self.queue.clear();
+        self.held = None;
     }
 
     /// Removes queued (not inflight) messages the predicate rejects, e.g. expired ones.
     pub fn retain_queued(&mut self, f: impl FnMut(&Queued) -> bool) {
-        self.queue.retain(f);
+        if let Some(h) = self.held.as_mut() {
+            h.queue.retain(f);
+        }
+        self.release_if_empty();
+    }
+
+    /// True while the session holds an allocation for its window and queue (for tests).
+    pub fn holds_buffers(&self) -> bool {
+        self.held.is_some()
     }
 }
 
-/// QoS 2 PUBLISHes received and not yet released by PUBREL.
+/// QoS 2 PUBLISHes received and not yet released by PUBREL. The map is allocated on the first
+/// one and released when the last is released: most sessions never publish at QoS 2.
 #[derive(Debug, Default)]
 pub struct InboundQos2 {
-    ids: HashMap<u16, Qos2Routing>,
+    // Boxed on purpose: 8 bytes per session instead of 48 for a bare `HashMap`.
+    #[allow(clippy::box_collection)]
+    ids: Option<Box<HashMap<u16, Qos2Routing>>>,
 }
 
 /// How far a received QoS 2 message's routing got.
@@ -345,12 +403,17 @@ pub enum Qos2Seen {
 }
 
 impl InboundQos2 {
+    fn map(&mut self) -> &mut HashMap<u16, Qos2Routing> {
+        self.ids.get_or_insert_with(Box::default)
+    }
+
     pub fn on_publish(&mut self, id: PacketId) -> Qos2Seen {
-        match self.ids.insert(id.get(), Qos2Routing::Pending) {
+        let ids = self.map();
+        match ids.insert(id.get(), Qos2Routing::Pending) {
             None => Qos2Seen::New,
             Some(Qos2Routing::Unknown) => Qos2Seen::Unknown,
             Some(state) => {
-                self.ids.insert(id.get(), state);
+                ids.insert(id.get(), state);
                 Qos2Seen::Again
             }
         }
@@ -358,7 +421,7 @@ impl InboundQos2 {
 
     /// Its routing finished; true if it was pending (the change to make durable).
     pub fn routed(&mut self, id: PacketId) -> bool {
-        match self.ids.get_mut(&id.get()) {
+        match self.ids.as_mut().and_then(|m| m.get_mut(&id.get())) {
             Some(r) if *r != Qos2Routing::Routed => {
                 *r = Qos2Routing::Routed;
                 true
@@ -374,28 +437,37 @@ impl InboundQos2 {
         } else {
             Qos2Routing::Unknown
         };
-        self.ids.insert(id.get(), state);
+        self.map().insert(id.get(), state);
     }
 
     /// True if the id was pending.
     pub fn on_pubrel(&mut self, id: PacketId) -> bool {
-        self.ids.remove(&id.get()).is_some()
+        let Some(m) = self.ids.as_mut() else {
+            return false;
+        };
+        let found = m.remove(&id.get()).is_some();
+        if m.is_empty() {
+            self.ids = None;
+        }
+        found
     }
 
     pub fn ids(&self) -> impl Iterator<Item = (u16, Qos2Routing)> + '_ {
-        self.ids.iter().map(|(&i, &r)| (i, r))
+        self.ids
+            .iter()
+            .flat_map(|m| m.iter().map(|(&i, &r)| (i, r)))
     }
 
     pub fn len(&self) -> usize {
-        self.ids.len()
+        self.ids.as_ref().map_or(0, |m| m.len())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
+        self.len() == 0
     }
 
     pub fn clear(&mut self) {
-        self.ids.clear();
+        self.ids = None;
     }
 }
 
@@ -461,6 +533,10 @@ impl Subscriptions {
     }
 }
 
+/// "Not set" for the 32-bit fields of [`Session`] that would otherwise be `Option`s (8 bytes
+/// each instead of 4, per session of a million).
+const NONE: u32 = u32::MAX;
+
 /// The state of one client id that outlives its connections when the session is persistent.
 #[derive(Debug)]
 pub struct Session {
@@ -476,14 +552,15 @@ pub struct Session {
     pub inbound_qos2: InboundQos2,
     /// Boxed: a will carries a full property set, and most sessions have none.
     pub will: Option<Box<LastWill>>,
-    /// The connection currently attached, by its key on the shard.
-    pub connection: Option<usize>,
+    /// The key on the shard of the connection currently attached; [`NONE`] when offline.
+    connection: u32,
     /// Counts the connections attached so far. An answer held back for one connection (a
     /// SUBACK waiting for routes, a PUBCOMP waiting for a sync) carries it, so it is never
     /// sent on the next connection, where its packet id may mean something else.
     pub attachment: u32,
-    /// Seconds on the shard's clock when the last connection ended.
-    pub disconnected_at: Option<u64>,
+    /// Seconds on the shard's clock when the last connection ended; [`NONE`] while attached
+    /// or before the first connection ended.
+    disconnected_at: u32,
     /// Largest packet the client accepts (MQTT 5 Maximum Packet Size); u32::MAX if unlimited.
     pub max_packet_size: u32,
     /// Request Problem Information (MQTT 5): reason strings allowed on acknowledgements.
@@ -509,9 +586,9 @@ impl Session {
             outbound: Outbound::new(window, queue_max),
             inbound_qos2: InboundQos2::default(),
             will: None,
-            connection: None,
+            connection: NONE,
             attachment: 0,
-            disconnected_at: None,
+            disconnected_at: NONE,
             max_packet_size: u32::MAX,
             problem_information: true,
             journaled: false,
@@ -519,12 +596,36 @@ impl Session {
     }
 
     pub fn is_online(&self) -> bool {
-        self.connection.is_some()
+        self.connection != NONE
+    }
+
+    /// The connection currently attached, by its key on the shard.
+    pub fn connection(&self) -> Option<usize> {
+        (self.connection != NONE).then_some(self.connection as usize)
+    }
+
+    pub fn set_connection(&mut self, key: Option<usize>) {
+        self.connection = key.map_or(NONE, |k| {
+            u32::try_from(k)
+                .ok()
+                .filter(|&k| k != NONE)
+                .expect("connection keys fit in 32 bits")
+        });
+    }
+
+    /// Seconds on the shard's clock when the last connection ended.
+    pub fn disconnected_at(&self) -> Option<u64> {
+        (self.disconnected_at != NONE).then_some(u64::from(self.disconnected_at))
+    }
+
+    /// Saturates 136 years after the shard started.
+    pub fn set_disconnected_at(&mut self, s: Option<u64>) {
+        self.disconnected_at = s.map_or(NONE, |s| s.min(u64::from(NONE - 1)) as u32);
     }
 
     /// True once an offline session has outlived its expiry interval at `now_s`.
     pub fn expired(&self, now_s: u64) -> bool {
-        match self.disconnected_at {
+        match self.disconnected_at() {
             Some(_) if self.expiry_interval == u32::MAX => false,
             Some(t) => now_s >= t.saturating_add(self.expiry_interval as u64),
             None => false,
@@ -558,6 +659,54 @@ mod tests {
 
     fn pid(v: u16) -> PacketId {
         PacketId::new(v).unwrap()
+    }
+
+    /// An idle device holds no queue buffers, also after it has received (issue 11: the
+    /// per-connection budget); they come back when needed, in order.
+    #[test]
+    fn outbound_holds_buffers_only_while_it_holds_messages() {
+        let mut o = Outbound::new(2, 10);
+        assert!(!o.holds_buffers());
+        let Offer::Send(a) = o.offer(msg(QoS::AtLeastOnce), true) else {
+            panic!("window open")
+        };
+        let Offer::Send(b) = o.offer(msg(QoS::ExactlyOnce), true) else {
+            panic!("window open")
+        };
+        assert_eq!(o.offer(msg(QoS::AtLeastOnce), true), Offer::Queued);
+        assert!(o.holds_buffers());
+        assert_eq!(o.on_puback(a), Some(9));
+        assert_eq!(o.refill(|_| true).0.len(), 1);
+        assert_eq!(o.on_pubrec(b, false), PubRecOutcome::Released(9));
+        assert_eq!(o.on_pubcomp(b), Some(9));
+        assert!(o.holds_buffers(), "one still inflight");
+        let last = o.inflight().next().unwrap().packet_id;
+        assert_eq!(o.on_puback(last), Some(9));
+        assert!(!o.holds_buffers());
+        assert_eq!((o.inflight_len(), o.queued_len()), (0, 0));
+        // Offline: queued, then expired away by retain_queued, which also releases.
+        assert_eq!(o.offer(msg(QoS::AtLeastOnce), false), Offer::Queued);
+        o.retain_queued(|_| false);
+        assert!(!o.holds_buffers());
+        // Packet ids keep advancing across the releases (no reuse of a just-acked id).
+        let Offer::Send(c) = o.offer(msg(QoS::AtLeastOnce), true) else {
+            panic!("window open")
+        };
+        assert!(c.get() > last.get());
+    }
+
+    #[test]
+    fn inbound_qos2_holds_a_map_only_while_ids_are_unreleased() {
+        let mut q = InboundQos2::default();
+        assert!(q.ids.is_none());
+        assert_eq!(q.on_publish(pid(5)), Qos2Seen::New);
+        assert_eq!(q.on_publish(pid(5)), Qos2Seen::Again);
+        assert!(q.routed(pid(5)));
+        assert!(!q.routed(pid(6)));
+        assert!(!q.on_pubrel(pid(6)));
+        assert!(q.on_pubrel(pid(5)));
+        assert!(q.ids.is_none() && q.is_empty());
+        assert!(!q.on_pubrel(pid(5)), "released once [MQTT-4.3.3-9]");
     }
 
     #[test]
@@ -759,7 +908,7 @@ mod tests {
         let mut s = Session::new(1, ByteStr::from("c"), ProtocolVersion::V5, 10, 10);
         s.expiry_interval = 5;
         assert!(!s.expired(100));
-        s.disconnected_at = Some(100);
+        s.set_disconnected_at(Some(100));
         assert!(!s.expired(104));
         assert!(s.expired(105));
         s.expiry_interval = u32::MAX;

@@ -147,9 +147,12 @@ impl Shard {
             return;
         }
         let fd = conn.socket.0;
-        match io::send_chunks(fd, &mut conn.out) {
+        let Some(chunks) = conn.out.chunks_mut() else {
+            return;
+        };
+        match io::send_chunks(fd, chunks) {
             Ok(n) => {
-                let blocked = !conn.out.is_empty();
+                let blocked = !chunks.is_empty();
                 conn.write_blocked = blocked;
                 st.wrote(key, n);
                 if blocked {
@@ -171,8 +174,8 @@ impl Shard {
         let Some(conn) = st.conns.get_mut(key) else {
             return;
         };
-        if !conn.out.is_empty() && !conn.write_blocked {
-            let _ = io::send_chunks(conn.socket.0, &mut conn.out);
+        if let Some(chunks) = conn.out.chunks_mut().filter(|_| !conn.write_blocked) {
+            let _ = io::send_chunks(conn.socket.0, chunks);
         }
         let fd = conn.socket.0;
         let close = conn.close;

@@ -23,9 +23,6 @@ use std::time::Duration;
 const TICK: Duration = Duration::from_millis(250);
 /// Accept queue depth per listening socket (the kernel caps it at net.core.somaxconn).
 const LISTEN_BACKLOG: i32 = 4096;
-/// Provided buffers of the network ring per shard (4 KiB each): bytes that arrived and are
-/// not yet handled, shared by every connection of the shard.
-const READ_BUFFERS: u16 = 512;
 /// How long shutdown waits for the shards to say goodbye to their clients.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -177,7 +174,8 @@ async fn shard_main(
     let retained = recovered.retained.len();
     let messages: usize = recovered.sessions.values().map(|s| s.msgs.len()).sum();
     mesh.start_flushers(id);
-    let ring = NetRing::new(READ_BUFFERS)
+    let buffers = u16::try_from(cfg.receive_buffers).expect("checked: at most 32768");
+    let ring = NetRing::new(buffers)
         .map_err(|e| std::io::Error::other(format!("cannot set up the network ring: {e}")))?;
     let eventfd = io::dup_fd(ring.eventfd())?;
     let shard = Rc::new(Shard::new(state, Net::new(ring), mesh, conn_count));

@@ -216,7 +216,7 @@ impl Hostile {
                     .get_mut(key)
                     .expect("a write for a connection the core has");
                 // All of it goes at once; the driver removes what it wrote.
-                let out = std::mem::take(&mut conn.out);
+                let out = conn.out.take();
                 let socket = conn.socket.0 as usize;
                 let n: usize = out.iter().map(Bytes::len).sum();
                 if n > 0 {
@@ -329,7 +329,7 @@ impl Hostile {
             assert!(s.st.conns.is_empty(), "connections left after all finished");
             for sess in s.st.sessions.values() {
                 assert!(
-                    sess.connection.is_none(),
+                    sess.connection().is_none(),
                     "a session still attached after all connections finished"
                 );
                 assert!(

@@ -29,17 +29,17 @@ impl ShardState {
         }
         self.counters.connections_closed += 1;
         self.counters.closed_by[close.metric_index()] += 1;
-        let Some(sid) = conn.session else { return };
+        let Some(sid) = conn.session() else { return };
         let now_s = self.now_s();
         let origin = self.global_id(sid);
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        if s.connection != Some(key) {
+        if s.connection() != Some(key) {
             return; // taken over: the session already belongs to another connection
         }
-        s.connection = None;
-        s.disconnected_at = Some(now_s);
+        s.set_connection(None);
+        s.set_disconnected_at(Some(now_s));
         let will = s.will.take();
         let ends = s.expiry_interval == 0;
         if s.journaled && !ends {
@@ -122,7 +122,7 @@ impl ShardState {
     /// connection holds, or else the shard's scratch buffer, with at least [`READ_CHUNK`]
     /// bytes of room. Give it back with [`ShardState::on_read`].
     pub fn read_buffer(&mut self, key: usize) -> BytesMut {
-        let partial = std::mem::take(&mut self.conns[key].partial);
+        let partial = self.conns[key].take_partial();
         let mut buf = if partial.is_empty() {
             std::mem::take(&mut self.scratch)
         } else {
@@ -150,7 +150,7 @@ impl ShardState {
             if use_scratch {
                 self.scratch = buf;
             } else {
-                self.conns[key].partial = buf;
+                self.conns[key].keep_partial(buf);
             }
             if eof {
                 self.close_conn(key, Close::Eof);
@@ -164,11 +164,12 @@ impl ShardState {
         self.process_frames(key, &mut buf);
         if let Some(conn) = self.conns.get_mut(key) {
             if conn.close.is_none() && !buf.is_empty() {
-                conn.partial = if use_scratch {
+                let tail = if use_scratch {
                     BytesMut::from(&buf[..])
                 } else {
                     std::mem::take(&mut buf)
                 };
+                conn.keep_partial(tail);
             }
             if eof {
                 self.close_conn(key, Close::Eof);
@@ -214,7 +215,11 @@ impl ShardState {
                 Ok(Some(p)) => {
                     self.counters.packets_in += 1;
                     self.on_packet(key, p);
-                    if let Some(connect) = self.conns.get_mut(key).and_then(|c| c.handoff.take()) {
+                    if let Some(connect) = self
+                        .conns
+                        .get_mut(key)
+                        .and_then(|c| c.extra.as_mut()?.handoff.take())
+                    {
                         let leftover = buf.split().freeze();
                         self.hand_off(key, connect, leftover);
                         return;
@@ -292,7 +297,7 @@ impl ShardState {
             }
             return;
         }
-        let Some(sid) = self.conns[key].session else {
+        let Some(sid) = self.conns[key].session() else {
             self.close_conn(key, Close::Error(ReasonCode::PROTOCOL_ERROR));
             return;
         };

@@ -93,7 +93,10 @@ impl ShardState {
         }
         let home = home_shard(c.client_id.as_bytes(), self.nshards);
         if home != self.id {
-            self.conns[key].handoff = Some(c);
+            self.conns[key]
+                .extra
+                .get_or_insert_with(Box::default)
+                .handoff = Some(c);
             return;
         }
         self.begin_connect(key, c, assigned);
@@ -174,7 +177,7 @@ impl ShardState {
                     return self.close_conn(key, Close::Error(ReasonCode::PROTOCOL_ERROR));
                 };
                 let client_id = self.conns[key]
-                    .session
+                    .session()
                     .and_then(|sid| self.sessions.get(&sid))
                     .map(|s| s.client_id.to_string())
                     .unwrap_or_default();
@@ -264,7 +267,7 @@ impl ShardState {
             self.process_frames(key, &mut buf);
             if let Some(conn) = self.conns.get_mut(key) {
                 if conn.close.is_none() && !buf.is_empty() {
-                    conn.partial = buf;
+                    conn.keep_partial(buf);
                 }
             }
         }
@@ -284,9 +287,9 @@ impl ShardState {
     ) {
         let old = self
             .by_client
-            .get(&c.client_id)
-            .and_then(|sid| self.sessions.get(sid))
-            .and_then(|s| s.connection)
+            .get(&self.sessions, &c.client_id)
+            .and_then(|sid| self.sessions.get(&sid))
+            .and_then(|s| s.connection())
             .filter(|&old| self.conns.get(old).is_some_and(|c| c.close.is_none()));
         match old {
             Some(old) => {
@@ -324,12 +327,12 @@ impl ShardState {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let mut buf = std::mem::take(&mut conn.partial);
+        let mut buf = conn.take_partial();
         if !buf.is_empty() {
             self.process_frames(key, &mut buf);
             if let Some(conn) = self.conns.get_mut(key) {
                 if conn.close.is_none() && !buf.is_empty() {
-                    conn.partial = buf;
+                    conn.keep_partial(buf);
                 }
             }
         }
@@ -418,8 +421,8 @@ impl ShardState {
         will: Option<Box<LastWill>>,
     ) -> (u64, bool) {
         let mut session_present = false;
-        if let Some(&sid) = self.by_client.get(&c.client_id) {
-            let old = self.sessions.get(&sid).and_then(|s| s.connection);
+        if let Some(sid) = self.by_client.get(&self.sessions, &c.client_id) {
+            let old = self.sessions.get(&sid).and_then(|s| s.connection());
             if let Some(old_key) = old {
                 self.take_over(old_key, sid, !c.clean_start);
             }
@@ -436,7 +439,9 @@ impl ShardState {
             }
         }
         let sid = if session_present {
-            self.by_client[&c.client_id]
+            self.by_client
+                .get(&self.sessions, &c.client_id)
+                .expect("the session is present")
         } else {
             self.new_session(c, granted.window)
         };
@@ -447,9 +452,9 @@ impl ShardState {
         s.max_packet_size = c.properties.maximum_packet_size.unwrap_or(u32::MAX);
         s.problem_information = c.properties.request_problem_information != Some(0);
         s.will = will;
-        s.connection = Some(key);
+        s.set_connection(Some(key));
         s.attachment = s.attachment.wrapping_add(1);
-        s.disconnected_at = None;
+        s.set_disconnected_at(None);
         self.journal_session_change(sid, session_present);
         (sid, session_present)
     }
@@ -459,13 +464,15 @@ impl ShardState {
         self.next_session += 1;
         let s = Session::new(
             sid,
-            c.client_id.clone(),
+            // A copy of its own: a clone of the CONNECT's would add a shared header (24 bytes)
+            // to every session for as long as it lives.
+            ByteStr::from(c.client_id.as_str()),
             c.protocol,
             window,
             self.cfg.max_queued_messages,
         );
         self.sessions.insert(sid, Box::new(s));
-        self.by_client.insert(c.client_id.clone(), sid);
+        self.by_client.insert(&self.sessions, sid);
         sid
     }
 
@@ -498,7 +505,7 @@ impl ShardState {
         let conn = &mut self.conns[key];
         conn.version = c.protocol;
         conn.phase = Phase::Active;
-        conn.session = Some(sid);
+        conn.set_session(sid);
         conn.keep_alive_s = granted.keep_alive_s;
         conn.last_rx_ms = now_ms;
         // The AUTH exchange is over; the client's packet size limit stays.
@@ -528,10 +535,10 @@ impl ShardState {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        if s.connection != Some(old_key) {
+        if s.connection() != Some(old_key) {
             return;
         }
-        s.connection = None;
+        s.set_connection(None);
         // The old connection ends without DISCONNECT from its client: its will is due, unless
         // it has a Will Delay Interval and the new connection continues the session
         // [MQTT-3.1.3-9].
@@ -562,7 +569,7 @@ impl ShardState {
         let Some(s) = self.sessions.remove(&sid) else {
             return;
         };
-        self.by_client.remove(&s.client_id);
+        self.by_client.remove(&s.client_id, sid);
         // Answers it still owed have no connection to go to (`sid` is never reused).
         self.acks.remove(&sid);
         if s.journaled {

@@ -68,7 +68,7 @@ impl ShardState {
             self.counters.dropped_expired += 1;
             return;
         }
-        let conn = s.connection;
+        let conn = s.connection();
         let v = s.protocol;
         let check_size = s.max_packet_size != u32::MAX;
         // Built once, for the size check and for the write; not at all for an offline session
@@ -202,7 +202,7 @@ impl ShardState {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        let Some(key) = s.connection else { return };
+        let Some(key) = s.connection() else { return };
         let now = self.clock.now();
         let before = self.durable.as_ref().map_or(JournalSeq::NONE, |d| d.mark());
         let (ids, expired) = s.outbound.refill(|q| !q.message.is_expired(now));
@@ -265,7 +265,7 @@ impl ShardState {
         let Some(s) = self.sessions.get(&sid) else {
             return;
         };
-        let Some(key) = s.connection else { return };
+        let Some(key) = s.connection() else { return };
         let v = s.protocol;
         let mut packets = Vec::new();
         for i in s.outbound.inflight() {

@@ -33,10 +33,12 @@ use ringmq_session::{
 };
 use slab::Slab;
 use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroU64;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+mod clients;
 mod conn;
 mod connect;
 mod deliver;
@@ -49,6 +51,7 @@ mod subscribe;
 mod timers;
 
 use deliver::{Delivery, Dup, Source};
+pub use output::Output;
 use output::{make_publish, reason_text};
 use persist::{msg_view, retain_record};
 use publish::{Body, Expiry};
@@ -128,28 +131,29 @@ impl Close {
     }
 }
 
-/// One socket. Deliberately small and without buffers while idle: `partial` holds only the
-/// unfinished tail of a frame and `out` only unwritten output.
+/// One socket. Deliberately small (64 bytes; a million of them are a slab of 64 MB) and
+/// without buffers while idle: `partial` holds only the unfinished tail of a frame and `out`
+/// only unwritten output, each allocated while there is some.
 pub struct Conn {
     pub socket: SocketId,
     pub phase: Phase,
     pub version: ProtocolVersion,
-    pub session: Option<u64>,
-    pub partial: BytesMut,
-    pub out: VecDeque<Bytes>,
-    pub out_bytes: usize,
     pub write_blocked: bool,
     pub dirty: bool,
     pub close: Option<Close>,
     pub keep_alive_s: u16,
+    /// The deadline (ms, low 32 bits) of the connection's timer entry that counts.
+    timer_due: u32,
+    /// The attached session; session ids start at 1.
+    session: Option<NonZeroU64>,
+    partial: Option<Box<BytesMut>>,
+    pub out: Output,
     pub last_rx_ms: u64,
     /// Accepted (or adopted) at this many µs of the shard's clock.
     pub opened_us: u64,
-    /// The deadline (ms, low 32 bits) of the connection's timer entry that counts.
-    timer_due: u32,
-    handoff: Option<Box<Connect>>,
-    /// Topic aliases in both directions and enhanced authentication state (MQTT 5); allocated
-    /// on first use, so connections that use neither pay a pointer.
+    /// Topic aliases in both directions, enhanced authentication state (MQTT 5) and a CONNECT
+    /// waiting to be handed to its home shard; allocated on first use, so connections that use
+    /// none of them pay a pointer.
     extra: Option<Box<ConnExtra>>,
 }
 
@@ -165,6 +169,8 @@ struct ConnExtra {
     auth: Option<PendingAuth>,
     /// The client's Maximum Packet Size (MQTT 5), for every packet sent to it.
     max_packet_size: Option<u32>,
+    /// A CONNECT read here whose client id lives on another shard, until the hand-off.
+    handoff: Option<Box<Connect>>,
 }
 
 /// An enhanced authentication exchange waiting for the client's next AUTH.
@@ -183,23 +189,40 @@ struct AliasOut {
 }
 
 impl Conn {
+    /// The id of the attached session.
+    pub fn session(&self) -> Option<u64> {
+        self.session.map(NonZeroU64::get)
+    }
+
+    fn set_session(&mut self, sid: u64) {
+        self.session = Some(NonZeroU64::new(sid).expect("session ids start at 1"));
+    }
+
+    /// The unfinished frame, or an empty buffer.
+    fn take_partial(&mut self) -> BytesMut {
+        self.partial.take().map(|b| *b).unwrap_or_default()
+    }
+
+    /// Keeps an unfinished frame until more bytes arrive (nothing if `buf` is empty).
+    fn keep_partial(&mut self, buf: BytesMut) {
+        self.partial = (!buf.is_empty()).then(|| Box::new(buf));
+    }
+
     fn new(socket: SocketId, now_ms: u64, now_us: u64) -> Conn {
         Conn {
             socket,
             phase: Phase::AwaitConnect,
             version: ProtocolVersion::V311,
-            session: None,
-            partial: BytesMut::new(),
-            out: VecDeque::new(),
-            out_bytes: 0,
             write_blocked: false,
             dirty: false,
             close: None,
             keep_alive_s: 0,
+            timer_due: 0,
+            session: None,
+            partial: None,
+            out: Output::default(),
             last_rx_ms: now_ms,
             opened_us: now_us,
-            timer_due: 0,
-            handoff: None,
             extra: None,
         }
     }
@@ -368,7 +391,7 @@ pub struct ShardState {
     pub conns: Slab<Conn>,
     /// Boxed so that the map's spare capacity costs a pointer, not a session.
     pub sessions: HashMap<u64, Box<Session>>,
-    by_client: HashMap<ByteStr, u64>,
+    by_client: clients::ClientIndex,
     next_session: u64,
     subs: SubscriptionTree<u64, SubEntry>,
     /// Which *other* shards have subscribers per filter; this shard's own are in `subs`.
@@ -448,7 +471,7 @@ impl ShardState {
             cfg,
             conns: Slab::new(),
             sessions: HashMap::new(),
-            by_client: HashMap::new(),
+            by_client: clients::ClientIndex::new(),
             next_session: 1,
             subs: SubscriptionTree::new(),
             routes: RouteTable::new(),
@@ -592,9 +615,10 @@ mod tests {
     #[test]
     fn per_connection_structs_stay_within_budget() {
         // 152: +8 in 2026-11 for the topic alias tables (one pointer, allocated on use).
-        assert!(std::mem::size_of::<super::Conn>() <= 152, "Conn grew");
+        // 64 since 2026-12-04 (output, partial frame and hand-off moved behind pointers).
+        assert!(std::mem::size_of::<super::Conn>() <= 64, "Conn grew");
         assert!(
-            std::mem::size_of::<ringmq_session::Session>() <= 256,
+            std::mem::size_of::<ringmq_session::Session>() <= 128,
             "Session grew"
         );
         assert!(

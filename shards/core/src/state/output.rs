@@ -3,6 +3,59 @@
 
 use super::*;
 
+/// Output queued for one connection, not yet written. The queue and its byte count live in one
+/// allocation made when the first chunk is queued and released when the driver has written the
+/// last: an idle connection holds a null pointer.
+#[derive(Default)]
+pub struct Output(Option<Box<Pending>>);
+
+#[derive(Default)]
+struct Pending {
+    chunks: VecDeque<Bytes>,
+    bytes: usize,
+}
+
+impl Output {
+    pub fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|p| p.chunks.is_empty())
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn bytes(&self) -> usize {
+        self.0.as_ref().map_or(0, |p| p.bytes)
+    }
+
+    fn push(&mut self, chunk: Bytes) {
+        let p = self.0.get_or_insert_with(Box::default);
+        p.bytes += chunk.len();
+        p.chunks.push_back(chunk);
+    }
+
+    /// The queued chunks, for the driver to write from the front and remove what it wrote
+    /// (then report with [`ShardState::wrote`]); `None` when nothing is queued.
+    pub fn chunks_mut(&mut self) -> Option<&mut VecDeque<Bytes>> {
+        self.0.as_mut().map(|p| &mut p.chunks)
+    }
+
+    /// Everything queued, leaving the connection without output.
+    pub fn take(&mut self) -> VecDeque<Bytes> {
+        self.0.take().map(|p| p.chunks).unwrap_or_default()
+    }
+
+    fn wrote(&mut self, n: usize) {
+        if let Some(p) = self.0.as_mut() {
+            p.bytes = p.bytes.saturating_sub(n);
+            if p.chunks.is_empty() {
+                self.0 = None;
+            }
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.0 = None;
+    }
+}
+
 impl ShardState {
     /// Encodes a control packet into the arena and queues it on the connection.
     /// A packet larger than the client's Maximum Packet Size goes without its Reason String and
@@ -56,7 +109,7 @@ impl ShardState {
         if conn.close.is_some() {
             return;
         }
-        if p.qos == QoS::AtMostOnce && conn.out_bytes > self.cfg.max_outgoing_bytes {
+        if p.qos == QoS::AtMostOnce && conn.out.bytes() > self.cfg.max_outgoing_bytes {
             self.counters.dropped_slow_consumer += 1;
             return;
         }
@@ -106,9 +159,7 @@ impl ShardState {
             g.held.push_back(chunk);
             return;
         }
-        let conn = &mut self.conns[key];
-        conn.out_bytes += chunk.len();
-        conn.out.push_back(chunk);
+        self.conns[key].out.push(chunk);
         self.want_write(key);
     }
 
@@ -190,12 +241,6 @@ impl ShardState {
         }
     }
 
-    /// A connection's socket and the output queued for it, which the driver writes from the
-    /// front (then reports with [`ShardState::wrote`]).
-    pub fn output(&mut self, key: usize) -> Option<(SocketId, &mut VecDeque<Bytes>)> {
-        self.conns.get_mut(key).map(|c| (c.socket, &mut c.out))
-    }
-
     /// Whether any event left something for the driver to do.
     pub fn has_effects(&self) -> bool {
         !self.fx.is_empty() || self.durable.as_ref().is_some_and(|d| d.sync_wanted)
@@ -208,10 +253,7 @@ impl ShardState {
             return;
         };
         self.counters.bytes_out += n as u64;
-        conn.out_bytes -= n;
-        if conn.out.is_empty() {
-            conn.out = VecDeque::new();
-        }
+        conn.out.wrote(n);
     }
 
     /// Writing to the connection failed: the socket is broken, its output goes nowhere.
@@ -220,7 +262,6 @@ impl ShardState {
             return;
         };
         conn.out.clear();
-        conn.out_bytes = 0;
         self.close_conn(key, Close::Eof);
     }
 }

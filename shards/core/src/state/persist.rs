@@ -44,7 +44,7 @@ impl ShardState {
     /// another connection took it over.
     pub(super) fn conn_for(&self, to: ConnRef) -> Option<usize> {
         let s = self.sessions.get(&to.session)?;
-        (s.attachment == to.attachment).then_some(s.connection?)
+        (s.attachment == to.attachment).then_some(s.connection()?)
     }
 
     /// Whether the last removal of `client_id`'s persistent session is not yet synced.
@@ -185,7 +185,7 @@ impl ShardState {
             self.cfg.max_queued_messages,
         );
         s.expiry_interval = expiry;
-        s.disconnected_at = Some(self.now_s());
+        s.set_disconnected_at(Some(self.now_s()));
         s.journaled = true;
         for (filter, (options, id)) in rs.subs {
             let subscription_id = (id != 0).then_some(id);
@@ -208,8 +208,8 @@ impl ShardState {
             .iter()
             .map(|(f, sub)| (f.clone(), sub.clone()))
             .collect();
-        self.by_client.insert(cid, sid);
         self.sessions.insert(sid, Box::new(s));
+        self.by_client.insert(&self.sessions, sid);
         self.watch_session(sid);
         let token = self.restore_token;
         for (filter, sub) in subs {
@@ -286,7 +286,7 @@ impl ShardState {
 
     /// The journal record that re-creates a session as it is now.
     pub(super) fn session_record(&self, s: &Session, fresh: bool) -> Record {
-        let disconnected_unix_ms = match (s.connection, s.disconnected_at) {
+        let disconnected_unix_ms = match (s.connection(), s.disconnected_at()) {
             (None, Some(t)) => self
                 .clock
                 .unix_ms()
@@ -403,7 +403,7 @@ impl ShardState {
 
     /// Re-appends the whole state of one journaled session; returns the records written.
     pub(super) fn reappend_session(&mut self, client_id: &str) -> usize {
-        let Some(&sid) = self.by_client.get(&ByteStr::from(client_id)) else {
+        let Some(sid) = self.by_client.get(&self.sessions, client_id) else {
             return 1;
         };
         let Some(s) = self.sessions.get(&sid) else {

@@ -284,7 +284,7 @@ impl ShardState {
         let Some((attachment, Some(key))) = self
             .sessions
             .get(&sid)
-            .map(|s| (s.attachment, s.connection))
+            .map(|s| (s.attachment, s.connection()))
         else {
             return;
         };

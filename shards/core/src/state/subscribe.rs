@@ -105,13 +105,16 @@ impl ShardState {
             self.jnote(rec);
         }
         let s = self.sessions.get_mut(&sid).expect("connected session");
-        // Kept for the session's life: an owned copy, not a slice of the read buffer.
-        let filter = ByteStr::from(f.filter.as_str());
+        // Kept for the session's life: an owned copy, not a slice of the read buffer, and not
+        // shared with the retained query (a shared copy carries a 24-byte header for as long as
+        // the subscription lives).
         let sub = Subscription {
             options: f.options,
             subscription_id,
         };
-        s.subscriptions.insert(filter.clone(), sub);
+        s.subscriptions
+            .insert(ByteStr::from(f.filter.as_str()), sub);
+        let filter = ByteStr::from(f.filter.as_str());
         let awaiting = self.install_subscription(sid, &filter, f.options, subscription_id, token);
         use ringmq_codec::RetainHandling::*;
         // Retained messages are not sent for a shared subscription (4.8.2).

@@ -115,7 +115,7 @@ impl ShardState {
         let Some(s) = self.sessions.get(&sid) else {
             return;
         };
-        let (Some(t), false) = (s.disconnected_at, s.expiry_interval == u32::MAX) else {
+        let (Some(t), false) = (s.disconnected_at(), s.expiry_interval == u32::MAX) else {
             return;
         };
         let due_s = t.saturating_add(u64::from(s.expiry_interval));

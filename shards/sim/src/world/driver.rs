@@ -211,7 +211,7 @@ impl Sim {
             self.log(format!("shard {k}: write to conn {c} fails (reset)"));
             return;
         }
-        let total: usize = conn.out.iter().map(|b| b.len()).sum();
+        let total = conn.out.bytes();
         let n = if self.phase != RunPhase::Chaos || self.rng.chance(850) {
             total
         } else {
@@ -221,7 +221,7 @@ impl Sim {
             conn.write_blocked = true;
             return;
         }
-        let bytes = take_front(&mut conn.out, n);
+        let bytes = take_front(conn.out.chunks_mut().expect("output queued"), n);
         let blocked = !conn.out.is_empty();
         conn.write_blocked = blocked;
         self.shards[k].st.wrote(key, n);
@@ -237,14 +237,14 @@ impl Sim {
         if !conn.write_blocked || conn.close.is_some() {
             return;
         }
-        let Some(front) = conn.out.front() else {
+        let Some(front) = conn.out.chunks_mut().and_then(|q| q.front()) else {
             conn.write_blocked = false;
             return;
         };
         let len = front.len() as u64;
         let n = self.rng.range(1, len) as usize;
         let c = conn.socket.0 as usize;
-        let bytes = take_front(&mut conn.out, n);
+        let bytes = take_front(conn.out.chunks_mut().expect("output queued"), n);
         conn.write_blocked = false;
         self.shards[k].st.wrote(key, n);
         self.shards[k].st.want_write(key);
@@ -278,8 +278,8 @@ impl Sim {
             }
         }
         if !conn.out.is_empty() && !conn.write_blocked && !self.conns[c].reset {
-            let total: usize = conn.out.iter().map(|b| b.len()).sum();
-            let bytes = take_front(&mut conn.out, total);
+            let total = conn.out.bytes();
+            let bytes = take_front(conn.out.chunks_mut().expect("output queued"), total);
             self.emit(c, k, &bytes);
         }
         self.call(k, |st| st.finish_conn(key));
