@@ -73,6 +73,19 @@ fn init_logging(s: &Settings) {
     }
 }
 
+/// Large allocations (the tables of connections, sessions and subscriptions, which double as a
+/// fleet connects) come from their own mappings and go back to the system when freed. glibc
+/// otherwise raises this threshold to the size of the largest mapping freed, after which each
+/// table's previous, freed copy stays resident in the heap: 675 bytes per idle connection at
+/// 19,000 connections instead of 556 (540 with 128 KiB, which cost fan-in 4%: a slow
+/// subscriber's output queue grows past it and is freed again each time it drains).
+fn fix_mmap_threshold() {
+    // SAFETY: mallopt only sets glibc's allocator parameters; called before the shards start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
+    }
+}
+
 fn main() {
     let matches = cli().get_matches();
     let print_config = matches.get_flag("print_config");
@@ -99,6 +112,7 @@ fn main() {
         std::process::exit(2);
     });
     ringmq_shard::check_fd_limit(cfg.max_connections);
+    fix_mmap_threshold();
     tracing::info!(
         shards = cfg.shards,
         listen = ?cfg.listen,
