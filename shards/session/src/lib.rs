@@ -12,6 +12,7 @@
 //! - [`Session`]: what survives a disconnect for a persistent session.
 
 use bytes::Bytes;
+use compact_str::CompactString;
 use ringmq_codec::{
     ByteStr, LastWill, PacketId, Properties, ProtocolVersion, QoS, SubscriptionOptions,
 };
@@ -480,8 +481,9 @@ pub struct Subscription {
 
 /// A session's subscriptions by filter. A plain vector: most devices hold one or a few, a map
 /// would cost more than it saves, and the count is bounded by `--max-subscriptions-per-client`.
+/// Filters of up to 24 bytes are stored inline (no allocation of their own).
 #[derive(Debug, Default)]
-pub struct Subscriptions(Vec<(ByteStr, Subscription)>);
+pub struct Subscriptions(Vec<(CompactString, Subscription)>);
 
 impl Subscriptions {
     pub fn get(&self, filter: &str) -> Option<&Subscription> {
@@ -496,8 +498,8 @@ impl Subscriptions {
     }
 
     /// Inserts or replaces; returns the replaced subscription.
-    pub fn insert(&mut self, filter: ByteStr, sub: Subscription) -> Option<Subscription> {
-        match self.0.iter_mut().find(|(f, _)| *f == filter) {
+    pub fn insert(&mut self, filter: &str, sub: Subscription) -> Option<Subscription> {
+        match self.0.iter_mut().find(|(f, _)| f.as_str() == filter) {
             Some((_, s)) => Some(std::mem::replace(s, sub)),
             None => {
                 // Exact growth (1, 2, 4, ...): Vec's first push would make room for four
@@ -505,7 +507,7 @@ impl Subscriptions {
                 if self.0.len() == self.0.capacity() {
                     self.0.reserve_exact(self.0.len().max(1));
                 }
-                self.0.push((filter, sub));
+                self.0.push((CompactString::new(filter), sub));
                 None
             }
         }
@@ -524,12 +526,12 @@ impl Subscriptions {
         self.0.is_empty()
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = &ByteStr> {
-        self.0.iter().map(|(f, _)| f)
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(f, _)| f.as_str())
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&ByteStr, &Subscription)> {
-        self.0.iter().map(|(f, s)| (f, s))
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Subscription)> {
+        self.0.iter().map(|(f, s)| (f.as_str(), s))
     }
 }
 
@@ -543,7 +545,9 @@ pub struct Session {
     /// Unique on this shard for the life of the process; never reused, so a late reply about an
     /// ended session cannot reach its successor.
     pub id: u64,
-    pub client_id: ByteStr,
+    /// Inline up to 24 bytes: every client id a 3.1.1 server must accept (1 to 23 bytes,
+    /// [MQTT-3.1.3-5]) costs no allocation of its own.
+    pub client_id: CompactString,
     pub protocol: ProtocolVersion,
     /// Seconds the session outlives its connection; `u32::MAX` never expires, 0 ends with it.
     pub expiry_interval: u32,
@@ -572,14 +576,14 @@ pub struct Session {
 impl Session {
     pub fn new(
         id: u64,
-        client_id: ByteStr,
+        client_id: &str,
         protocol: ProtocolVersion,
         window: usize,
         queue_max: usize,
     ) -> Session {
         Session {
             id,
-            client_id,
+            client_id: CompactString::new(client_id),
             protocol,
             expiry_interval: 0,
             subscriptions: Subscriptions::default(),
@@ -883,29 +887,20 @@ mod tests {
             },
             subscription_id: None,
         };
-        assert!(subs
-            .insert(ByteStr::from("a/+"), sub(QoS::AtMostOnce))
-            .is_none());
-        assert!(subs
-            .insert(ByteStr::from("b"), sub(QoS::AtLeastOnce))
-            .is_none());
-        let old = subs
-            .insert(ByteStr::from("a/+"), sub(QoS::ExactlyOnce))
-            .unwrap();
+        assert!(subs.insert("a/+", sub(QoS::AtMostOnce)).is_none());
+        assert!(subs.insert("b", sub(QoS::AtLeastOnce)).is_none());
+        let old = subs.insert("a/+", sub(QoS::ExactlyOnce)).unwrap();
         assert_eq!(old.options.qos, QoS::AtMostOnce);
         assert_eq!(subs.len(), 2);
         assert_eq!(subs.get("a/+").unwrap().options.qos, QoS::ExactlyOnce);
         assert!(subs.remove("a/+").is_some());
         assert!(subs.remove("a/+").is_none());
-        assert_eq!(
-            subs.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
-            vec!["b"]
-        );
+        assert_eq!(subs.keys().collect::<Vec<_>>(), vec!["b"]);
     }
 
     #[test]
     fn session_expiry() {
-        let mut s = Session::new(1, ByteStr::from("c"), ProtocolVersion::V5, 10, 10);
+        let mut s = Session::new(1, "c", ProtocolVersion::V5, 10, 10);
         s.expiry_interval = 5;
         assert!(!s.expired(100));
         s.set_disconnected_at(Some(100));

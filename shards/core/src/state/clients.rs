@@ -82,16 +82,10 @@ impl ClientIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ringmq_codec::{ByteStr, ProtocolVersion};
+    use ringmq_codec::ProtocolVersion;
 
     fn session(sid: u64, cid: &str) -> Box<Session> {
-        Box::new(Session::new(
-            sid,
-            ByteStr::from(cid),
-            ProtocolVersion::V311,
-            16,
-            100,
-        ))
+        Box::new(Session::new(sid, cid, ProtocolVersion::V311, 16, 100))
     }
 
     #[test]

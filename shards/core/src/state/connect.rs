@@ -464,9 +464,7 @@ impl ShardState {
         self.next_session += 1;
         let s = Session::new(
             sid,
-            // A copy of its own: a clone of the CONNECT's would add a shared header (24 bytes)
-            // to every session for as long as it lives.
-            ByteStr::from(c.client_id.as_str()),
+            c.client_id.as_str(),
             c.protocol,
             window,
             self.cfg.max_queued_messages,
@@ -573,10 +571,10 @@ impl ShardState {
         // Answers it still owed have no connection to go to (`sid` is never reused).
         self.acks.remove(&sid);
         if s.journaled {
-            self.journal_removal(&s.client_id);
+            self.journal_removal(&ByteStr::from(s.client_id.as_str()));
         }
         for filter in s.subscriptions.keys() {
-            self.uninstall_subscription(sid, filter);
+            self.uninstall_subscription(sid, &ByteStr::from(filter));
         }
         // Deliveries a shared subscription gave this session and it never acknowledged go to
         // another member of the group (4.8.2).

@@ -176,10 +176,9 @@ impl ShardState {
         };
         let sid = self.next_session;
         self.next_session += 1;
-        let cid = ByteStr::from(client_id);
         let mut s = Session::new(
             sid,
-            cid.clone(),
+            &client_id,
             protocol,
             self.cfg.max_inflight as usize,
             self.cfg.max_queued_messages,
@@ -193,7 +192,7 @@ impl ShardState {
                 options,
                 subscription_id,
             };
-            s.subscriptions.insert(ByteStr::from(filter), sub);
+            s.subscriptions.insert(&filter, sub);
         }
         for (pid, routed) in rs.qos2_in {
             if let Some(pid) = PacketId::new(pid) {
@@ -206,7 +205,7 @@ impl ShardState {
         let subs: Vec<_> = s
             .subscriptions
             .iter()
-            .map(|(f, sub)| (f.clone(), sub.clone()))
+            .map(|(f, sub)| (ByteStr::from(f), sub.clone()))
             .collect();
         self.sessions.insert(sid, Box::new(s));
         self.by_client.insert(&self.sessions, sid);

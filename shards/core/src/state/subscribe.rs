@@ -112,8 +112,7 @@ impl ShardState {
             options: f.options,
             subscription_id,
         };
-        s.subscriptions
-            .insert(ByteStr::from(f.filter.as_str()), sub);
+        s.subscriptions.insert(&f.filter, sub);
         let filter = ByteStr::from(f.filter.as_str());
         let awaiting = self.install_subscription(sid, &filter, f.options, subscription_id, token);
         use ringmq_codec::RetainHandling::*;

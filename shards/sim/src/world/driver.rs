@@ -53,7 +53,7 @@ impl Sim {
             .sessions
             .values()
             .map(|s| {
-                let mut subs: Vec<&str> = s.subscriptions.keys().map(|f| f.as_str()).collect();
+                let mut subs: Vec<&str> = s.subscriptions.keys().collect();
                 subs.sort_unstable();
                 format!(
                     "{} (subs {subs:?}, {} inflight, {} queued)",
