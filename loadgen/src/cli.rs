@@ -147,6 +147,12 @@ pub(crate) struct FanIn {
     /// Closed loop: outstanding per publisher (QoS 1/2) or messages per flush (QoS 0).
     #[arg(long, default_value_t = 16)]
     pub(crate) window: u32,
+    /// QoS 0 closed loop: each publisher keeps at most --window messages that no subscriber has
+    /// received yet, like devices whose sending follows what arrives rather than a flood. A
+    /// message the broker dropped counts as done once a later one of its publisher arrives; a
+    /// window with no receipt for 1 s is released. One process only (--processes 1).
+    #[arg(long)]
+    pub(crate) end_to_end: bool,
     /// Publish each message to <--target-prefix><k>, k a pseudo-random one of N topics, instead
     /// of bench/fanin/<publisher> (e.g. to fill N offline sessions made with `idle`).
     #[arg(long)]
@@ -241,6 +247,11 @@ impl Scenario {
             Scenario::SessionChurn(s) => s.devices as u64 + s.publishers as u64,
             Scenario::Retained(s) => s.subscribers as u64 + 1,
         }
+    }
+
+    /// Fan-in with an end-to-end window (`--end-to-end`).
+    pub(crate) fn end_to_end(&self) -> bool {
+        matches!(self, Scenario::FanIn(s) if s.end_to_end)
     }
 
     pub(crate) fn publishers(&self) -> u64 {

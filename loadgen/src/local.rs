@@ -128,6 +128,7 @@ impl LocalRun {
             duration_ns: (duration * 1e9) as u64,
             rate,
             window,
+            end_to_end: cli.scenario.end_to_end(),
             client_prefix: format!("lg{tag}-"),
             total_pubs: cli.scenario.publishers(),
             churn: cli.scenario.churn(),
@@ -157,7 +158,19 @@ impl LocalRun {
                     .max(procs + 1)
             ));
         }
-        let shared = Arc::new(Shared::new(threads));
+        if cli.scenario.end_to_end() && procs > 1 {
+            return Err(
+                "--end-to-end needs every publisher and subscriber in one process \
+                        (--processes 1)"
+                    .into(),
+            );
+        }
+        let seen = if cli.scenario.end_to_end() {
+            cli.scenario.publishers() as usize
+        } else {
+            0
+        };
+        let shared = Arc::new(Shared::new(threads, seen));
         let mut handles = Vec::new();
         for (e, specs) in per_exec.into_iter().enumerate() {
             let cfg = cfg.clone();

@@ -288,6 +288,8 @@ impl Exec {
             hdr,
             pid_off,
             unacked: VecDeque::new(),
+            e2e_floor: 0,
+            e2e_full_since: 0,
         });
     }
 

@@ -20,7 +20,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::num::NonZeroU16;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 mod churning;
@@ -79,6 +79,9 @@ pub struct RunCfg {
     /// Per publisher, msgs/s; 0 = closed loop.
     pub rate: f64,
     pub window: u32,
+    /// QoS 0 closed loop: `window` counts messages not yet received by a subscriber of the
+    /// run (fed back through `Shared::seen`), not messages per flush.
+    pub end_to_end: bool,
     pub client_prefix: String,
     /// Total publishers of the run (staggering of open-loop schedules).
     pub total_pubs: u64,
@@ -132,10 +135,14 @@ pub struct Shared {
     pub end: AtomicBool,
     pub live: Vec<Live>,
     pub first_error: Mutex<Option<String>>,
+    /// With an end-to-end window: per publisher id, one past the highest sequence number a
+    /// subscriber received.
+    pub seen: Vec<AtomicU32>,
 }
 
 impl Shared {
-    pub fn new(n: usize) -> Shared {
+    /// `n` executors; `publishers` counters of receipts (0 without an end-to-end window).
+    pub fn new(n: usize, publishers: usize) -> Shared {
         Shared {
             inited: AtomicUsize::new(0),
             start: AtomicBool::new(false),
@@ -144,6 +151,7 @@ impl Shared {
             end: AtomicBool::new(false),
             live: (0..n).map(|_| Live::default()).collect(),
             first_error: Mutex::new(None),
+            seen: (0..publishers).map(|_| AtomicU32::new(0)).collect(),
         }
     }
 }
@@ -199,6 +207,10 @@ struct PubSt {
     pid_off: Option<usize>,
     /// QoS > 0: (packet id, stamped send time) of the unacknowledged PUBLISHes, oldest first.
     unacked: VecDeque<(u16, u64)>,
+    /// End-to-end window: sequence numbers below this count as done (released after a stall).
+    e2e_floor: u32,
+    /// End-to-end window: when it was first seen full without a receipt since (0: not full).
+    e2e_full_since: u64,
 }
 
 struct SubSt {
@@ -439,9 +451,15 @@ impl Exec {
         } else if self.phase == Phase::Ramp || self.phase == Phase::WaitGo {
             1_000_000
         } else {
+            // An end-to-end window waits for receipts that another executor may take.
+            let most = if self.cfg.end_to_end {
+                1_000_000
+            } else {
+                10_000_000
+            };
             match next_due {
-                Some(t) => t.saturating_sub(now_ns()).min(10_000_000),
-                None => 10_000_000,
+                Some(t) => t.saturating_sub(now_ns()).min(most),
+                None => most,
             }
         }
     }

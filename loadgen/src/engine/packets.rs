@@ -89,6 +89,11 @@ impl Exec {
             }
             _ => self.lat.saturating_record(us),
         }
+        if self.cfg.end_to_end {
+            if let Some(seen) = self.shared.seen.get(h.pub_id as usize) {
+                seen.fetch_max(h.seq.wrapping_add(1), Relaxed);
+            }
+        }
         let sub = &mut self.subs[d.role_idx as usize];
         match sub.track.record(h.pub_id, h.seq) {
             Seen::New => self.c.unique += 1,

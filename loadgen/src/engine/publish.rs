@@ -52,6 +52,11 @@ impl Exec {
             if !self.can_write(di) {
                 continue;
             }
+            let w = if self.cfg.end_to_end {
+                self.e2e_room(pi, now)
+            } else {
+                w
+            };
             wbuf.clear();
             let p = &mut self.pubs[pi];
             let mut n = 0u64;
@@ -66,6 +71,31 @@ impl Exec {
         }
         self.wbuf = wbuf;
         progress
+    }
+
+    /// End-to-end window: how many more messages publisher `pi` may send now. A window that
+    /// stays full for 1 s without a receipt is released (its messages were dropped at its end).
+    fn e2e_room(&mut self, pi: usize, now: u64) -> u64 {
+        let p = &mut self.pubs[pi];
+        let seen = self
+            .shared
+            .seen
+            .get(p.id as usize)
+            .map_or(p.seq, |s| s.load(Relaxed));
+        let out = outstanding(p.seq, seen, p.e2e_floor);
+        let window = self.cfg.window.max(1);
+        if out < window {
+            p.e2e_full_since = 0;
+            return u64::from(window - out);
+        }
+        if p.e2e_full_since == 0 {
+            p.e2e_full_since = now;
+        } else if now.saturating_sub(p.e2e_full_since) >= 1_000_000_000 {
+            p.e2e_floor = p.seq;
+            p.e2e_full_since = 0;
+            return u64::from(window);
+        }
+        0
     }
 
     /// Ready, and the kernel took everything written before: more would only pile up in `tx`.
@@ -128,6 +158,13 @@ impl Exec {
 /// Appends the next PUBLISH of `p`: to its own topic, or with `topic_hdrs` (session-churn) to
 /// the device topic `churn::target` picks.
 #[inline]
+/// Messages of a publisher at sequence `seq` (the next to send) not yet done: done are those
+/// below `seen` (one past the highest received) or below `floor` (released), whichever is
+/// later; sequence numbers wrap.
+fn outstanding(seq: u32, seen: u32, floor: u32) -> u32 {
+    seq.wrapping_sub(seen).min(seq.wrapping_sub(floor))
+}
+
 pub(super) fn append_publish(
     wbuf: &mut Vec<u8>,
     p: &mut PubSt,
@@ -205,6 +242,22 @@ mod tests {
     use ringmq_codec::decode_packet;
 
     #[test]
+    fn end_to_end_outstanding_counts_from_the_later_of_receipt_and_release() {
+        assert_eq!(outstanding(0, 0, 0), 0);
+        assert_eq!(outstanding(16, 0, 0), 16, "nothing received yet");
+        assert_eq!(outstanding(16, 10, 0), 6, "received through seq 9");
+        assert_eq!(
+            outstanding(40, 10, 32),
+            8,
+            "released at 32, later than the receipts"
+        );
+        assert_eq!(outstanding(40, 35, 32), 5, "receipts past the release");
+        // Wrapping sequence numbers.
+        assert_eq!(outstanding(3, u32::MAX - 4, u32::MAX - 10), 8);
+        assert_eq!(outstanding(3, u32::MAX - 4, u32::MAX), 4);
+    }
+
+    #[test]
     fn publish_header_patch_decodes() {
         for v in [ProtocolVersion::V311, ProtocolVersion::V5] {
             for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
@@ -221,6 +274,8 @@ mod tests {
                     hdr,
                     pid_off,
                     unacked: VecDeque::new(),
+                    e2e_floor: 0,
+                    e2e_full_since: 0,
                 };
                 let mut w = Vec::new();
                 append_publish(&mut w, &mut p, &[], &tpl, 123_456_789);

@@ -40,33 +40,54 @@ pub fn start_mosquitto(name: &str) -> Broker {
     );
     let dir = std::env::temp_dir().join(format!("ringmq-loadgen-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = free_port();
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n\
-             max_queued_messages 0\nmax_inflight_messages 0\npersistence false\n"
-        ),
-    )
-    .unwrap();
-    let child = Command::new(MOSQUITTO)
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start mosquitto");
-    let broker = Broker { child, port, dir };
-    let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "mosquitto did not listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
+    // A port found free may be taken (by another test's client sockets) before Mosquitto binds
+    // it: then Mosquitto exits, and another port is tried.
+    for _ in 0..5 {
+        let port = free_port();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n\
+                 max_queued_messages 0\nmax_inflight_messages 0\npersistence false\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new(MOSQUITTO)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto");
+        let mut broker = Broker {
+            child,
+            port,
+            dir: dir.clone(),
+        };
+        let t = Instant::now();
+        loop {
+            if broker.child.try_wait().unwrap().is_some() {
+                break; // exited: the port was taken
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                // Still running once listening: it is ours that answered.
+                std::thread::sleep(Duration::from_millis(20));
+                if broker.child.try_wait().unwrap().is_none() {
+                    return broker;
+                }
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "mosquitto did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Keep the directory for the next attempt.
+        broker.dir = PathBuf::new();
     }
-    broker
+    panic!("mosquitto did not start on any of 5 free ports");
 }
 
 /// Runs the loadgen against `b` with `args` (global flags and scenario), returns the JSON
