@@ -9,7 +9,7 @@
 //!   (topic names, filters, `$share/...`), plus [`topic_matches`], the reference matcher that
 //!   states MQTT 5 section 4.7 in code and against which the indexes are property-tested.
 //! - [`SubscriptionTree`]: filter -> subscribers. Exact filters (the bulk of a device fleet:
-//!   `devices/12345/cmd`) sit in a `HashMap<Box<str>, Entries>`, so a publish costs one hash
+//!   `devices/12345/cmd`) sit in a `HashMap<CompactString, Entries>`, so a publish costs one hash
 //!   lookup for them; wildcard filters sit in an arena trie over levels with a separate '+' edge
 //!   and a "`/#` ends here" list per node, walked with an explicit stack. A filter's subscriber
 //!   list is inline for one subscriber, a `Vec` for a few and a `HashMap` for many.
@@ -26,20 +26,20 @@
 //!
 //! One exact subscription with one subscriber, `K = u64`, `V = u64`, 64-bit target:
 //!
-//! - hash-map slot: `Box<str>` 16 B + `Entries` 24 B (`One` inline, no allocation) + 1 control
-//!   byte = 41 B, divided by the load factor (7/8 just before a resize, 7/16 just after):
-//!   47..94 B;
-//! - the filter text: one allocation of its length (18 B for `devices/123456/cmd`; glibc
-//!   rounds it to a 32 B chunk).
+//! - hash-map slot: the filter as a `CompactString` 24 B (inline up to 24 bytes) + `Entries`
+//!   24 B (`One` inline, no allocation) + 1 control byte = 49 B, divided by the load factor
+//!   (7/8 just before a resize, 7/16 just after): 56..112 B;
+//! - a filter longer than 24 bytes adds one allocation of its length.
 //!
-//! So **~65..105 B requested, ~80..120 B resident per exact subscription**. Measured with a
-//! counting allocator (`cargo run --release -p ringmq-router --example memory [N]`):
-//! 65.6 B at N = 900k, 103.9 B at N = 1M (just after a resize), 1 allocation each. A second
-//! subscriber on the same filter adds a `Vec` (2 x 16 B); the route table costs the same per
-//! filter. Wildcard filters cost ~220 B (two 80 B trie nodes plus the level text) and retained
-//! messages ~190..230 B (map slot + text + two 32 B trie nodes with their level texts).
-//! The same example times a publish lookup: ~100 ns against 1M exact filters (one SipHash plus
-//! a cache miss), ~230 ns with 1,000 wildcard filters added.
+//! So **~56..112 B per exact subscription, with no allocation of its own** for filters of up
+//! to 24 bytes (`devices/123456/cmd`). Measured with a counting allocator (`cargo run --release
+//! -p ringmq-router --example memory [N]`): 57.1 B at N = 900k, 102.8 B at N = 1M (just after a
+//! resize), no allocation each. A second subscriber on the same filter adds a `Vec` (2 x 16 B);
+//! the route table costs the same per filter. Wildcard filters cost ~220 B (two 80 B trie nodes
+//! plus the level text) and retained messages ~190..230 B (map slot + text + two 32 B trie
+//! nodes with their level texts).
+//! The same example times a publish lookup: ~34 ns against 1M exact filters (one SipHash plus
+//! a cache miss), ~65 ns with 1,000 wildcard filters added (2026-12-04, the 2-core VM).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -1,5 +1,6 @@
 //! Subscription index of one shard: exact filters in a hash map, wildcard filters in a trie.
 
+use compact_str::CompactString;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
@@ -40,7 +41,8 @@ impl<K: Copy + Eq + Hash, V> Payload for WildSubs<K, V> {
 /// Cost of a publish: one SipHash lookup of the whole topic in the exact map, plus, only if any
 /// wildcard filter exists, a trie walk visiting each matching trie node once.
 pub struct SubscriptionTree<K, V> {
-    exact: HashMap<Box<str>, Entries<K, V>>,
+    /// Keys inline up to 24 bytes: most device filters cost no allocation of their own.
+    exact: HashMap<CompactString, Entries<K, V>>,
     wild: Trie<WildSubs<K, V>>,
     /// Distinct wildcard filters with at least one subscriber.
     wild_filters: usize,

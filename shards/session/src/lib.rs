@@ -16,6 +16,7 @@ use compact_str::CompactString;
 use ringmq_codec::{
     ByteStr, LastWill, PacketId, Properties, ProtocolVersion, QoS, SubscriptionOptions,
 };
+use smallvec::SmallVec;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
@@ -481,9 +482,10 @@ pub struct Subscription {
 
 /// A session's subscriptions by filter. A plain vector: most devices hold one or a few, a map
 /// would cost more than it saves, and the count is bounded by `--max-subscriptions-per-client`.
-/// Filters of up to 24 bytes are stored inline (no allocation of their own).
+/// Filters of up to 24 bytes are stored inline (no allocation of their own), and so is a
+/// session's first subscription: a typical device's one costs no allocation at all.
 #[derive(Debug, Default)]
-pub struct Subscriptions(Vec<(CompactString, Subscription)>);
+pub struct Subscriptions(SmallVec<[(CompactString, Subscription); 1]>);
 
 impl Subscriptions {
     pub fn get(&self, filter: &str) -> Option<&Subscription> {
@@ -502,8 +504,8 @@ impl Subscriptions {
         match self.0.iter_mut().find(|(f, _)| f.as_str() == filter) {
             Some((_, s)) => Some(std::mem::replace(s, sub)),
             None => {
-                // Exact growth (1, 2, 4, ...): Vec's first push would make room for four
-                // entries, 192 bytes, for the one a typical device holds.
+                // Exact growth past the inline one (2, 4, ...), not the four entries a
+                // vector's first allocation would make room for.
                 if self.0.len() == self.0.capacity() {
                     self.0.reserve_exact(self.0.len().max(1));
                 }
