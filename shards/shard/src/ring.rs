@@ -174,8 +174,8 @@ impl NetRing {
     /// another follows. An item that yields no completion (a wake-up whose bytes a takeover's
     /// drain already read) can still leave work behind: the next arrival or the tick takes it.
     /// `max` keeps a batch small enough that its deliveries stay in cache: a publisher that
-    /// keeps its socket full would otherwise be read up to the whole buffer ring (2 MiB)
-    /// before any of it is handled.
+    /// keeps its socket full would otherwise be read up to the whole buffer ring
+    /// (`--receive-buffers`) before any of it is handled.
     pub fn reap(&mut self, out: &mut VecDeque<Cqe>, max: usize) -> bool {
         let start = out.len();
         loop {

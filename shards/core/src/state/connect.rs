@@ -420,7 +420,7 @@ impl ShardState {
         granted: &Granted,
         will: Option<Box<LastWill>>,
     ) -> (u64, bool) {
-        let mut session_present = false;
+        let mut resumed = None;
         if let Some(sid) = self.by_client.get(&self.sessions, &c.client_id) {
             let old = self.sessions.get(&sid).and_then(|s| s.connection());
             if let Some(old_key) = old {
@@ -435,16 +435,11 @@ impl ShardState {
             if c.clean_start || ended {
                 self.remove_session(sid);
             } else {
-                session_present = true;
+                resumed = Some(sid);
             }
         }
-        let sid = if session_present {
-            self.by_client
-                .get(&self.sessions, &c.client_id)
-                .expect("the session is present")
-        } else {
-            self.new_session(c, granted.window)
-        };
+        let session_present = resumed.is_some();
+        let sid = resumed.unwrap_or_else(|| self.new_session(c, granted.window));
         let s = self.sessions.get_mut(&sid).expect("just ensured");
         s.protocol = c.protocol;
         s.outbound.set_window(granted.window);
