@@ -175,6 +175,13 @@ settings! {
         /// receive_buffers_exhausted).
         receive_buffers: usize = "512", pow2(8, 32_768), "N" => receive_buffers;
 
+        /// Microseconds a shard busy with traffic lets arrivals gather before it looks at its
+        /// network ring again (0 = at once): one wake-up and one write per subscriber then
+        /// carry several messages, which costs a message at most this much latency; a message
+        /// that follows a quiet moment is handled at once.
+        batch_window_us: u64 = "200", int(0, 10_000), "MICROS"
+            => batch_window: |v| Duration::from_micros(v);
+
         /// Microseconds each executor busy-polls before sleeping when idle; 0 parks at once. Only
         /// for machines the broker has to itself.
         spin_us: u64 = "0", ANY, "MICROS" => spin: |v| (v > 0).then(|| Duration::from_micros(v));

@@ -56,6 +56,7 @@ fn defaults() {
     assert_eq!(s.io_memory, 512 * 1024);
     assert_eq!(s.ring_depth, 4096);
     assert_eq!(s.receive_buffers, 512);
+    assert_eq!(s.batch_window_us, 200);
     assert_eq!(s.spin_us, 0);
     assert_eq!(s.log_level, "info");
     assert_eq!(s.log_format, LogFormat::Plain);

@@ -63,6 +63,8 @@ pub struct Config {
     pub ring_depth: usize,
     /// Provided receive buffers (4 KiB each, a power of two) of the shard's network ring.
     pub receive_buffers: usize,
+    /// How long a shard busy with traffic lets arrivals gather before it looks again.
+    pub batch_window: Duration,
     /// Busy-poll before parking, for machines the broker has to itself.
     pub spin: Option<Duration>,
     /// Batches that one shard may have in flight to another before senders wait.
@@ -120,6 +122,7 @@ impl Default for Config {
             io_memory: 512 * 1024,
             ring_depth: 4096,
             receive_buffers: 512,
+            batch_window: Duration::from_micros(200),
             spin: None,
             mesh_channel_batches: 1024,
         }

@@ -5,8 +5,9 @@
 //! Bytes arrive in buffers the kernel takes from a per-shard provided-buffer ring only when
 //! there is something to read, so an idle connection holds no buffer; each buffer goes back to
 //! the ring as soon as its completion is handled. The ring signals an eventfd when it posts
-//! completions; the shard's network task waits on that eventfd through glommio, so one
-//! glommio wake-up covers every completion posted meanwhile.
+//! completions (on the shard's own thread: `COOP_TASKRUN`); the shard's network task waits on
+//! that eventfd through glommio, so one glommio wake-up covers every completion posted
+//! meanwhile.
 
 use io_uring::{cqueue, squeue, IoUring};
 use std::collections::VecDeque;
@@ -20,10 +21,8 @@ const BGID: u16 = 0;
 pub const BUF_LEN: usize = 4096;
 /// Submission queue entries; the queue is flushed whenever it fills.
 const SQ_ENTRIES: u32 = 1024;
-/// `io_uring_enter` flag: wait for (here: run the deferred work of) completions.
+/// `io_uring_enter` flag: wait for (here: run the pending work of) completions.
 const IORING_ENTER_GETEVENTS: u32 = 1;
-/// Deferred items one `io_uring_enter` runs at most (see [`NetRing::reap`]).
-const LOCAL_WORK_PER_ENTER: usize = 20;
 /// Completions the ring holds before the kernel keeps the rest on its overflow list.
 const CQ_ENTRIES: u32 = 16384;
 
@@ -92,12 +91,17 @@ pub struct NetRing {
 impl NetRing {
     /// A ring with `buffers` provided buffers (a power of two) of [`BUF_LEN`] bytes.
     pub fn new(buffers: u16) -> io::Result<NetRing> {
-        // DEFER_TASKRUN: bytes arriving do not interrupt the thread to complete receives; the
-        // kernel queues the work and signals the eventfd once, and the receives complete when
-        // the shard asks for events (`reap`), a whole batch at a time.
+        // COOP_TASKRUN: bytes arriving do not interrupt a running thread to complete receives;
+        // the work runs at its next entry into the kernel, or wakes it if it sleeps (in
+        // glommio's ring), and the completions are posted then, signalling the eventfd from the
+        // shard's own thread. DEFER_TASKRUN (work held until the shard asks for events) was
+        // used first, but on Linux 6.18.44 the eventfd signal it sends from the sender's
+        // softirq went through an RCU callback, 10-16 ms late: every message waited for it
+        // (docs/decisions/2026-12-03-connection-readiness.md).
         let uring = IoUring::builder()
             .setup_single_issuer()
-            .setup_defer_taskrun()
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
             .setup_cqsize(CQ_ENTRIES)
             .build(SQ_ENTRIES)?;
         let bufs = BufRing::register(&uring, buffers)?;
@@ -163,49 +167,59 @@ impl NetRing {
         self.queued = 0;
     }
 
-    /// Submits what was queued, completes the work the kernel deferred, and moves the
-    /// completions to the end of `out`: all of them, or once at least `max` were moved, the
-    /// ones so far. Returns whether work may be left deferred (the caller must come back
-    /// without waiting for the eventfd).
+    /// Submits what was queued, runs the completion work the kernel holds for this thread, and
+    /// moves completions to the end of `out`: all of them, or at most `max`. Returns whether
+    /// some may be left (the caller comes back without waiting for the eventfd).
     ///
-    /// One `io_uring_enter` runs at most 20 deferred items (the kernel's
-    /// `IO_LOCAL_TW_DEFAULT_MAX`, Linux 6.13 and later) and keeps the rest for the next one,
-    /// without signalling the eventfd again; so while an enter yields that many completions,
-    /// another follows. An item that yields no completion (a wake-up whose bytes a takeover's
-    /// drain already read) can still leave work behind: the next arrival or the tick takes it.
     /// `max` keeps a batch small enough that its deliveries stay in cache: a publisher that
     /// keeps its socket full would otherwise be read up to the whole buffer ring
-    /// (`--receive-buffers`) before any of it is handled.
+    /// (`--receive-buffers`) before any of it is handled. The ring is entered only when there
+    /// is something to submit, completion work pending (`IORING_SQ_TASKRUN`) or an overflow
+    /// to flush: completions posted meanwhile (the thread runs that work on any system call,
+    /// a `sendmsg` included) are taken without one.
     pub fn reap(&mut self, out: &mut VecDeque<Cqe>, max: usize) -> bool {
-        let start = out.len();
+        let mut taken = 0;
         loop {
-            let to_submit = self.uring.submission().len() as u32;
-            // SAFETY: no argument is passed; the flags ask only to run the deferred work.
-            let r = unsafe {
-                self.uring.submitter().enter::<libc::sigset_t>(
-                    to_submit,
-                    0,
-                    IORING_ENTER_GETEVENTS,
-                    None,
-                )
+            let (to_submit, work) = {
+                let mut sq = self.uring.submission();
+                sq.sync();
+                (sq.len() as u32, sq.taskrun() || sq.cq_overflow())
             };
-            match r {
-                Ok(_) => self.queued = 0,
-                Err(e) => tracing::debug!(error = %e, "network ring enter deferred"),
+            if to_submit > 0 || work {
+                // SAFETY: no argument is passed; the flags ask only to run pending work.
+                let r = unsafe {
+                    self.uring.submitter().enter::<libc::sigset_t>(
+                        to_submit,
+                        0,
+                        IORING_ENTER_GETEVENTS,
+                        None,
+                    )
+                };
+                match r {
+                    Ok(_) => self.queued = 0,
+                    Err(e) => tracing::debug!(error = %e, "network ring enter deferred"),
+                }
             }
-            let before = out.len();
-            for c in self.uring.completion() {
+            let mut cq = self.uring.completion();
+            for c in cq.by_ref().take(max - taken) {
                 out.push_back(Cqe {
                     user_data: c.user_data(),
                     res: c.result(),
                     flags: c.flags(),
                 });
+                taken += 1;
             }
-            if out.len() - before < LOCAL_WORK_PER_ENTER {
+            let left = !cq.is_empty();
+            drop(cq);
+            let work = {
+                let sq = self.uring.submission();
+                sq.taskrun() || sq.cq_overflow()
+            };
+            if taken >= max {
+                return left || work;
+            }
+            if !work {
                 return false;
-            }
-            if out.len() - start >= max {
-                return true;
             }
         }
     }
@@ -324,21 +338,13 @@ mod tests {
         }
         let mut cqes = VecDeque::new();
         assert!(ring.reap(&mut cqes, 30), "a capped reap says work is left");
-        assert!(
-            (30..100).contains(&cqes.len()),
-            "{} after the cap",
-            cqes.len()
-        );
+        assert_eq!(cqes.len(), 30, "a reap takes no more than its cap");
         let mut reaps = 1;
         while ring.reap(&mut cqes, 30) {
             reaps += 1;
             assert!(reaps < 10, "the reaps end");
         }
-        assert_eq!(
-            cqes.len(),
-            100,
-            "the kernel's 20 per enter do not leave the rest behind"
-        );
+        assert_eq!(cqes.len(), 100, "capped reaps do not leave the rest behind");
         let mut keys: Vec<usize> = cqes.iter().map(|c| untag(c.user_data).2).collect();
         keys.sort_unstable();
         keys.dedup();
@@ -351,6 +357,41 @@ mod tests {
         assert_eq!(untag(t), (Some(Op::Writable), 0x23_4567, 19_999));
         assert_eq!(untag(tag(Op::Accept, 0, 3)), (Some(Op::Accept), 0, 3));
         assert_eq!(untag(0).0, None);
+    }
+
+    /// Waits up to `ms` for the eventfd to be signalled; whether it was.
+    fn eventfd_signalled_within(ring: &NetRing, ms: i32) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: ring.eventfd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, ms) == 1 }
+    }
+
+    #[test]
+    fn the_first_bytes_on_a_new_receive_signal_the_eventfd_at_once() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        // A late signal is a wake-up missed by milliseconds: with DEFER_TASKRUN on Linux
+        // 6.18.44 the first one after arming came 10-16 ms late (an RCU callback), and in the
+        // broker every one did. A fresh ring per attempt; any attempt within 2 ms passes, so a
+        // loaded machine does not fail it while the late signal fails every attempt.
+        let prompt = (0..5).any(|_| {
+            let mut ring = NetRing::new(4).expect("io_uring with provided buffers");
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (b, _) = l.accept().unwrap();
+            let e = io_uring::opcode::RecvMulti::new(io_uring::types::Fd(b.as_raw_fd()), BGID)
+                .build()
+                .user_data(tag(Op::Recv, 1, 1));
+            ring.push(e);
+            ring.submit();
+            (&a).write_all(b"x").unwrap();
+            eventfd_signalled_within(&ring, 2)
+        });
+        assert!(prompt, "the eventfd was signalled late in every attempt");
     }
 
     #[test]
@@ -369,18 +410,8 @@ mod tests {
         // Ten writes through four buffers: each goes back after use.
         for i in 0..10u8 {
             (&a).write_all(&[i; 100]).unwrap();
-            // The deferred receive is announced on the eventfd before anyone asks for events.
-            let mut pfd = libc::pollfd {
-                fd: ring.eventfd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            assert_eq!(
-                unsafe { libc::poll(&mut pfd, 1, 2_000) },
-                1,
-                "eventfd signalled"
-            );
+            // The receive is announced on the eventfd before anyone asks for events.
+            assert!(eventfd_signalled_within(&ring, 2_000), "eventfd signalled");
             let mut count = [0u8; 8];
             // SAFETY: an 8-byte read of the eventfd into an 8-byte buffer.
             unsafe { libc::read(ring.eventfd(), count.as_mut_ptr().cast(), 8) };

@@ -203,7 +203,7 @@ async fn shard_main(
     );
     // SAFETY: a duplicate of the ring's eventfd, owned by the file from here on.
     let eventfd = unsafe { glommio::io::BufferedFile::from_raw_fd(eventfd) };
-    glommio::spawn_local(net_loop(eventfd)).detach();
+    glommio::spawn_local(net_loop(eventfd, cfg.batch_window)).detach();
     glommio::spawn_local(journal_loop(bell_rx, cfg.fsync, cfg.journal_segment_bytes)).detach();
     mesh::start_receivers(receivers);
 
