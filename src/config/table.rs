@@ -13,7 +13,7 @@
 use super::declare::{choice, settings};
 use super::kind::{int, pow2, Kind, ANY};
 use ringmq_shard::auth::{AuthMethods, ChallengeSha256};
-use ringmq_shard::config::Fsync;
+use ringmq_shard::config::{Fsync, QueueFull};
 use ringmq_shard::Config;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,6 +23,11 @@ use std::time::Duration;
 choice! {
     /// `journal_on_corruption`.
     OnCorruption { Refuse = "refuse", MoveAside = "move-aside" }
+}
+
+choice! {
+    /// `queue_full`: what a full session queue does with one more QoS 1/2 message.
+    QueueFullPolicy { Backpressure = "backpressure", DropNew = "drop-new", DropOldest = "drop-oldest" }
 }
 
 choice! {
@@ -56,8 +61,23 @@ settings! {
         max_inflight: u16 = "32", int(1, 65_535), "N" => max_inflight;
 
         /// QoS 1/2 messages queued per session behind a full inflight window or while a
-        /// persistent session is offline; further messages for it are dropped and counted.
-        max_queued_messages: usize = "1000", ANY, "N" => max_queued_messages;
+        /// persistent session is offline at which its queue is full (0: no count limit); what
+        /// happens then is queue_full's choice.
+        max_queued_messages: usize = "100000", ANY, "N" => max_queued_messages;
+
+        /// Bytes of topic and payload queued per session at which its queue is full (0: no
+        /// limit).
+        max_queued_bytes: u64 = "67108864", ANY, "BYTES" => max_queued_bytes;
+
+        /// What a QoS 1/2 message does when a session's queue is full: backpressure (queued
+        /// beyond the limit while its publisher's acknowledgement waits until there is room;
+        /// nothing acknowledged is dropped), drop-new or drop-oldest (dropped and counted).
+        queue_full: QueueFullPolicy = "backpressure", Kind::Choice(QueueFullPolicy::WORDS),
+            "backpressure|drop-new|drop-oldest" => queue_full: |v| match v {
+                QueueFullPolicy::Backpressure => QueueFull::Backpressure,
+                QueueFullPolicy::DropNew => QueueFull::DropNew,
+                QueueFullPolicy::DropOldest => QueueFull::DropOldest,
+            };
 
         /// Bytes of unwritten output per connection above which QoS 0 messages to it are
         /// dropped.

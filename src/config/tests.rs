@@ -45,7 +45,8 @@ fn defaults() {
     assert_eq!(s.max_connections, 1_000_000);
     assert_eq!(s.max_packet_size, 1_048_576);
     assert_eq!(s.max_inflight, 32);
-    assert_eq!(s.max_queued_messages, 1000);
+    assert_eq!(s.max_queued_messages, 100_000);
+    assert_eq!(s.max_queued_bytes, 64 << 20);
     assert_eq!(s.max_outgoing_bytes, 1_048_576);
     assert_eq!(s.connect_timeout, 10);
     assert_eq!(s.default_keep_alive, 60);

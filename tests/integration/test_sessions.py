@@ -134,9 +134,10 @@ def test_paho_persistent_session_offline_queue(broker, clients):
 
 @pytest.mark.ringmq_only
 def test_offline_queue_bounded(broker_factory, clients):
-    """ringmq contract: --max-queued-messages 5 -> at most 5 messages are kept for an offline session
-    (mosquitto additionally fills its inflight window for offline clients, so it delivers more)"""
-    b = broker_factory(["--max-queued-messages", "5"])
+    """ringmq contract: --max-queued-messages 5 with --queue-full drop-new -> at most 5 messages
+    are kept for an offline session (mosquitto additionally fills its inflight window for offline
+    clients, so it delivers more); the default policy is in test_queue_full.py"""
+    b = broker_factory(["--max-queued-messages", "5", "--queue-full", "drop-new"])
     sid, pid = shard_pair("bound", b.nshards)
     t = unique_topic()
     s = clients.raw(b)

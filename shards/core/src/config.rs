@@ -17,8 +17,13 @@ pub struct Config {
     pub max_packet_size: usize,
     /// Unacknowledged QoS 1/2 PUBLISHes per direction per client; advertised as Receive Maximum.
     pub max_inflight: u16,
-    /// QoS 1/2 messages queued per session behind a full window or while offline.
+    /// QoS 1/2 messages queued per session behind a full window or while offline at which its
+    /// queue is full (0: no count limit).
     pub max_queued_messages: usize,
+    /// Bytes (topic and payload) queued per session at which its queue is full (0: no limit).
+    pub max_queued_bytes: u64,
+    /// What a full session queue does with one more QoS 1/2 message.
+    pub queue_full: QueueFull,
     /// Bytes of QoS 0 output buffered for one connection before further QoS 0 messages are dropped.
     pub max_outgoing_bytes: usize,
     /// A connection must complete CONNECT within this time.
@@ -71,6 +76,20 @@ pub struct Config {
     pub mesh_channel_batches: usize,
 }
 
+/// What a QoS 1/2 message does when a session's queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueFull {
+    /// Nothing is acknowledged and then dropped: the message is queued beyond the limit and its
+    /// publisher's PUBACK/PUBREC waits until the queue is under its limits again, so the
+    /// publisher's window fills and it slows down. Messages no publisher waits for (wills,
+    /// retained messages for a new subscription) are queued beyond the limit.
+    Backpressure,
+    /// The new message is dropped for that session (counted): the operator's choice.
+    DropNew,
+    /// The oldest queued message is dropped for the new one (counted): the operator's choice.
+    DropOldest,
+}
+
 /// When the journal is synced before the acknowledgements that depend on it are sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fsync {
@@ -96,7 +115,9 @@ impl Default for Config {
             max_connections: 1_000_000,
             max_packet_size: 1024 * 1024,
             max_inflight: 32,
-            max_queued_messages: 1000,
+            max_queued_messages: 100_000,
+            max_queued_bytes: 64 << 20,
+            queue_full: QueueFull::Backpressure,
             max_outgoing_bytes: 1024 * 1024,
             connect_timeout: Duration::from_secs(10),
             default_keep_alive: 60,

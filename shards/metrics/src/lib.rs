@@ -32,6 +32,9 @@ pub struct Counters {
     pub queued: u64,
     pub dropped_no_subscriber: u64,
     pub dropped_queue_full: u64,
+    /// QoS 1/2 deliveries queued beyond a full session queue whose publisher's acknowledgement
+    /// waits until the queue is under its limits again (`--queue-full backpressure`).
+    pub acks_deferred: u64,
     pub dropped_too_large: u64,
     pub dropped_slow_consumer: u64,
     pub dropped_offline_qos0: u64,
@@ -122,6 +125,7 @@ impl Counters {
             queued,
             dropped_no_subscriber,
             dropped_queue_full,
+            acks_deferred,
             dropped_too_large,
             dropped_slow_consumer,
             dropped_offline_qos0,
@@ -359,9 +363,16 @@ fn counter_rows(c: &Counters, codes: &[u8]) -> Vec<CounterRow> {
         ),
         (
             "dropped_queue_full",
-            "Messages dropped: session queue full.",
+            "Messages dropped: session queue full (--queue-full drop-new or drop-oldest).",
             None,
             c.dropped_queue_full,
+        ),
+        (
+            "acks_deferred",
+            "QoS 1/2 deliveries queued beyond a full session queue; the publisher's \
+             acknowledgement waited for room.",
+            None,
+            c.acks_deferred,
         ),
         (
             "dropped_too_large",

@@ -17,9 +17,12 @@ use ringmq_codec::{
     ByteStr, LastWill, PacketId, Properties, ProtocolVersion, QoS, SubscriptionOptions,
 };
 use smallvec::SmallVec;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
+
+mod qos2;
+pub use qos2::{InboundQos2, Qos2Routing, Qos2Seen};
 
 /// An application message routed between sessions and shards.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,8 +131,6 @@ pub enum Offer {
     Send(PacketId),
     /// Queued behind a full window or for an offline session.
     Queued,
-    /// The queue is full: the message is dropped for this session and must be counted.
-    Dropped,
 }
 
 /// The outgoing QoS 1/2 state of one session.
@@ -143,6 +144,7 @@ pub struct Outbound {
     next_id: u16,
     /// Largest number of unacknowledged QoS 1/2 PUBLISHes: min(client Receive Maximum, server).
     window: u16,
+    /// Queued messages at which the queue is full (0: no count limit); see [`Outbound::is_full`].
     queue_max: u32,
 }
 
@@ -151,6 +153,13 @@ struct Held {
     /// In send order: acknowledgements mostly arrive in that order, so lookups find the front.
     inflight: VecDeque<Inflight>,
     queue: VecDeque<Queued>,
+    /// What the queued messages weigh ([`weight`]).
+    queued_bytes: u64,
+}
+
+/// What a queued message counts against a byte limit: its topic and payload.
+fn weight(q: &Queued) -> u64 {
+    (q.message.topic.len() + q.message.payload.len()) as u64
 }
 
 /// Shared empty queues for the read-only accessors of a session that holds nothing.
@@ -205,6 +214,18 @@ impl Outbound {
         self.queue_q().len()
     }
 
+    /// Bytes of topic and payload queued.
+    pub fn queued_bytes(&self) -> u64 {
+        self.held.as_ref().map_or(0, |h| h.queued_bytes)
+    }
+
+    /// Whether the queue has reached its message count (if any) or `max_bytes` (0: no byte
+    /// limit). A full queue still takes messages: what to do then is the caller's policy.
+    pub fn is_full(&self, max_bytes: u64) -> bool {
+        (self.queue_max != 0 && self.queued_len() >= self.queue_max as usize)
+            || (max_bytes != 0 && self.queued_bytes() >= max_bytes)
+    }
+
     pub fn inflight(&self) -> impl Iterator<Item = &Inflight> {
         self.inflight_q().iter()
     }
@@ -229,18 +250,36 @@ impl Outbound {
     }
 
     /// Hands a QoS 1/2 message to the session. `online` is false for a disconnected persistent
-    /// session, whose messages always queue.
+    /// session, whose messages always queue. A full queue takes it too ([`Outbound::is_full`]
+    /// is checked before).
     pub fn offer(&mut self, q: Queued, online: bool) -> Offer {
         debug_assert!(q.qos != QoS::AtMostOnce);
         if online && self.window_open() && self.queue_q().is_empty() {
             let id = self.push_inflight(q);
             return Offer::Send(id);
         }
-        if self.queued_len() >= self.queue_max as usize {
-            return Offer::Dropped;
-        }
-        self.held_mut().queue.push_back(q);
+        self.push_queued(q);
         Offer::Queued
+    }
+
+    fn push_queued(&mut self, q: Queued) {
+        let h = self.held_mut();
+        h.queued_bytes += weight(&q);
+        h.queue.push_back(q);
+    }
+
+    fn pop_queued(&mut self) -> Option<Queued> {
+        let h = self.held.as_mut()?;
+        let q = h.queue.pop_front()?;
+        h.queued_bytes -= weight(&q);
+        Some(q)
+    }
+
+    /// Drops the oldest queued message (`--queue-full drop-oldest`): its journal id.
+    pub fn drop_oldest(&mut self) -> Option<u64> {
+        let q = self.pop_queued()?;
+        self.release_if_empty();
+        Some(q.journal_id)
     }
 
     fn push_inflight(&mut self, q: Queued) -> PacketId {
@@ -275,7 +314,7 @@ impl Outbound {
     /// Puts back a delivery that was queued before a restart. Restored state may exceed the
     /// queue bound if the bound was lowered: nothing acknowledged is dropped for that.
     pub fn restore_queued(&mut self, q: Queued) {
-        self.held_mut().queue.push_back(q);
+        self.push_queued(q);
     }
 
     pub fn queued(&self) -> impl Iterator<Item = &Queued> {
@@ -289,7 +328,7 @@ impl Outbound {
         let mut ids = Vec::new();
         let mut dropped = Vec::new();
         while self.window_open() {
-            let Some(q) = self.held.as_mut().and_then(|h| h.queue.pop_front()) else {
+            let Some(q) = self.pop_queued() else {
                 break;
             };
             if !alive(&q) {
@@ -361,6 +400,7 @@ impl Outbound {
     pub fn retain_queued(&mut self, f: impl FnMut(&Queued) -> bool) {
         if let Some(h) = self.held.as_mut() {
             h.queue.retain(f);
+            h.queued_bytes = h.queue.iter().map(weight).sum();
         }
         self.release_if_empty();
     }
@@ -368,108 +408,6 @@ impl Outbound {
     /// True while the session holds an allocation for its window and queue (for tests).
     pub fn holds_buffers(&self) -> bool {
         self.held.is_some()
-    }
-}
-
-/// QoS 2 PUBLISHes received and not yet released by PUBREL. The map is allocated on the first
-/// one and released when the last is released: most sessions never publish at QoS 2.
-#[derive(Debug, Default)]
-pub struct InboundQos2 {
-    // Boxed on purpose: 8 bytes per session instead of 48 for a bare `HashMap`.
-    #[allow(clippy::box_collection)]
-    ids: Option<Box<HashMap<u16, Qos2Routing>>>,
-}
-
-/// How far a received QoS 2 message's routing got.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Qos2Routing {
-    /// Being routed (or held until its receipt is durable).
-    Pending,
-    /// Every shard took it: PUBREC may go.
-    Routed,
-    /// Read back from the journal at start without a record that its routing finished: a
-    /// crash may have cut it short.
-    Unknown,
-}
-
-/// What a QoS 2 PUBLISH's packet id says about the message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Qos2Seen {
-    /// First seen: route it.
-    New,
-    /// A retransmission of a message routed or being routed [MQTT-4.3.3-9]: answer again only.
-    Again,
-    /// Received before a restart whose routing may not have finished: route it again (a
-    /// second copy at some subscribers beats losing it at others).
-    Unknown,
-}
-
-impl InboundQos2 {
-    fn map(&mut self) -> &mut HashMap<u16, Qos2Routing> {
-        self.ids.get_or_insert_with(Box::default)
-    }
-
-    pub fn on_publish(&mut self, id: PacketId) -> Qos2Seen {
-        let ids = self.map();
-        match ids.insert(id.get(), Qos2Routing::Pending) {
-            None => Qos2Seen::New,
-            Some(Qos2Routing::Unknown) => Qos2Seen::Unknown,
-            Some(state) => {
-                ids.insert(id.get(), state);
-                Qos2Seen::Again
-            }
-        }
-    }
-
-    /// Its routing finished; true if it was pending (the change to make durable).
-    pub fn routed(&mut self, id: PacketId) -> bool {
-        match self.ids.as_mut().and_then(|m| m.get_mut(&id.get())) {
-            Some(r) if *r != Qos2Routing::Routed => {
-                *r = Qos2Routing::Routed;
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// A packet id read back from the journal at start.
-    pub fn restore(&mut self, id: PacketId, routed: bool) {
-        let state = if routed {
-            Qos2Routing::Routed
-        } else {
-            Qos2Routing::Unknown
-        };
-        self.map().insert(id.get(), state);
-    }
-
-    /// True if the id was pending.
-    pub fn on_pubrel(&mut self, id: PacketId) -> bool {
-        let Some(m) = self.ids.as_mut() else {
-            return false;
-        };
-        let found = m.remove(&id.get()).is_some();
-        if m.is_empty() {
-            self.ids = None;
-        }
-        found
-    }
-
-    pub fn ids(&self) -> impl Iterator<Item = (u16, Qos2Routing)> + '_ {
-        self.ids
-            .iter()
-            .flat_map(|m| m.iter().map(|(&i, &r)| (i, r)))
-    }
-
-    pub fn len(&self) -> usize {
-        self.ids.as_ref().map_or(0, |m| m.len())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn clear(&mut self) {
-        self.ids = None;
     }
 }
 
@@ -702,28 +640,19 @@ mod tests {
     }
 
     #[test]
-    fn inbound_qos2_holds_a_map_only_while_ids_are_unreleased() {
-        let mut q = InboundQos2::default();
-        assert!(q.ids.is_none());
-        assert_eq!(q.on_publish(pid(5)), Qos2Seen::New);
-        assert_eq!(q.on_publish(pid(5)), Qos2Seen::Again);
-        assert!(q.routed(pid(5)));
-        assert!(!q.routed(pid(6)));
-        assert!(!q.on_pubrel(pid(6)));
-        assert!(q.on_pubrel(pid(5)));
-        assert!(q.ids.is_none() && q.is_empty());
-        assert!(!q.on_pubrel(pid(5)), "released once [MQTT-4.3.3-9]");
-    }
-
-    #[test]
     fn window_bounds_inflight_and_queue_bounds_the_rest() {
         let mut o = Outbound::new(2, 3);
         assert_eq!(o.offer(msg(QoS::AtLeastOnce), true), Offer::Send(pid(1)));
         assert_eq!(o.offer(msg(QoS::AtLeastOnce), true), Offer::Send(pid(2)));
         assert_eq!(o.offer(msg(QoS::AtLeastOnce), true), Offer::Queued);
         assert_eq!(o.offer(msg(QoS::AtLeastOnce), true), Offer::Queued);
+        assert!(!o.is_full(0));
         assert_eq!(o.offer(msg(QoS::AtLeastOnce), true), Offer::Queued);
-        assert_eq!(o.offer(msg(QoS::AtLeastOnce), true), Offer::Dropped);
+        assert!(o.is_full(0), "three queued: full");
+        // Full is a signal, not a drop: the caller's policy decides.
+        assert_eq!(o.offer(msg(QoS::AtLeastOnce), true), Offer::Queued);
+        assert_eq!(o.queued_len(), 4);
+        assert_eq!(o.drop_oldest(), Some(9));
         assert_eq!(o.on_puback(pid(1)), Some(9));
         assert!(
             o.on_puback(pid(1)).is_none(),
@@ -732,6 +661,26 @@ mod tests {
         assert_eq!(o.refill(|_| true).0, vec![pid(3)]);
         assert_eq!(o.inflight_len(), 2);
         assert_eq!(o.queued_len(), 2);
+    }
+
+    #[test]
+    fn the_byte_limit_counts_topic_and_payload_of_queued_messages_only() {
+        // Each test message weighs 4 bytes ("a/b" and "x"); the window's are not counted.
+        let mut o = Outbound::new(1, 0);
+        assert_eq!(o.offer(msg(QoS::AtLeastOnce), true), Offer::Send(pid(1)));
+        assert_eq!(o.queued_bytes(), 0);
+        for _ in 0..3 {
+            o.offer(msg(QoS::AtLeastOnce), true);
+        }
+        assert_eq!(o.queued_bytes(), 12);
+        assert!(o.is_full(12) && !o.is_full(13) && !o.is_full(0));
+        o.on_puback(pid(1));
+        assert_eq!(o.refill(|_| true).0.len(), 1);
+        assert_eq!(o.queued_bytes(), 8);
+        o.drop_oldest();
+        assert_eq!(o.queued_bytes(), 4);
+        o.retain_queued(|_| false);
+        assert_eq!(o.queued_bytes(), 0);
     }
 
     #[test]
@@ -813,38 +762,6 @@ mod tests {
         o.restore_queued(msg(QoS::AtLeastOnce));
         assert_eq!(o.refill(|_| true).0, vec![pid(6)]);
         assert_eq!(o.on_puback(pid(5)), Some(3));
-    }
-
-    #[test]
-    fn inbound_qos2_routes_once() {
-        // [MQTT-4.3.3-9] a retransmitted QoS 2 PUBLISH is not delivered onwards twice.
-        let mut i = InboundQos2::default();
-        assert_eq!(i.on_publish(pid(7)), Qos2Seen::New);
-        assert_eq!(i.on_publish(pid(7)), Qos2Seen::Again);
-        assert!(i.on_pubrel(pid(7)));
-        assert!(!i.on_pubrel(pid(7)));
-        let again = i.on_publish(pid(7));
-        assert_eq!(again, Qos2Seen::New, "after PUBREL the id is free again");
-    }
-
-    #[test]
-    fn inbound_qos2_unknown_routing_routes_once_more() {
-        // An id read back from the journal without a record that its routing finished: the
-        // first retransmission is routed (the crash may have cut the routing short), later
-        // ones are not; one whose routing finished is not routed again [MQTT-4.3.3-9].
-        let mut i = InboundQos2::default();
-        i.restore(pid(7), false);
-        i.restore(pid(8), true);
-        assert_eq!(i.on_publish(pid(8)), Qos2Seen::Again);
-        assert_eq!(i.on_publish(pid(7)), Qos2Seen::Unknown);
-        assert_eq!(i.on_publish(pid(7)), Qos2Seen::Again);
-        assert!(i.routed(pid(7)), "pending until routed");
-        assert!(!i.routed(pid(7)), "routed once");
-        assert!(!i.routed(pid(8)));
-        assert_eq!(i.len(), 2);
-        assert!(i.on_pubrel(pid(8)));
-        assert!(i.on_pubrel(pid(7)));
-        assert!(i.is_empty());
     }
 
     #[test]

@@ -281,6 +281,12 @@ impl Shard {
         (handled + n, more)
     }
 
+    /// QoS 1/2 PUBLISHes sent to subscribers so far: each waits for an acknowledgement.
+    fn acknowledged_sent(&self) -> u64 {
+        let st = self.state.borrow();
+        st.counters.msgs_out[1] + st.counters.msgs_out[2]
+    }
+
     /// Handles batches until none is left, letting glommio's loop run between runs of
     /// [`BATCHES_IN_A_ROW`]; how many completions there were.
     async fn handle_ready(&self) -> usize {
@@ -503,11 +509,15 @@ pub async fn net_loop(eventfd: glommio::io::BufferedFile, window: std::time::Dur
             glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
         }
         let busy = !window.is_zero() && last_end.is_some_and(|t| t.elapsed() < window * 2);
+        let mut sent = shard.acknowledged_sent();
         let mut handled = shard.handle_ready().await;
-        while busy && handled > 0 {
+        // Not after QoS 1/2 PUBLISHes went out: their acknowledgements free the subscriber's
+        // window, and a loop bound by that round trip would wait a window per turn.
+        while busy && handled > 0 && shard.acknowledged_sent() == sent {
             // Arrivals during the window are posted without a signal and taken after it.
             shard.net.borrow_mut().ring.signal_eventfd(false);
             glommio::timer::sleep(window).await;
+            sent = shard.acknowledged_sent();
             handled = shard.handle_ready().await;
         }
         last_end = Some(Instant::now());

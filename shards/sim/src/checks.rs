@@ -47,7 +47,9 @@ impl Sim {
         let c = self.conns[conn].client;
         let home = home_shard(self.clients[c].id.as_bytes(), self.p.nshards);
         match &p {
-            Packet::PubAck(r) | Packet::PubRec(r) if !r.reason.is_error() => {
+            // A refusal (0x97 for a full queue) answers its PUBLISH too: it takes its place in
+            // the order, and nothing more.
+            Packet::PubAck(r) | Packet::PubRec(r) => {
                 let what = if matches!(p, Packet::PubAck(_)) {
                     "PUBACK"
                 } else {
@@ -120,6 +122,9 @@ impl Sim {
                          the broker read on this connection"
                         ),
                     );
+                    return;
+                }
+                if r.reason.is_error() {
                     return;
                 }
                 let Some(&msg) = self.conns[conn].pubs.get(&id) else {

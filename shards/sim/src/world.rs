@@ -56,6 +56,9 @@ pub struct Params {
     pub steps: usize,
     /// Scale of disruptive events (disconnects, resets, takeovers, long stalls), per mille.
     pub churn: u64,
+    /// Queued messages at which a session's queue is full (`--queue-full backpressure`); 0:
+    /// large enough never to be reached.
+    pub queue_limit: usize,
 }
 
 pub struct Shard {
@@ -210,6 +213,13 @@ impl Sim {
         let power_loss = opts.power_loss.unwrap_or_else(|| rng.chance(500));
         let steps = opts.steps.unwrap_or(3000);
         let churn = *rng.pick(&[150u64, 1000, 2500]);
+        // From a stream of its own, so that the seeds of the other parameters keep their runs.
+        let mut qrng = Rng::new(seed ^ 0x9e37_79b9_7f4a_7c15);
+        let queue_limit = if qrng.chance(333) {
+            qrng.range(1, 6) as usize
+        } else {
+            0
+        };
         let p = Params {
             nshards,
             nclients,
@@ -220,6 +230,7 @@ impl Sim {
             power_loss,
             steps,
             churn,
+            queue_limit,
         };
         let dir = data_dir(seed);
         let cfg = Config {
@@ -228,9 +239,13 @@ impl Sim {
             fsync,
             journal_segment_bytes: segment_bytes,
             max_inflight,
-            // Queues are never full in these runs: a drop would be a lost acknowledged
-            // message, and the check would have to tell it from a bug.
-            max_queued_messages: 1_000_000,
+            // A full queue drops nothing acknowledged (backpressure): publishers wait for their
+            // PUBACK/PUBREC until the queue drains, and every check applies as it is.
+            max_queued_messages: if queue_limit == 0 {
+                1_000_000
+            } else {
+                queue_limit
+            },
             ..Config::default()
         };
         let clock = Rc::new(ManualClock::new(Instant::now(), START_UNIX_MS));
@@ -269,7 +284,7 @@ impl Sim {
         };
         let line = format!(
             "seed {seed}: {} shards, {} clients, segment {} B, fsync {:?}, max_inflight {}, \
-             churn {}, crash {} ppm ({}), bug {:?}",
+             churn {}, crash {} ppm ({}), queue limit {}, bug {:?}",
             sim.p.nshards,
             sim.p.nclients,
             sim.p.segment_bytes,
@@ -282,6 +297,7 @@ impl Sim {
             } else {
                 "process kill"
             },
+            sim.p.queue_limit,
             sim.bug
         );
         sim.log(line);

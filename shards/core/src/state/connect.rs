@@ -565,6 +565,8 @@ impl ShardState {
         self.by_client.remove(&s.client_id, sid);
         // Answers it still owed have no connection to go to (`sid` is never reused).
         self.acks.remove(&sid);
+        // Answers others' publishes deferred on its queue go: the queue is gone.
+        self.release_deferred(sid);
         if s.journaled {
             self.journal_removal(&ByteStr::from(s.client_id.as_str()));
         }

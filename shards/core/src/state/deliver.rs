@@ -1,6 +1,7 @@
 //! Delivery: a message into each matching session (inflight window, queue, journal), resends
 //! after reconnect, and the outgoing QoS 1/2 acknowledgement flows.
 
+use super::backpressure::Admit;
 use super::*;
 
 impl ShardState {
@@ -96,6 +97,12 @@ impl ShardState {
             }
             return;
         }
+        // A full queue: the policy decides (backpressure.rs).
+        let defer = match self.admit(sid) {
+            Admit::Queue => None,
+            Admit::Defer(a) => Some(a),
+            Admit::Skip => return,
+        };
         let Some(journal_id) = self.next_journal_id(sid) else {
             return;
         };
@@ -125,7 +132,9 @@ impl ShardState {
                 }
             }
             Offer::Queued => self.counters.queued += 1,
-            Offer::Dropped => self.counters.dropped_queue_full += 1,
+        }
+        if let Some(a) = defer {
+            self.defer_answer(sid, a);
         }
     }
 
@@ -172,7 +181,6 @@ impl ShardState {
                     records::STATE_QUEUED,
                 )
             }),
-            Offer::Dropped => None,
         };
         let Some((qos, retain, sub_ids, pid, state)) = stored else {
             return;
@@ -197,8 +205,14 @@ impl ShardState {
         }
     }
 
-    /// Moves queued messages into free inflight slots and sends them.
+    /// Moves queued messages into free inflight slots and sends them; answers deferred on the
+    /// queue go once it is under its limits.
     pub(super) fn refill(&mut self, sid: u64) {
+        self.send_queued(sid);
+        self.release_deferred(sid);
+    }
+
+    fn send_queued(&mut self, sid: u64) {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };

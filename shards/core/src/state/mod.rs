@@ -38,6 +38,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+mod backpressure;
 mod clients;
 mod conn;
 mod connect;
@@ -444,6 +445,16 @@ pub struct ShardState {
     pub durable: Option<Durable>,
     /// Set by a delivery the journal had no room for, during one publish.
     delivery_refused: bool,
+    /// The acknowledged publish being delivered on this shard now: its publisher's shard and
+    /// token, so that a full session queue can defer its answer (`--queue-full`).
+    current_ack: Option<(u16, AckToken)>,
+    /// Answers the deliveries of the current publish deferred on this shard.
+    new_deferrals: u32,
+    /// Per session whose queue went beyond its limits: the answers waiting for it to go under
+    /// them again, as (publisher's shard, token).
+    deferred: HashMap<u64, Vec<(u16, AckToken)>>,
+    /// Per publish with answers deferred here: how many are left, and what it became.
+    deferred_tokens: HashMap<(u16, AckToken), (u32, Taken)>,
     /// Wills waiting for their Will Delay Interval or their session's end.
     delayed_wills: Vec<DelayedWill>,
     /// Connect timeouts, keep-alives, session expiry and will delays.
@@ -499,6 +510,10 @@ impl ShardState {
             assigned_ids: 0,
             durable: None,
             delivery_refused: false,
+            current_ack: None,
+            new_deferrals: 0,
+            deferred: HashMap::new(),
+            deferred_tokens: HashMap::new(),
             delayed_wills: Vec::new(),
             timers: timers::Timers::default(),
             shared: SharedGroups::default(),

@@ -61,12 +61,25 @@ impl ShardState {
         let hop = self.now().saturating_duration_since(sent_at).as_micros() as u64;
         record_us(&mut self.histograms.cross_shard_hop_us, hop);
         let before = self.journal_mark();
+        let peer = (msg.origin >> 48) as usize;
         self.delivery_refused = false;
+        self.begin_deliveries(peer, ack);
         let matched = self.deliver_local(&msg);
         let refused = std::mem::take(&mut self.delivery_refused);
-        if let Some(token) = ack {
-            let peer = (msg.origin >> 48) as usize;
-            self.ack_when_durable(before, peer, token, Taken::new(matched, refused));
+        self.answer_peer(before, peer, ack, Taken::new(matched, refused));
+    }
+
+    /// Answers the publisher's shard, unless deliveries here deferred the answer.
+    fn answer_peer(
+        &mut self,
+        before: JournalSeq,
+        peer: usize,
+        ack: Option<AckToken>,
+        taken: Taken,
+    ) {
+        let deferred = self.end_deliveries(taken);
+        if let Some(token) = ack.filter(|_| !deferred) {
+            self.ack_when_durable(before, peer, token, taken);
         }
     }
 
@@ -91,7 +104,9 @@ impl ShardState {
     ) {
         self.counters.cross_shard_in += 1;
         let before = self.journal_mark();
+        let peer = (msg.origin >> 48) as usize;
         self.delivery_refused = false;
+        self.begin_deliveries(peer, ack);
         let gid = self.shared.id(&key);
         let mut matched = gid.is_some_and(|g| self.deliver_shared_local(session, g, &msg));
         if let Some(g) = gid.filter(|_| !matched && hops > 0) {
@@ -100,7 +115,8 @@ impl ShardState {
                     matched = self.deliver_shared_local(m.session, g, &msg);
                 }
                 Some(m) => {
-                    // Its shard answers the publisher.
+                    // Its shard answers the publisher; nothing was delivered (or deferred) here.
+                    self.end_deliveries(Taken::NoSubscribers);
                     self.fx.batches[m.shard as usize].push(ShardMsg::SharedPublish {
                         msg,
                         key,
@@ -114,10 +130,7 @@ impl ShardState {
             }
         }
         let refused = std::mem::take(&mut self.delivery_refused);
-        if let Some(token) = ack {
-            let peer = (msg.origin >> 48) as usize;
-            self.ack_when_durable(before, peer, token, Taken::new(matched, refused));
-        }
+        self.answer_peer(before, peer, ack, Taken::new(matched, refused));
     }
 
     /// Store a retained message owned here; with `ack`, answer once it is durable.

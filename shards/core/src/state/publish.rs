@@ -32,7 +32,7 @@ impl ShardState {
         };
         let before = self.journal_mark();
         if p.qos == QoS::ExactlyOnce {
-            match self.receive_qos2(sid, id) {
+            match self.receive_qos2(sid, id, p.dup) {
                 Qos2In::New => {}
                 Qos2In::Gone => return,
                 // A retransmission of a message already routed [MQTT-4.3.3-9]: answer again,
@@ -41,6 +41,10 @@ impl ShardState {
                 Qos2In::Again => {
                     let need = self.sync_needed_since(JournalSeq::NONE);
                     return self.queue_ack(key, sid, id, p.qos, None, Taken::Delivered, need);
+                }
+                Qos2In::Refused => {
+                    let need = self.sync_needed_since(JournalSeq::NONE);
+                    return self.queue_ack(key, sid, id, p.qos, None, Taken::Refused, need);
                 }
                 Qos2In::TooMany => {
                     // [MQTT-3.3.4-9] more unacknowledged QoS 2 PUBLISHes than Receive Maximum.
@@ -118,18 +122,21 @@ impl ShardState {
 
     /// Records the packet id of a QoS 2 PUBLISH until its PUBREL (journaled for a persistent
     /// session), so that a retransmission is not routed twice.
-    fn receive_qos2(&mut self, sid: u64, id: PacketId) -> Qos2In {
+    fn receive_qos2(&mut self, sid: u64, id: PacketId, dup: bool) -> Qos2In {
         let max = self.cfg.max_inflight as usize;
         let Some(s) = self.sessions.get_mut(&sid) else {
             return Qos2In::Gone;
         };
-        match s.inbound_qos2.on_publish(id) {
+        match s.inbound_qos2.on_publish(id, dup) {
             Qos2Seen::Again => return Qos2In::Again,
+            Qos2Seen::Refused => return Qos2In::Refused,
             // Its receipt is in the journal already.
             Qos2Seen::Unknown => return Qos2In::New,
             Qos2Seen::New => {}
         }
-        if s.inbound_qos2.len() > max {
+        if s.inbound_qos2.unreleased() > max {
+            // Not received: the connection closes, and the retransmission is new.
+            s.inbound_qos2.on_pubrel(id);
             return Qos2In::TooMany;
         }
         if s.journaled {
@@ -280,18 +287,66 @@ impl ShardState {
         if ready.is_empty() {
             return;
         }
-        // Owed on a connection that is gone: the client sends the PUBLISH again.
-        let Some((attachment, Some(key))) = self
+        let (attachment, key) = self
             .sessions
             .get(&sid)
-            .map(|s| (s.attachment, s.connection()))
-        else {
+            .map_or((0, None), |s| (s.attachment, s.connection()));
+        for a in ready
+            .iter()
+            .filter(|a| a.qos == QoS::ExactlyOnce && a.taken == Taken::Refused)
+        {
+            if key.is_none() || a.attachment != attachment {
+                self.settle_refused_qos2(sid, a.packet_id);
+            }
+        }
+        // Owed on a connection that is gone: the client sends the PUBLISH again.
+        let Some(key) = key else {
             return;
         };
         for a in ready.iter().filter(|a| a.attachment == attachment) {
             if !self.answer_publish(key, sid, a) {
                 return;
             }
+        }
+    }
+
+    /// A QoS 2 PUBLISH was refused. Its receipt must not make a retransmission look routed.
+    /// An MQTT 5 client's flow is over, but the answer may be lost with the connection: a
+    /// retransmission (DUP) is refused again, a new message under the id is routed. The mark
+    /// lives in memory and the journal records the flow as done, so after a restart the id
+    /// is free (a retransmission then is routed again: a duplicate, never a loss). A 3.1.x
+    /// client is never told (its connection closes): its retransmission is routed anew.
+    fn settle_refused_qos2(&mut self, sid: u64, id: PacketId) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if !s.protocol.is_v5() {
+            return self.forget_qos2(sid, id);
+        }
+        s.inbound_qos2.refused(id);
+        // The flow is over: a restart must not bring the receipt back as unfinished.
+        self.note_qos2_done(sid, id);
+    }
+
+    /// Drops the receipt of a QoS 2 packet id, durably for a persistent session.
+    fn forget_qos2(&mut self, sid: u64, id: PacketId) {
+        if self
+            .sessions
+            .get_mut(&sid)
+            .is_some_and(|s| s.inbound_qos2.on_pubrel(id))
+        {
+            self.note_qos2_done(sid, id);
+        }
+    }
+
+    /// Journals the end of a QoS 2 packet id's flow, for a persistent session.
+    fn note_qos2_done(&mut self, sid: u64, id: PacketId) {
+        if let Some(s) = self.sessions.get(&sid).filter(|s| s.journaled) {
+            let client_id = s.client_id.to_string();
+            self.jnote(Record::Qos2Done {
+                client_id,
+                packet_id: id.get(),
+            });
         }
     }
 
@@ -302,18 +357,17 @@ impl ShardState {
             // says why; 3.1.x has no negative PUBACK, so the connection closes unacknowledged
             // and the client sends the message again later.
             self.counters.journal_refused_acks += 1;
+            if a.qos == QoS::ExactlyOnce {
+                self.settle_refused_qos2(sid, a.packet_id);
+            }
             if !self.conns.get(key).is_some_and(|c| c.version.is_v5()) {
                 self.close_conn(key, Close::Error(ReasonCode::QUOTA_EXCEEDED));
                 return false;
             }
-            let s = self.sessions.get_mut(&sid);
-            let problem_information = s.as_ref().is_some_and(|s| s.problem_information);
-            if a.qos == QoS::ExactlyOnce {
-                // A PUBREC with an error ends the flow: the id is free again.
-                if let Some(s) = s {
-                    s.inbound_qos2.on_pubrel(a.packet_id);
-                }
-            }
+            let problem_information = self
+                .sessions
+                .get(&sid)
+                .is_some_and(|s| s.problem_information);
             let mut r = PubResp::with_reason(a.packet_id, ReasonCode::QUOTA_EXCEEDED);
             if problem_information {
                 r.properties = Some(Box::new(Properties {
@@ -347,8 +401,18 @@ impl ShardState {
     }
 
     /// Sends a message to every shard with a matching subscription and stores it if retained.
-    /// With `ack`, the other shards it goes to answer `PublishAck`; their number is returned.
+    /// With `ack`, the other shards it goes to answer `PublishAck`; their number is returned,
+    /// one more if deliveries here deferred the answer (backpressure.rs).
     pub(super) fn route(&mut self, msg: Message, ack: Option<AckToken>) -> Routed {
+        self.begin_deliveries(self.id, ack);
+        let mut routed = self.route_everywhere(msg, ack);
+        if self.end_deliveries(Taken::Delivered) {
+            routed.awaiting += 1;
+        }
+        routed
+    }
+
+    fn route_everywhere(&mut self, msg: Message, ack: Option<AckToken>) -> Routed {
         let mut routed = Routed {
             matched_here: false,
             awaiting: 0,
@@ -667,4 +731,6 @@ enum Qos2In {
     Gone,
     /// More unanswered QoS 2 PUBLISHes than Receive Maximum.
     TooMany,
+    /// A retransmission of one refused (MQTT 5): refuse again.
+    Refused,
 }

@@ -1,0 +1,126 @@
+//! Full session queues (`--queue-full`). By default nothing is acknowledged and then dropped:
+//! a QoS 1/2 message for a session whose queue is at its limits is queued beyond them while
+//! its publisher's PUBACK/PUBREC waits until the queue is under its limits again. The
+//! publisher's window fills and it slows down: the queue grows by at most the windows of the
+//! publishers that feed it.
+//!
+//! MQTT 5 publishers could be answered 0x97 (Quota exceeded) instead, but the refusal is
+//! partial (other sessions, on this shard or others, may have taken the message), and the
+//! simulator found what follows from that: a retransmission after a lost answer delivers the
+//! message out of order where it was refused, and QoS 2 receipts of refused messages need
+//! their own handling across restarts. Waiting has none of that.
+//!
+//! The answer of a publish waits for every shard it went to (`AckSlot::remaining`); a shard
+//! that deferred some of its deliveries counts them per publish (`deferred_tokens`) and answers
+//! once the last session they wait for drains, or ends.
+
+use super::*;
+use crate::config::QueueFull;
+
+/// What a full queue lets a delivery do.
+pub(super) enum Admit {
+    /// Queue it (the queue has room, or the policy made some, or nobody waits for an answer).
+    Queue,
+    /// Queue it beyond the limit and defer this publisher's answer.
+    Defer((u16, AckToken)),
+    /// Not for this session: dropped (counted).
+    Skip,
+}
+
+impl ShardState {
+    /// What the queue-full policy says of one more QoS 1/2 delivery to `sid`.
+    pub(super) fn admit(&mut self, sid: u64) -> Admit {
+        let limit = self.cfg.max_queued_bytes;
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return Admit::Skip;
+        };
+        if !s.outbound.is_full(limit) {
+            return Admit::Queue;
+        }
+        match self.cfg.queue_full {
+            QueueFull::DropNew => {
+                self.counters.dropped_queue_full += 1;
+                Admit::Skip
+            }
+            QueueFull::DropOldest => {
+                if let Some(jid) = s.outbound.drop_oldest() {
+                    self.counters.dropped_queue_full += 1;
+                    self.delivery_done(sid, jid);
+                }
+                Admit::Queue
+            }
+            QueueFull::Backpressure => match self.current_ack {
+                Some(a) => Admit::Defer(a),
+                // A will, a retained message for a new subscription: nobody to slow down,
+                // and nothing that may be lost.
+                None => Admit::Queue,
+            },
+        }
+    }
+
+    /// The answer `a` waits for `sid`'s queue to go under its limits.
+    pub(super) fn defer_answer(&mut self, sid: u64, a: (u16, AckToken)) {
+        self.deferred.entry(sid).or_default().push(a);
+        self.new_deferrals += 1;
+        self.counters.acks_deferred += 1;
+    }
+
+    /// Deliveries of one publish on this shard begin: `ack` is the token its publisher (on
+    /// shard `peer`) waits with, if it waits.
+    pub(super) fn begin_deliveries(&mut self, peer: usize, ack: Option<AckToken>) {
+        self.current_ack = ack.map(|t| (peer as u16, t));
+        self.new_deferrals = 0;
+    }
+
+    /// They ended: whether some deferred the answer, which then goes with `taken` once the
+    /// last of them is released ([`ShardState::release_deferred`]).
+    pub(super) fn end_deliveries(&mut self, taken: Taken) -> bool {
+        let a = self.current_ack.take();
+        let n = std::mem::take(&mut self.new_deferrals);
+        match a {
+            Some(a) if n > 0 => {
+                self.deferred_tokens.insert(a, (n, taken));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// `sid`'s queue may be under its limits again, or the session ended: the answers
+    /// deferred on it go (each once every session its publish waited for here released it).
+    pub(super) fn release_deferred(&mut self, sid: u64) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let limit = self.cfg.max_queued_bytes;
+        if self
+            .sessions
+            .get(&sid)
+            .is_some_and(|s| s.outbound.is_full(limit))
+        {
+            return;
+        }
+        let Some(waiting) = self.deferred.remove(&sid) else {
+            return;
+        };
+        for (peer, token) in waiting {
+            let Some(left) = self.deferred_tokens.get_mut(&(peer, token)) else {
+                continue;
+            };
+            left.0 -= 1;
+            if left.0 > 0 {
+                continue;
+            }
+            let (_, taken) = self
+                .deferred_tokens
+                .remove(&(peer, token))
+                .expect("present");
+            if peer as usize == self.id {
+                self.on_publish_ack(token, taken);
+            } else {
+                // Everything written so far durable first, the deferred delivery included.
+                self.ack_when_durable(JournalSeq::NONE, peer as usize, token, taken);
+            }
+        }
+    }
+}
