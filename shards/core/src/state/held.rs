@@ -83,7 +83,7 @@ impl ShardState {
         let refused = std::mem::take(&mut self.delivery_refused);
         let Some(token) = ack else { return };
         let taken = Taken::new(routed.matched_here, refused);
-        if msg_qos2 && routed.awaiting == 0 && taken != Taken::Refused {
+        if msg_qos2 && routed.routing_done() && taken != Taken::Refused {
             if let Some(id) = self.slot_packet_id(sid, token) {
                 self.qos2_routed(sid, id);
             }

@@ -300,8 +300,19 @@ struct DelayedWill {
 /// Where `route` sent a message.
 struct Routed {
     matched_here: bool,
-    /// Other shards that will answer with `PublishAck`.
+    /// Other shards that will answer with `PublishAck`, and this one if its answer waits for
+    /// full queues here (`deferred_here`).
     awaiting: usize,
+    deferred_here: bool,
+}
+
+impl Routed {
+    /// Whether every shard has the message: only the answer may still wait, for full queues
+    /// here. A QoS 2 message's routing is then recorded as finished at once, so that a crash
+    /// while the answer waits does not make its retransmission look unrouted.
+    fn routing_done(&self) -> bool {
+        self.awaiting == usize::from(self.deferred_here)
+    }
 }
 
 /// A connection adopted from another shard, waiting for the driver to watch its socket.

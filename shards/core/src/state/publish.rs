@@ -66,7 +66,7 @@ impl ShardState {
         let refused = std::mem::take(&mut self.delivery_refused);
         let pending = (routed.awaiting > 0).then_some((token, routed.awaiting));
         let taken = Taken::new(routed.matched_here, refused);
-        if p.qos == QoS::ExactlyOnce && pending.is_none() && taken != Taken::Refused {
+        if p.qos == QoS::ExactlyOnce && routed.routing_done() && taken != Taken::Refused {
             self.qos2_routed(sid, id);
         }
         let need = self.sync_needed_since(before);
@@ -408,6 +408,7 @@ impl ShardState {
         let mut routed = self.route_everywhere(msg, ack);
         if self.end_deliveries(Taken::Delivered) {
             routed.awaiting += 1;
+            routed.deferred_here = true;
         }
         routed
     }
@@ -416,6 +417,7 @@ impl ShardState {
         let mut routed = Routed {
             matched_here: false,
             awaiting: 0,
+            deferred_here: false,
         };
         if msg.retain {
             let owner = home_shard(msg.topic.as_bytes(), self.nshards);
