@@ -275,7 +275,7 @@ impl Shard {
             }
         }
         self.net.borrow_mut().ring.signal_eventfd(true);
-        // What was deferred between the last look and the eventfd coming back on signalled
+        // What was posted between the last look and the eventfd coming back on signalled
         // nothing: take it now.
         let (n, more) = self.turn();
         (handled + n, more)
@@ -402,7 +402,7 @@ impl Shard {
     }
 
     /// Periodic driver work: lingering sockets closed, paused accepts armed again, and a look
-    /// at the ring for work the kernel deferred without a signal (`NetRing::reap`).
+    /// at the ring for completion work pending without a signal (`NetRing::reap`).
     pub fn tick(&self) {
         {
             let mut net = self.net.borrow_mut();
@@ -527,6 +527,6 @@ pub async fn net_loop(eventfd: glommio::io::BufferedFile, window: std::time::Dur
 /// Batches a shard handles in a row before it lets glommio's loop run again.
 const BATCHES_IN_A_ROW: usize = 8;
 
-/// Completions a batch takes from the ring (a few more when the kernel posts them together):
-/// about what one `io_uring_enter` yields, so that a batch's deliveries stay in cache.
+/// Completions a batch takes from the ring: few enough that a batch's deliveries stay in cache
+/// (64 gave fan-out 1.7M msgs/s, 20 gave 2.2M).
 const BATCH_CQES: usize = 20;

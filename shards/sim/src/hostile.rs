@@ -85,8 +85,13 @@ pub(crate) struct Hostile {
 
 impl Hostile {
     pub(crate) fn new(nshards: usize, always: bool) -> Hostile {
+        Hostile::with(nshards, always, |_| {})
+    }
+
+    /// As [`Hostile::new`], with settings changed by `tweak` (scripted scenarios).
+    pub(crate) fn with(nshards: usize, always: bool, tweak: impl FnOnce(&mut Config)) -> Hostile {
         let dir = data_dir(0);
-        let cfg = Config {
+        let mut cfg = Config {
             shards: nshards,
             data_dir: dir.clone(),
             fsync: if always {
@@ -98,6 +103,7 @@ impl Hostile {
             max_inflight: 4,
             ..Config::default()
         };
+        tweak(&mut cfg);
         let clock = Rc::new(ManualClock::new(Instant::now(), 1_800_000_000_000));
         let mut h = Hostile {
             dir,

@@ -7,8 +7,10 @@ use crate::hostile::Hostile;
 use bytes::{Bytes, BytesMut};
 use ringmq_codec::{
     decode_packet, encode, ByteStr, Connect, Disconnect, LastWill, Packet, PacketId, Properties,
-    ProtocolVersion, Publish, QoS, ReasonCode, Subscribe, SubscribeFilter, SubscriptionOptions,
+    ProtocolVersion, PubResp, Publish, QoS, ReasonCode, Subscribe, SubscribeFilter,
+    SubscriptionOptions,
 };
+use ringmq_core::Config;
 use std::time::Duration;
 
 /// Clients are slots 0..3; a slot's next CONNECT after its connection ended opens a new one.
@@ -44,7 +46,13 @@ impl Hello<'_> {
 
 impl Scenario {
     pub fn new(nshards: usize) -> Scenario {
-        let mut h = Hostile::new(nshards, false);
+        Scenario::with(nshards, |_| {})
+    }
+
+    /// A scenario on a broker whose settings `tweak` changes (the defaults otherwise, with an
+    /// inflight window of 4).
+    pub fn with(nshards: usize, tweak: impl FnOnce(&mut Config)) -> Scenario {
+        let mut h = Hostile::with(nshards, false, tweak);
         h.keep_output = true;
         Scenario {
             h,
@@ -102,16 +110,26 @@ impl Scenario {
     }
 
     pub fn publish(&mut self, c: usize, topic: &str, payload: &'static [u8]) {
+        self.publish_at(c, topic, payload, QoS::AtMostOnce, 0);
+    }
+
+    /// A PUBLISH at `qos` with packet id `id` (ignored at QoS 0).
+    pub fn publish_at(&mut self, c: usize, topic: &str, payload: &'static [u8], qos: QoS, id: u16) {
         let p = Publish {
             dup: false,
-            qos: QoS::AtMostOnce,
+            qos,
             retain: false,
             topic: ByteStr::from(topic),
-            packet_id: None,
+            packet_id: (qos != QoS::AtMostOnce).then(|| PacketId::new(id).expect("non-zero")),
             payload: Bytes::from_static(payload),
             properties: None,
         };
         self.send(c, &Packet::Publish(p));
+    }
+
+    /// PUBACK for a QoS 1 PUBLISH the slot received.
+    pub fn puback(&mut self, c: usize, id: PacketId) {
+        self.send(c, &Packet::PubAck(PubResp::new(id)));
     }
 
     pub fn ping(&mut self, c: usize) {

@@ -207,3 +207,80 @@ fn takeover_disconnects_the_old_connection() {
         assert!(s.closed(0) && !s.closed(1));
     });
 }
+
+/// A client id whose home is `shard` of `n` (shard 0 when there is one).
+fn id_on(prefix: &str, shard: usize, n: usize) -> String {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|id| ringmq_core::config::home_shard(id.as_bytes(), n) == shard % n)
+        .expect("some id lands on every shard")
+}
+
+#[test]
+fn a_full_queue_holds_back_the_publishers_acknowledgements_until_it_drains() {
+    // Issue 12, --queue-full backpressure (the default): a persistent subscriber is offline
+    // with a queue of 3; a publisher (on the other shard when there are two) sends 8 QoS 1
+    // messages. 3 are queued and acknowledged; the other 5 are queued beyond the limit and
+    // their PUBACKs wait [MQTT-4.6.0-2: in order]. Once the subscriber is back and its queue
+    // drains under the limit, they come, and it gets all 8 in order [MQTT-4.6.0-6].
+    each_shard_count(|n| {
+        for version in [V311, V5] {
+            let mut s = Scenario::with(n, |c| c.max_queued_messages = 3);
+            let sub = id_on("qsub", 0, n);
+            let publisher = id_on("qpub", 1, n);
+            let hello = |id| {
+                let mut h = Hello::new(version, id);
+                h.clean_start = false;
+                h.expiry = (version == V5).then_some(600);
+                h
+            };
+            s.connect(0, hello(&sub));
+            connack(&s.received(0));
+            s.subscribe(0, "q", QoS::AtLeastOnce);
+            assert!(matches!(s.received(0).as_slice(), [Packet::SubAck(_)]));
+            s.disconnect(0);
+            s.connect(1, hello(&publisher));
+            connack(&s.received(1));
+            const PAYLOADS: [&[u8]; 8] = [b"0", b"1", b"2", b"3", b"4", b"5", b"6", b"7"];
+            for (i, p) in PAYLOADS.iter().enumerate() {
+                s.publish_at(1, "q", p, QoS::AtLeastOnce, i as u16 + 1);
+            }
+            s.advance(ms(1_000));
+            let acked = |packets: Vec<Packet>| -> Vec<u16> {
+                packets
+                    .iter()
+                    .map(|p| match p {
+                        Packet::PubAck(r) => r.packet_id.get(),
+                        other => panic!("expected PUBACK, got {other:?}"),
+                    })
+                    .collect()
+            };
+            assert_eq!(acked(s.received(1)), [1, 2, 3], "{version:?}, {n} shards");
+            s.connect(2, hello(&sub));
+            let mut first = s.received(2);
+            assert!(connack(&first).0, "session present");
+            first.remove(0);
+            let mut got = Vec::new();
+            for round in 0..20 {
+                let packets = if round == 0 {
+                    std::mem::take(&mut first)
+                } else {
+                    s.received(2)
+                };
+                for p in packets {
+                    if let Packet::Publish(p) = p {
+                        got.push(p.payload.clone());
+                        s.puback(2, p.packet_id.expect("QoS 1"));
+                    }
+                }
+                s.advance(ms(10));
+            }
+            assert_eq!(got, PAYLOADS, "{version:?}, {n} shards");
+            assert_eq!(
+                acked(s.received(1)),
+                [4, 5, 6, 7, 8],
+                "{version:?}, {n} shards"
+            );
+        }
+    });
+}

@@ -19,7 +19,7 @@ use crate::config::QueueFull;
 
 /// What a full queue lets a delivery do.
 pub(super) enum Admit {
-    /// Queue it (the queue has room, or the policy made some, or nobody waits for an answer).
+    /// Queue it (the policy made room, or nobody waits for an answer).
     Queue,
     /// Queue it beyond the limit and defer this publisher's answer.
     Defer((u16, AckToken)),
@@ -28,15 +28,12 @@ pub(super) enum Admit {
 }
 
 impl ShardState {
-    /// What the queue-full policy says of one more QoS 1/2 delivery to `sid`.
-    pub(super) fn admit(&mut self, sid: u64) -> Admit {
-        let limit = self.cfg.max_queued_bytes;
+    /// What the queue-full policy says of one more QoS 1/2 delivery to `sid`, whose queue is
+    /// full (checked by the caller, which holds the session already: this runs only then).
+    pub(super) fn admit_to_full(&mut self, sid: u64) -> Admit {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return Admit::Skip;
         };
-        if !s.outbound.is_full(limit) {
-            return Admit::Queue;
-        }
         match self.cfg.queue_full {
             QueueFull::DropNew => {
                 self.counters.dropped_queue_full += 1;

@@ -72,6 +72,7 @@ impl ShardState {
         let conn = s.connection();
         let v = s.protocol;
         let check_size = s.max_packet_size != u32::MAX;
+        let full = s.outbound.is_full(self.cfg.max_queued_bytes);
         // Built once, for the size check and for the write; not at all for an offline session
         // without a size limit. The packet id is a placeholder of the same length until the
         // inflight window assigns one.
@@ -98,10 +99,10 @@ impl ShardState {
             return;
         }
         // A full queue: the policy decides (backpressure.rs).
-        let defer = match self.admit(sid) {
-            Admit::Queue => None,
-            Admit::Defer(a) => Some(a),
-            Admit::Skip => return,
+        let defer = match full.then(|| self.admit_to_full(sid)) {
+            None | Some(Admit::Queue) => None,
+            Some(Admit::Defer(a)) => Some(a),
+            Some(Admit::Skip) => return,
         };
         let Some(journal_id) = self.next_journal_id(sid) else {
             return;

@@ -155,22 +155,14 @@ impl ShardState {
     /// message with that id would be taken for a retransmission and lost.
     pub(super) fn on_pubrel(&mut self, key: usize, sid: u64, r: PubResp) {
         let before = self.answer_mark(sid);
-        let Some(s) = self.sessions.get_mut(&sid) else {
+        if !self.sessions.contains_key(&sid) {
             return;
-        };
-        let found = s.inbound_qos2.on_pubrel(r.packet_id);
-        let reason = if found {
+        }
+        let reason = if self.forget_qos2(sid, r.packet_id) {
             ReasonCode::SUCCESS
         } else {
             ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
         };
-        if found && s.journaled {
-            let client_id = s.client_id.to_string();
-            self.jnote(Record::Qos2Done {
-                client_id,
-                packet_id: r.packet_id.get(),
-            });
-        }
         let packet = Packet::PubComp(PubResp::with_reason(r.packet_id, reason));
         self.send_when_durable(before, key, sid, packet);
     }
@@ -321,22 +313,25 @@ impl ShardState {
             return;
         };
         if !s.protocol.is_v5() {
-            return self.forget_qos2(sid, id);
+            self.forget_qos2(sid, id);
+            return;
         }
         s.inbound_qos2.refused(id);
         // The flow is over: a restart must not bring the receipt back as unfinished.
         self.note_qos2_done(sid, id);
     }
 
-    /// Drops the receipt of a QoS 2 packet id, durably for a persistent session.
-    fn forget_qos2(&mut self, sid: u64, id: PacketId) {
-        if self
+    /// Drops the receipt of a QoS 2 packet id, durably for a persistent session; whether
+    /// there was one.
+    fn forget_qos2(&mut self, sid: u64, id: PacketId) -> bool {
+        let found = self
             .sessions
             .get_mut(&sid)
-            .is_some_and(|s| s.inbound_qos2.on_pubrel(id))
-        {
+            .is_some_and(|s| s.inbound_qos2.on_pubrel(id));
+        if found {
             self.note_qos2_done(sid, id);
         }
+        found
     }
 
     /// Journals the end of a QoS 2 packet id's flow, for a persistent session.
