@@ -6,7 +6,7 @@ use crate::*;
 #[command(
     name = "ringmq-loadgen",
     version,
-    about = "MQTT load generator and device simulator (fan-in, fan-out, pairs, idle, connect-storm, session-churn, retained)"
+    about = "MQTT load generator and device simulator (fan-in, fan-out, pairs, idle, connect-storm, session-churn, retained, backlog)"
 )]
 pub(crate) struct Cli {
     #[command(flatten)]
@@ -108,6 +108,18 @@ pub(crate) enum Scenario {
     SessionChurn(Churn),
     /// Publish T retained messages, then time S wildcard subscribers receiving them all.
     Retained(Retained),
+    /// Queue M QoS 1 messages for one offline persistent subscriber, read the broker's
+    /// RssAnon (--broker-pid), then time the subscriber draining them in order.
+    Backlog(Backlog),
+}
+
+#[derive(Args, Debug, Clone, Serialize)]
+pub(crate) struct Backlog {
+    #[arg(long, default_value_t = 100_000)]
+    pub(crate) messages: u32,
+    /// Unacknowledged publishes in flight.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) window: usize,
 }
 
 #[derive(Args, Debug, Clone, Serialize)]
@@ -203,6 +215,17 @@ pub(crate) struct Storm {
     pub(crate) devices: u32,
 }
 
+impl Global {
+    /// --mqtt-version: 5, or 3.1.1 for anything else.
+    pub(crate) fn version(&self) -> ringmq_codec::ProtocolVersion {
+        if self.mqtt_version == 5 {
+            ringmq_codec::ProtocolVersion::V5
+        } else {
+            ringmq_codec::ProtocolVersion::V311
+        }
+    }
+}
+
 impl Scenario {
     pub(crate) fn name(&self) -> &'static str {
         match self {
@@ -213,13 +236,14 @@ impl Scenario {
             Scenario::ConnectStorm(_) => "connect-storm",
             Scenario::SessionChurn(_) => "session-churn",
             Scenario::Retained(_) => "retained",
+            Scenario::Backlog(_) => "backlog",
         }
     }
 
     /// --qos, or the scenario's default.
     pub(crate) fn qos(&self, g: &Global) -> u8 {
         g.qos.unwrap_or(match self {
-            Scenario::SessionChurn(_) | Scenario::Retained(_) => 1,
+            Scenario::SessionChurn(_) | Scenario::Retained(_) | Scenario::Backlog(_) => 1,
             _ => 0,
         })
     }
@@ -246,6 +270,7 @@ impl Scenario {
             Scenario::ConnectStorm(s) => s.devices as u64,
             Scenario::SessionChurn(s) => s.devices as u64 + s.publishers as u64,
             Scenario::Retained(s) => s.subscribers as u64 + 1,
+            Scenario::Backlog(_) => 2,
         }
     }
 
@@ -318,7 +343,7 @@ impl Scenario {
                     mk(Role::Pub, g - s.devices, String::new(), 0, 0)
                 }
             }
-            Scenario::Retained(_) => mk(Role::Plain, 0, String::new(), 0, 0),
+            Scenario::Retained(_) | Scenario::Backlog(_) => mk(Role::Plain, 0, String::new(), 0, 0),
         }
     }
 

@@ -110,11 +110,7 @@ impl LocalRun {
             Scenario::ConnectStorm(_) => 0.0,
             _ => g.duration,
         };
-        let version = if g.mqtt_version == 5 {
-            ProtocolVersion::V5
-        } else {
-            ProtocolVersion::V311
-        };
+        let version = g.version();
         let cfg = Arc::new(RunCfg {
             addr: resolve(&g.host, g.port)?,
             source_ips: g.source_ips.as_deref().map(parse_ip_range).transpose()?,

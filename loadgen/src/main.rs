@@ -5,6 +5,7 @@
 //! merges their counters and histograms. Phases: ramp-up (connect + subscribe, bounded), a
 //! measurement window of `--duration`, a bounded drain, then a clean disconnect.
 
+mod backlog;
 mod churn;
 mod cli;
 mod engine;
@@ -19,7 +20,7 @@ mod workers;
 
 use clap::{Args, Parser, Subcommand};
 use engine::{ChurnCfg, DevSpec, Exec, ExecResult, Role, RunCfg, Shared};
-use ringmq_codec::{ProtocolVersion, QoS};
+use ringmq_codec::QoS;
 use serde::{Deserialize, Serialize};
 use stats::{hist_from_b64, hist_to_b64, merge_into, new_hist, summarize, Counters, Summary};
 use std::io::{BufRead, BufReader, Write};
@@ -123,11 +124,7 @@ fn run_retained(
     }
     let cfg = retained::Cfg {
         addr: resolve(&g.host, g.port)?,
-        version: if g.mqtt_version == 5 {
-            ProtocolVersion::V5
-        } else {
-            ProtocolVersion::V311
-        },
+        version: g.version(),
         qos: QoS::from_u8(cli.scenario.qos(g)).unwrap_or_default(),
         payload: g.payload,
         keep_alive: g.keep_alive,
@@ -303,10 +300,53 @@ fn run(cli: &Cli) -> Result<Outcome, String> {
     })
 }
 
+/// The backlog scenario (see `backlog`): sequential, with its own report. Exits 1 when an
+/// acknowledged message was not delivered once and in order.
+fn run_backlog(cli: &Cli, b: &Backlog) -> ! {
+    let g = &cli.g;
+    let tag = g
+        .run_tag
+        .clone()
+        .unwrap_or_else(|| format!("{:x}", std::process::id()));
+    let cfg = resolve(&g.host, g.port).map(|addr| backlog::Cfg {
+        addr,
+        version: g.version(),
+        payload: g.payload,
+        keep_alive: g.keep_alive,
+        messages: b.messages,
+        window: b.window,
+        publish_limit_ns: (g.ramp_up * 1e9) as u64,
+        drain_limit_ns: (g.duration * 1e9) as u64,
+        idle_limit_ns: (g.drain.max(0.1) * 1e9) as u64,
+        client_prefix: format!("lg{tag}-"),
+        broker_pid: g.broker_pid,
+        quiet: g.quiet,
+    });
+    let j = match cfg.and_then(|c| backlog::run(&c)) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("ringmq-loadgen: error: {e}");
+            std::process::exit(1);
+        }
+    };
+    let text = serde_json::to_string_pretty(&j).unwrap_or_default();
+    println!("{text}");
+    if let Some(path) = &g.json {
+        if let Err(e) = std::fs::write(path, text + "\n") {
+            eprintln!("ringmq-loadgen: cannot write {path}: {e}");
+        }
+    }
+    let lost = j.missing > 0 || j.duplicates > 0 || j.out_of_order > 0;
+    std::process::exit(i32::from(lost));
+}
+
 fn main() {
     let cli = Cli::parse();
     if cli.g.worker_index.is_some() {
         std::process::exit(worker_main(cli));
+    }
+    if let Scenario::Backlog(b) = &cli.scenario {
+        run_backlog(&cli, b);
     }
     let out = match run(&cli) {
         Ok(o) => o,

@@ -69,16 +69,42 @@ pub struct Out {
     pub measured_s: f64,
 }
 
-/// One blocking MQTT connection.
-struct Conn {
-    s: TcpStream,
+/// One blocking MQTT connection (also used by the `backlog` scenario).
+pub(crate) struct Conn {
+    pub(crate) s: TcpStream,
     rbuf: BytesMut,
-    v: ProtocolVersion,
-    recv_max: usize,
+    pub(crate) v: ProtocolVersion,
+    pub(crate) recv_max: usize,
+    /// CONNACK's Session Present.
+    pub(crate) session_present: bool,
+}
+
+/// How a blocking connection connects.
+pub(crate) struct Dial<'a> {
+    pub(crate) addr: SocketAddrV4,
+    pub(crate) version: ProtocolVersion,
+    pub(crate) keep_alive: u16,
+    pub(crate) id: &'a str,
+    pub(crate) clean_start: bool,
+    /// MQTT 5 Session Expiry Interval (seconds); 3.1.1 sessions persist by Clean Session 0.
+    pub(crate) session_expiry: Option<u32>,
 }
 
 impl Conn {
     fn open(cfg: &Cfg, id: &str, connack: &mut Histogram<u64>) -> Result<Conn, String> {
+        let dial = Dial {
+            addr: cfg.addr,
+            version: cfg.version,
+            keep_alive: cfg.keep_alive,
+            id,
+            clean_start: true,
+            session_expiry: None,
+        };
+        Conn::dial(&dial, connack)
+    }
+
+    pub(crate) fn dial(cfg: &Dial<'_>, connack: &mut Histogram<u64>) -> Result<Conn, String> {
+        let id = cfg.id;
         let t = now_ns();
         let s = TcpStream::connect_timeout(&cfg.addr.into(), Duration::from_secs(5))
             .map_err(|e| format!("connect to {}: {e}", cfg.addr))?;
@@ -90,10 +116,11 @@ impl Conn {
             rbuf: BytesMut::with_capacity(256 * 1024),
             v: cfg.version,
             recv_max: WINDOW,
+            session_present: false,
         };
         c.send(&Packet::Connect(Box::new(Connect {
             protocol: cfg.version,
-            clean_start: true,
+            clean_start: cfg.clean_start,
             keep_alive: cfg.keep_alive,
             client_id: ByteStr::from(id),
             will: None,
@@ -105,6 +132,7 @@ impl Conn {
                 } else {
                     None
                 },
+                session_expiry_interval: cfg.session_expiry.filter(|_| cfg.version.is_v5()),
                 ..Default::default()
             },
         })))?;
@@ -117,6 +145,7 @@ impl Conn {
                 if let Some(m) = a.properties.receive_maximum {
                     c.recv_max = (m as usize).min(WINDOW);
                 }
+                c.session_present = a.session_present;
                 connack.saturating_record(((now_ns() - t) / 1000).max(1));
                 Ok(c)
             }
@@ -125,14 +154,14 @@ impl Conn {
         }
     }
 
-    fn send(&mut self, p: &Packet) -> Result<(), String> {
+    pub(crate) fn send(&mut self, p: &Packet) -> Result<(), String> {
         let mut b = BytesMut::new();
         encode(p, self.v, &mut b).map_err(|e| e.to_string())?;
         self.s.write_all(&b).map_err(|e| format!("send: {e}"))
     }
 
     /// The next packet, or None at `deadline`.
-    fn next(&mut self, deadline: u64) -> Result<Option<Packet>, String> {
+    pub(crate) fn next(&mut self, deadline: u64) -> Result<Option<Packet>, String> {
         loop {
             if let Some(p) = decode_packet(&mut self.rbuf, self.v, 1 << 28)
                 .map_err(|e| format!("decode: {e}"))?
@@ -156,7 +185,7 @@ impl Conn {
         }
     }
 
-    fn disconnect(mut self) {
+    pub(crate) fn disconnect(mut self) {
         let _ = self.send(&Packet::Disconnect(Box::default()));
         let _ = self.s.shutdown(std::net::Shutdown::Write);
         let deadline = now_ns() + 1_000_000_000;
@@ -182,22 +211,36 @@ fn publish_all(
     deadline: u64,
     payload: &mut dyn FnMut(u32) -> Bytes,
 ) -> Result<u64, String> {
-    let mut next = 0u32;
-    let mut acked = 0u64;
-    let mut inflight = 0usize;
+    let window = c.recv_max;
+    publish_windowed(c, topics, window, deadline, &mut |i| Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        topic: ByteStr::from(format!("{TOPIC_PREFIX}{i}")),
+        packet_id: None,
+        payload: payload(i),
+        properties: None,
+    })
+}
+
+/// Publishes `count` QoS 1 messages, message i built by `make(i)` (its packet id is set here),
+/// with at most `window` unacknowledged. Returns how many were acknowledged by `deadline`; a
+/// refusal (PUBACK with an error reason) is an error.
+pub(crate) fn publish_windowed(
+    c: &mut Conn,
+    count: u32,
+    window: usize,
+    deadline: u64,
+    make: &mut dyn FnMut(u32) -> Publish,
+) -> Result<u64, String> {
+    let window = window.min(c.recv_max).max(1);
+    let (mut next, mut acked, mut inflight) = (0u32, 0u64, 0usize);
     let mut out = BytesMut::new();
-    while acked < topics as u64 {
+    while acked < u64::from(count) {
         out.clear();
-        while next < topics && inflight < c.recv_max {
-            let p = Publish {
-                dup: false,
-                qos: QoS::AtLeastOnce,
-                retain: true,
-                topic: ByteStr::from(format!("{TOPIC_PREFIX}{next}")),
-                packet_id: NonZeroU16::new((next % 65535) as u16 + 1),
-                payload: payload(next),
-                properties: None,
-            };
+        while next < count && inflight < window {
+            let mut p = make(next);
+            p.packet_id = NonZeroU16::new((next % 65535) as u16 + 1);
             encode(&Packet::Publish(p), c.v, &mut out).map_err(|e| e.to_string())?;
             next += 1;
             inflight += 1;
@@ -206,10 +249,11 @@ fn publish_all(
             c.s.write_all(&out).map_err(|e| format!("send: {e}"))?;
         }
         match c.next(deadline)? {
-            Some(Packet::PubAck(_)) => {
+            Some(Packet::PubAck(a)) if !a.reason.is_error() => {
                 acked += 1;
                 inflight -= 1;
             }
+            Some(Packet::PubAck(a)) => return Err(format!("PUBACK refused: {:?}", a.reason)),
             Some(Packet::PingResp) => {}
             Some(other) => {
                 return Err(format!(

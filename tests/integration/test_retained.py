@@ -1,6 +1,8 @@
 """Retained messages.  Retained messages are published at QoS 1 because a server
 MAY discard retained QoS 0 messages at any time [MQTT-3.3.1-7]."""
 
+import time
+
 import pytest
 
 import rawmqtt as R
@@ -196,3 +198,52 @@ def test_retained_survives_publisher_disconnect_and_clean_session(broker, client
     s.connect(sid)
     s.subscribe([(t, 1)])
     assert s.recv_publish()["payload"] == b"still-here"
+
+
+def _publish_retained(p, topics, payload, window=64):
+    """Every topic's retained message at QoS 1, at most `window` unacknowledged."""
+    sent = done = 0
+    while done < len(topics):
+        while sent < len(topics) and sent - done < window:
+            p.send(R.publish_packet(topics[sent], payload, 1, retain=True, pid=sent % 65535 + 1,
+                                    version=p.version))
+            sent += 1
+        assert p.recv(30).type == R.PUBACK
+        done += 1
+
+
+@pytest.mark.ringmq_only
+@pytest.mark.parametrize("sub_qos", [0, 1])
+def test_every_retained_message_reaches_a_wildcard_subscriber_at_its_pace(broker_factory, clients, sub_qos):
+    """issue 12, item 4: 20,000 retained messages (4 MB) to a new `prefix/#` subscriber that
+    does not read at first, with --max-outgoing-bytes 32 KiB: all of them arrive, QoS 0 ones as
+    the connection's output drains instead of being dropped as a slow consumer, QoS 1 ones
+    through the session queue; and a message of the same QoS published on one of the topics
+    after the SUBSCRIBE comes after that topic's retained message [MQTT-3.3.1-6]
+    [MQTT-4.6.0-6]"""
+    b = broker_factory(["--max-outgoing-bytes", "32768"])
+    pid, sid = shard_pair("rpace%d" % sub_qos, b.nshards)
+    prefix = unique_topic("rpace")
+    topics = ["%s/%d" % (prefix, i) for i in range(20000)]
+    p = clients.raw(b, timeout=30)
+    p.connect(pid)
+    _publish_retained(p, topics, b"r" * 200)
+    s = clients.raw(b, timeout=30)
+    s.connect(sid)
+    s.send(R.subscribe_packet(1, [(prefix + "/#", sub_qos)]))
+    time.sleep(0.3)
+    p.publish(topics[-1], b"live", qos=sub_qos)
+    time.sleep(0.7)
+    assert s.recv(5).type == R.SUBACK
+    seen, order = set(), []
+    while True:
+        try:
+            m = s.recv_publish(3)
+        except R.ReadTimeout:
+            break
+        if m["topic"] == topics[-1]:
+            order.append((m["retain"], bytes(m["payload"])))
+        elif m["retain"]:
+            seen.add(m["topic"])
+    assert len(seen) == len(topics) - 1, "retained messages lost: %d" % (len(topics) - 1 - len(seen))
+    assert order == [(True, b"r" * 200), (False, b"live")]

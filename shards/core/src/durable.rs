@@ -12,7 +12,7 @@ use crate::mesh::{AckToken, RetainQuery, Taken};
 use crate::records::{MsgRecord, MsgView, Record, RetainRecord, MSG};
 use bytes::BytesMut;
 use ringmq_codec::{Packet, SubAck, SubscriptionOptions};
-use ringmq_journal::{Journal, JournalConfig, JournalError, RecoveryReport};
+use ringmq_journal::{Appended, Journal, JournalConfig, JournalError, RecordLoc, RecoveryReport};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -72,6 +72,11 @@ pub struct Checkpoint {
     pub start_segment: u64,
     pub start_bytes: u64,
     pub sessions: Vec<String>,
+    /// A session whose deliveries queued in the journal are being copied forward, a bounded
+    /// number per step (a session may have millions).
+    pub spilling: Option<String>,
+    /// A copy of a record held only in the journal failed: the old segments must stay.
+    pub failed: bool,
     pub retained: Vec<String>,
     /// Set when everything is re-appended: the seq that must be synced before removal.
     pub end_seq: Option<u64>,
@@ -133,11 +138,11 @@ impl Durable {
     pub fn write(&mut self, rec: &Record) -> Result<u64, JournalError> {
         self.buf.clear();
         rec.encode(&mut self.buf);
-        self.append(rec.kind())
+        Ok(self.append(rec.kind())?.seq)
     }
 
     /// Appends a delivery record straight from the session's copy of the message.
-    pub fn write_msg(&mut self, m: &MsgView<'_>) -> Result<u64, JournalError> {
+    pub fn write_msg(&mut self, m: &MsgView<'_>) -> Result<Appended, JournalError> {
         self.buf.clear();
         m.encode(&mut self.buf);
         self.append(MSG)
@@ -151,10 +156,20 @@ impl Durable {
         }
     }
 
-    fn append(&mut self, kind: u8) -> Result<u64, JournalError> {
-        let (seq, _) = self.journal.append(kind, &self.buf)?;
+    fn append(&mut self, kind: u8) -> Result<Appended, JournalError> {
+        let a = self.journal.append(kind, &self.buf)?;
         self.sync_wanted = true;
-        Ok(seq)
+        Ok(a)
+    }
+
+    /// Copies the record at `at` to the end of the journal (compaction keeping a record that
+    /// lives nowhere else): its new location.
+    pub fn copy_record(&mut self, at: RecordLoc) -> Result<RecordLoc, JournalError> {
+        let a = self.journal.copy_record(at)?;
+        self.sync_wanted = true;
+        a.at.ok_or(JournalError::Config(
+            "journal location out of range (2^32 segments)".into(),
+        ))
     }
 
     /// Appends a bookkeeping record (an acknowledgement, a state change, a removal), which
@@ -210,14 +225,36 @@ impl Durable {
 /// A persistent session as the journal describes it.
 #[derive(Debug, Default)]
 pub struct RecoveredSession {
+    /// A session record was replayed. Records of a session may come before its session
+    /// record: compaction re-appends the session record after deliveries that stay where
+    /// they are (queued in the journal only, spill.rs). A session never confirmed by the end
+    /// of the replay is dropped ([`Recovered::finish`]).
+    pub confirmed: bool,
     pub expiry_interval: u32,
     pub protocol: u8,
     pub disconnected_unix_ms: u64,
     pub subs: BTreeMap<String, (SubscriptionOptions, u32)>,
     /// By delivery id, which is the order they were queued in.
-    pub msgs: BTreeMap<u64, MsgRecord>,
+    pub msgs: BTreeMap<u64, RecoveredMsg>,
     /// QoS 2 packet ids received and not released -> whether their routing finished.
     pub qos2_in: HashMap<u16, bool>,
+}
+
+/// A delivery as the journal left it. Its body stays in the journal (`At`): a rebuilt
+/// session's queue costs a location per message, and only inflight ones are read back.
+#[derive(Debug)]
+pub struct RecoveredMsg {
+    pub packet_id: u16,
+    pub state: u8,
+    pub body: RecoveredBody,
+}
+
+#[derive(Debug)]
+pub enum RecoveredBody {
+    /// The record is at this location; `weight` is its topic and payload bytes.
+    At { at: RecordLoc, weight: u64 },
+    /// Replayed without a location (unit tests, or one out of [`RecordLoc`]'s range).
+    Copy(Box<MsgRecord>),
 }
 
 /// State rebuilt by replaying a journal.
@@ -232,7 +269,23 @@ pub struct Recovered {
 }
 
 impl Recovered {
+    /// The session a record is about, provisional if its session record is not replayed yet.
+    fn session(&mut self, client_id: String) -> Option<&mut RecoveredSession> {
+        Some(self.sessions.entry(client_id).or_default())
+    }
+
+    /// Ends a replay: drops sessions whose records were replayed without a session record
+    /// (left by a session that ended, or by a takeover with Clean Start).
+    pub fn finish(&mut self) {
+        self.sessions.retain(|_, s| s.confirmed);
+    }
+
     pub fn apply(&mut self, rec: Record) {
+        self.apply_at(rec, None);
+    }
+
+    /// Replays one record; `at` is where it is in the journal, so deliveries keep only that.
+    pub fn apply_at(&mut self, rec: Record, at: Option<RecordLoc>) {
         self.records += 1;
         match rec {
             Record::Session {
@@ -246,6 +299,7 @@ impl Recovered {
                 if fresh {
                     *s = RecoveredSession::default();
                 }
+                s.confirmed = true;
                 s.expiry_interval = expiry_interval;
                 s.protocol = protocol;
                 s.disconnected_unix_ms = disconnected_unix_ms;
@@ -259,21 +313,32 @@ impl Recovered {
                 options,
                 subscription_id,
             } => {
-                if let Some(s) = self.sessions.get_mut(&client_id) {
+                if let Some(s) = self.session(client_id) {
                     s.subs.insert(filter, (options, subscription_id));
                 }
             }
             Record::Unsub { client_id, filter } => {
-                if let Some(s) = self.sessions.get_mut(&client_id) {
+                if let Some(s) = self.session(client_id) {
                     s.subs.remove(&filter);
                 }
             }
             Record::Msg(mut m) => {
                 self.max_msg_id = self.max_msg_id.max(m.id);
-                if let Some(s) = self.sessions.get_mut(&m.client_id) {
-                    // Held per message until the rebuild: the session key says whose it is.
-                    m.client_id = String::new();
-                    s.msgs.insert(m.id, *m);
+                if let Some(s) = self.session(std::mem::take(&mut m.client_id)) {
+                    let (id, packet_id, state) = (m.id, m.packet_id, m.state);
+                    let body = match at {
+                        Some(at) => RecoveredBody::At {
+                            at,
+                            weight: (m.topic.len() + m.payload.len()) as u64,
+                        },
+                        None => RecoveredBody::Copy(m),
+                    };
+                    let msg = RecoveredMsg {
+                        packet_id,
+                        state,
+                        body,
+                    };
+                    s.msgs.insert(id, msg);
                 }
             }
             Record::MsgState {
@@ -292,7 +357,7 @@ impl Recovered {
                 }
             }
             Record::MsgDone { client_id, id } => {
-                if let Some(s) = self.sessions.get_mut(&client_id) {
+                if let Some(s) = self.session(client_id) {
                     s.msgs.remove(&id);
                 }
             }
@@ -301,7 +366,7 @@ impl Recovered {
                 packet_id,
                 routed,
             } => {
-                if let Some(s) = self.sessions.get_mut(&client_id) {
+                if let Some(s) = self.session(client_id) {
                     *s.qos2_in.entry(packet_id).or_default() |= routed;
                 }
             }
@@ -309,7 +374,7 @@ impl Recovered {
                 client_id,
                 packet_id,
             } => {
-                if let Some(s) = self.sessions.get_mut(&client_id) {
+                if let Some(s) = self.session(client_id) {
                     s.qos2_in.remove(&packet_id);
                 }
             }
@@ -336,9 +401,10 @@ pub fn open(
     cfg.salvage = move_aside;
     let mut rec = Recovered::default();
     let (journal, report) = Journal::open(cfg, |r| match Record::decode(r.kind, r.payload) {
-        Some(x) => rec.apply(x),
+        Some(x) => rec.apply_at(x, RecordLoc::new(r.segment, r.offset)),
         None => rec.undecodable.push((r.seq, r.kind)),
     })
+    .inspect(|_| rec.finish())
     .map_err(|e| {
         let hint = if matches!(e, JournalError::Corrupt { .. }) {
             " (start with --journal-on-corruption move-aside to move the damaged segments \
@@ -430,6 +496,7 @@ mod tests {
         ] {
             r.apply(rec);
         }
+        r.finish();
         let a = &r.sessions["a"];
         assert_eq!(a.msgs.keys().copied().collect::<Vec<_>>(), vec![2]);
         assert_eq!(a.msgs[&2].packet_id, 9);
@@ -442,5 +509,30 @@ mod tests {
         assert_eq!(r.sessions["a"].msgs.len(), 1);
         r.apply(session("a", true));
         assert!(r.sessions["a"].msgs.is_empty());
+    }
+
+    /// Compaction leaves deliveries queued in the journal where they are and re-appends the
+    /// session record after them: replay must attach them to the session that follows.
+    #[test]
+    fn records_before_their_session_record_belong_to_it() {
+        let mut r = Recovered::default();
+        for rec in [
+            msg("a", 7),
+            msg("gone", 8),
+            session("a", false),
+            msg("a", 9),
+            msg("b", 10),
+            session("b", true),
+        ] {
+            r.apply(rec);
+        }
+        r.finish();
+        assert_eq!(
+            r.sessions["a"].msgs.keys().copied().collect::<Vec<_>>(),
+            vec![7, 9]
+        );
+        // A Clean Start after them discards them; no session record at all drops them.
+        assert!(r.sessions["b"].msgs.is_empty());
+        assert!(!r.sessions.contains_key("gone"));
     }
 }

@@ -157,9 +157,10 @@ pub fn check_images(images: &[(u64, Vec<u8>)], segment_bytes: u64) {
 /// Appends one record after recovery and checks a strict reopen sees the old records and it.
 fn append_and_reopen(mut j: Journal, got: &Replayed, segment_bytes: u64, dir: &Path) {
     let next = j.last_seq() + 1;
-    let (seq, _) = j
+    let seq = j
         .append(7, b"after-recovery")
-        .expect("append after recovery");
+        .expect("append after recovery")
+        .seq;
     assert_eq!(seq, next);
     j.sync_blocking().expect("sync");
     drop(j);
@@ -258,7 +259,7 @@ pub fn write_records(dir: &Path, segment_bytes: u64, payloads: &[Vec<u8>]) -> Re
     let mut written = Vec::with_capacity(payloads.len());
     for (i, p) in payloads.iter().enumerate() {
         let kind = (i % 251) as u8;
-        let (seq, _) = j.append(kind, p).expect("append");
+        let seq = j.append(kind, p).expect("append").seq;
         written.push((seq, kind, p.clone()));
     }
     j.sync_blocking().expect("sync");

@@ -6,7 +6,9 @@ use crate::format::{
     MAX_SEQ, RECORD_HEADER_BYTES,
 };
 use crate::jobs::{create_segment, sync_dir, PrepareJob, PreparedSegment, SyncJob};
-use crate::{JournalConfig, JournalError, JournalStats, RecordRef, RecoveryReport};
+use crate::{
+    Appended, JournalConfig, JournalError, JournalStats, RecordLoc, RecordRef, RecoveryReport,
+};
 use memmap2::MmapMut;
 use std::collections::VecDeque;
 use std::fs::File;
@@ -60,7 +62,7 @@ impl Journal {
     }
 
     /// Appends one record of `len` payload bytes, which `fill` writes straight into the mapped
-    /// segment. Returns `(seq, segment index)`.
+    /// segment. Returns its seq and where it is.
     ///
     /// The record becomes visible to recovery only when its len word is stored, last; a crash
     /// before that leaves a zero len (end of data) or a record the checksum rejects. If `fill`
@@ -70,7 +72,7 @@ impl Journal {
         kind: u8,
         len: usize,
         fill: impl FnOnce(&mut [u8]),
-    ) -> Result<(u64, u64), JournalError> {
+    ) -> Result<Appended, JournalError> {
         let max = max_payload_bytes(self.segment_bytes);
         if len > max {
             return Err(JournalError::TooLarge { len, max });
@@ -121,12 +123,58 @@ impl Journal {
         self.last_seq = seq;
         self.stats.appends += 1;
         self.stats.bytes_appended += need as u64;
-        Ok((seq, seg.index))
+        Ok(Appended {
+            seq,
+            segment: seg.index,
+            at: RecordLoc::new(seg.index, off),
+        })
     }
 
     /// Appends a record by copying `payload`.
-    pub fn append(&mut self, kind: u8, payload: &[u8]) -> Result<(u64, u64), JournalError> {
+    pub fn append(&mut self, kind: u8, payload: &[u8]) -> Result<Appended, JournalError> {
         self.append_with(kind, payload.len(), |buf| buf.copy_from_slice(payload))
+    }
+
+    /// The record at `at`, from its segment's mapping, checked again (length, seq, checksum):
+    /// a location that points nowhere valid is reported, never read as a record.
+    pub fn read(&self, at: RecordLoc) -> Result<RecordRef<'_>, JournalError> {
+        let segment = at.segment();
+        let i = self
+            .segments
+            .binary_search_by_key(&segment, |s| s.index)
+            .map_err(|_| JournalError::NoSuchSegment(segment))?;
+        let seg = &self.segments[i];
+        let off = at.offset();
+        let bad = |reason: String| JournalError::Corrupt {
+            segment: seg.path.clone(),
+            offset: off as u64,
+            reason,
+        };
+        if off < HEADER_BYTES || off >= seg.end || !off.is_multiple_of(8) {
+            return Err(bad(format!("no record at offset {off}")));
+        }
+        let buf = &seg.map[..seg.end];
+        match read_slot(buf, off, buf.len()) {
+            Slot::Record(p) => Ok(RecordRef {
+                seq: p.seq,
+                segment,
+                offset: off,
+                kind: p.kind,
+                payload: &buf[p.payload_off..p.payload_off + p.payload_len],
+            }),
+            Slot::End => Err(bad("no record at this offset".into())),
+            Slot::Invalid(reason) => Err(bad(reason)),
+        }
+    }
+
+    /// Appends a copy of the record at `at` (same kind and payload, a new seq): compaction's
+    /// way to keep a record whose segment is about to be removed.
+    pub fn copy_record(&mut self, at: RecordLoc) -> Result<Appended, JournalError> {
+        let (kind, payload) = {
+            let r = self.read(at)?;
+            (r.kind, r.payload.to_vec())
+        };
+        self.append(kind, &payload)
     }
 
     /// Seq of the last appended record (0 if none was ever appended).
@@ -275,6 +323,7 @@ impl Journal {
                     f(RecordRef {
                         seq: p.seq,
                         segment,
+                        offset: off,
                         kind: p.kind,
                         payload: &buf[p.payload_off..p.payload_off + p.payload_len],
                     });

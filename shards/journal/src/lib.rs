@@ -60,6 +60,47 @@ impl JournalConfig {
     }
 }
 
+/// Where a record sits: its segment and its offset there, in one word, so that an index of
+/// records kept in memory (a session's queue on disk) costs 8 bytes per record. Valid for as
+/// long as the segment is live; compaction copies what it still needs to a new place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RecordLoc(u64);
+
+impl RecordLoc {
+    /// `None` past 2^32 segments or a 4 GiB offset (then the caller keeps its own copy).
+    pub fn new(segment: u64, offset: usize) -> Option<RecordLoc> {
+        let offset = u32::try_from(offset).ok()?;
+        let segment = u32::try_from(segment).ok()?;
+        Some(RecordLoc(u64::from(segment) << 32 | u64::from(offset)))
+    }
+
+    pub fn segment(self) -> u64 {
+        self.0 >> 32
+    }
+
+    pub fn offset(self) -> usize {
+        (self.0 & u64::from(u32::MAX)) as usize
+    }
+
+    /// The location as one word, for crates that keep it without knowing the journal.
+    pub fn to_bits(self) -> u64 {
+        self.0
+    }
+
+    pub fn from_bits(bits: u64) -> RecordLoc {
+        RecordLoc(bits)
+    }
+}
+
+/// What [`Journal::append_with`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub seq: u64,
+    pub segment: u64,
+    /// Where to read it back ([`Journal::read`]); `None` only past [`RecordLoc`]'s range.
+    pub at: Option<RecordLoc>,
+}
+
 /// One record, borrowed from the segment mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordRef<'a> {
@@ -67,6 +108,8 @@ pub struct RecordRef<'a> {
     pub seq: u64,
     /// Index of the segment holding the record.
     pub segment: u64,
+    /// Offset of the record (its header) in the segment.
+    pub offset: usize,
     /// Caller-defined record type.
     pub kind: u8,
     pub payload: &'a [u8],

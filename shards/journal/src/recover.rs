@@ -396,6 +396,7 @@ pub(crate) fn open(
             replay(RecordRef {
                 seq: p.seq,
                 segment: seg.index,
+                offset: off,
                 kind: p.kind,
                 payload: &buf[p.payload_off..p.payload_off + p.payload_len],
             });

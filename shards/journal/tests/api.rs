@@ -23,33 +23,90 @@ fn append_reopen_round_trip() {
     assert!(got.is_empty());
     assert_eq!((j.last_seq(), j.synced_seq()), (0, 0));
     let mut written = Vec::new();
-    for i in 1..=200u64 {
+    let mut locs = Vec::new();
+    for i in 1..=600u64 {
         let p = payload(i, (i as usize * 7) % 300);
-        let (seq, seg) = j.append(i as u8, &p).unwrap();
-        assert_eq!(seq, i);
-        assert_eq!(seg, j.active_segment());
-        written.push((seq, i as u8, p));
+        let a = j.append(i as u8, &p).unwrap();
+        assert_eq!(a.seq, i);
+        assert_eq!(a.segment, j.active_segment());
+        locs.push(a.at.expect("small journals have locations"));
+        written.push((a.seq, i as u8, p));
     }
     // Empty payloads are records too (seq 0 is never used, so they are not the end marker).
-    let (seq, _) = j.append(9, &[]).unwrap();
-    written.push((seq, 9, vec![]));
+    let a = j.append(9, &[]).unwrap();
+    locs.push(a.at.unwrap());
+    written.push((a.seq, 9, vec![]));
     j.sync_blocking().unwrap();
     drop(j);
     let (j, got) = open(config(dir.path(), SEG, false));
     assert_eq!(got, written);
-    assert_eq!(j.last_seq(), 201);
+    assert_eq!(j.last_seq(), 601);
+    // Every record reads back from where its append said it went, across rollovers and a
+    // reopen.
+    assert!(j.segment_count() > 1, "the test spans segments");
+    for (at, (seq, kind, p)) in locs.iter().zip(&written) {
+        let r = j.read(*at).unwrap();
+        assert_eq!((r.seq, r.kind, r.payload), (*seq, *kind, &p[..]));
+        assert_eq!((r.segment, r.offset), (at.segment(), at.offset()));
+    }
+}
+
+#[test]
+fn read_refuses_locations_that_hold_no_record() {
+    let dir = TempDir::new("t-read-bad");
+    let (mut j, _) = open(config(dir.path(), SEG, false));
+    let a = j.append(1, b"0123456789abcdef").unwrap().at.unwrap();
+    let b = j.append(2, b"x").unwrap().at.unwrap();
+    assert_eq!(j.read(b).unwrap().payload, b"x");
+    let seg = a.segment();
+    for off in [
+        0,
+        8,
+        a.offset() + 8,
+        b.offset() + 8,
+        b.offset() + 64,
+        SEG as usize,
+    ] {
+        let at = ringmq_journal::RecordLoc::new(seg, off).unwrap();
+        assert!(j.read(at).is_err(), "offset {off} holds no record");
+    }
+    let gone = ringmq_journal::RecordLoc::new(seg + 7, a.offset()).unwrap();
+    assert!(matches!(
+        j.read(gone),
+        Err(ringmq_journal::JournalError::NoSuchSegment(_))
+    ));
+}
+
+#[test]
+fn copy_record_keeps_a_record_past_the_removal_of_its_segment() {
+    let dir = TempDir::new("t-copy-record");
+    let (mut j, _) = open(config(dir.path(), SEG, false));
+    let keep = j.append(5, b"keep me").unwrap().at.unwrap();
+    while j.segment_count() < 2 {
+        j.append(1, &[0; 200]).unwrap();
+    }
+    let copied = j.copy_record(keep).unwrap();
+    assert_eq!(copied.seq, j.last_seq());
+    let moved = copied.at.unwrap();
+    assert!(moved.segment() > keep.segment());
+    j.sync_blocking().unwrap();
+    j.remove_oldest().unwrap();
+    assert!(j.read(keep).is_err(), "its old segment is gone");
+    let r = j.read(moved).unwrap();
+    assert_eq!((r.kind, r.payload), (5, &b"keep me"[..]));
 }
 
 #[test]
 fn append_with_writes_in_place() {
     let dir = TempDir::new("t-append-with");
     let (mut j, _) = open(config(dir.path(), SEG, false));
-    let (seq, _) = j
+    let seq = j
         .append_with(3, 5, |buf| {
             assert_eq!(buf, &[0; 5], "fresh slot is zeroed");
             buf.copy_from_slice(b"hello");
         })
-        .unwrap();
+        .unwrap()
+        .seq;
     assert_eq!(seq, 1);
     // A panicking fill appends nothing and leaves no bytes behind.
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -96,7 +96,7 @@ fn torn_tail_is_cut_and_reported() {
     assert_eq!(got.len(), 4);
     assert!(report.torn_tail);
     assert!(report.truncated_bytes > 0);
-    assert_eq!(j.append(1, b"next").unwrap().0, 5);
+    assert_eq!(j.append(1, b"next").unwrap().seq, 5);
 }
 
 /// An all-zero last segment is an unused spare, deleted at open.

@@ -47,6 +47,8 @@ pub struct Counters {
     pub dropped_journal_full: u64,
     /// PUBACK/PUBREC answered 0x97 (or the connection closed) because of that.
     pub journal_refused_acks: u64,
+    /// Queued messages whose only copy, a journal record, could not be read back (logged).
+    pub journal_read_failures: u64,
     pub journal_appends: u64,
     pub journal_bytes_appended: u64,
     pub journal_syncs: u64,
@@ -135,6 +137,7 @@ impl Counters {
             mesh_send_failed,
             dropped_journal_full,
             journal_refused_acks,
+            journal_read_failures,
             journal_appends,
             journal_bytes_appended,
             journal_syncs,
@@ -217,6 +220,8 @@ pub struct Gauges {
     pub subscriptions: u64,
     pub retained_messages: u64,
     pub queued_messages: u64,
+    /// Of `queued_messages`, those whose only copy is their journal record.
+    pub queued_in_journal: u64,
     pub inflight_messages: u64,
     pub journal_bytes: u64,
     pub journal_pending_acks: u64,
@@ -229,6 +234,7 @@ impl Gauges {
         self.subscriptions += o.subscriptions;
         self.retained_messages += o.retained_messages;
         self.queued_messages += o.queued_messages;
+        self.queued_in_journal += o.queued_in_journal;
         self.inflight_messages += o.inflight_messages;
         self.journal_bytes += o.journal_bytes;
         self.journal_pending_acks += o.journal_pending_acks;
@@ -429,6 +435,12 @@ fn counter_rows(c: &Counters, codes: &[u8]) -> Vec<CounterRow> {
             c.journal_refused_acks,
         ),
         (
+            "journal_read_failures",
+            "Queued messages lost because their journal record could not be read back.",
+            None,
+            c.journal_read_failures,
+        ),
+        (
             "journal_appends",
             "Journal records appended.",
             None,
@@ -500,7 +512,7 @@ fn counter_rows(c: &Counters, codes: &[u8]) -> Vec<CounterRow> {
     v
 }
 
-fn gauge_rows(g: &Gauges) -> [(&'static str, &'static str, u64); 8] {
+fn gauge_rows(g: &Gauges) -> [(&'static str, &'static str, u64); 9] {
     [
         ("connections", "Open client connections.", g.connections),
         ("sessions", "Sessions, connected or not.", g.sessions),
@@ -518,6 +530,12 @@ fn gauge_rows(g: &Gauges) -> [(&'static str, &'static str, u64); 8] {
             "queued_messages",
             "Messages queued in sessions behind the inflight window.",
             g.queued_messages,
+        ),
+        (
+            "queued_in_journal",
+            "Queued messages of persistent sessions held only in the journal (8 bytes of \
+             memory each).",
+            g.queued_in_journal,
         ),
         (
             "inflight_messages",

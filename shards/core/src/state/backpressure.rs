@@ -40,7 +40,9 @@ impl ShardState {
                 Admit::Skip
             }
             QueueFull::DropOldest => {
-                if let Some(jid) = s.outbound.drop_oldest() {
+                let (durable, clock) = (self.durable.as_ref(), &*self.clock);
+                let load = |at| super::spill::load_spilled(durable, clock, at);
+                if let Some(jid) = s.outbound.drop_oldest(load) {
                     self.counters.dropped_queue_full += 1;
                     self.delivery_done(sid, jid);
                 }

@@ -92,6 +92,16 @@ impl ShardState {
         // Retained messages were received long ago: no publish-to-write latency for them.
         let received = matches!(d.source, Source::Publish).then_some(msg);
         if d.qos == QoS::AtMostOnce {
+            // Behind QoS 0 retained messages still waiting for room: after them, in order.
+            if let Some(x) = conn
+                .filter(|_| matches!(d.source, Source::Publish))
+                .and_then(|k| self.conns[k].extra.as_mut())
+                .filter(|x| !x.retained.is_empty())
+            {
+                x.retained
+                    .push_back((msg.clone(), d.retain, d.subscription_ids));
+                return;
+            }
             match (conn, p) {
                 (Some(key), Some(p)) => self.write_publish(key, &p, received),
                 _ => self.counters.dropped_offline_qos0 += 1,
@@ -107,6 +117,19 @@ impl ShardState {
         let Some(journal_id) = self.next_journal_id(sid) else {
             return;
         };
+        let s = self.sessions.get_mut(&sid).expect("checked");
+        // A journaled delivery that would queue may live in the journal only (spill.rs).
+        let mut journal_it = journal_id != 0;
+        if journal_it && d.shared_group == 0 && s.outbound.should_spill(conn.is_some()) {
+            if self.spill_delivery(sid, journal_id, msg, &d).is_ok() {
+                self.counters.queued += 1;
+                if let Some(a) = defer {
+                    self.defer_answer(sid, a);
+                }
+                return;
+            }
+            journal_it = false;
+        }
         let q = Queued {
             qos: d.qos,
             message: msg.clone(),
@@ -118,7 +141,7 @@ impl ShardState {
         let s = self.sessions.get_mut(&sid).expect("checked");
         let offer = s.outbound.offer(q, conn.is_some());
         let before = self.journal_mark();
-        if journal_id != 0 {
+        if journal_it {
             self.journal_delivery(sid, journal_id, &offer, msg);
         }
         match offer {
@@ -220,8 +243,14 @@ impl ShardState {
         let Some(key) = s.connection() else { return };
         let now = self.clock.now();
         let before = self.durable.as_ref().map_or(JournalSeq::NONE, |d| d.mark());
-        let (ids, expired) = s.outbound.refill(|q| !q.message.is_expired(now));
+        let (durable, clock) = (self.durable.as_ref(), &*self.clock);
+        let r = s.outbound.refill(
+            |q| !q.message.is_expired(now),
+            |at| spill::load_spilled(durable, clock, at),
+        );
+        let (ids, expired) = (r.ids, r.dropped);
         self.counters.dropped_expired += expired.len() as u64;
+        self.counters.journal_read_failures += r.unreadable;
         if let Some(d) = self.durable.as_mut().filter(|_| s.journaled) {
             let cid = s.client_id.to_string();
             for jid in expired.iter().filter(|j| **j != 0) {

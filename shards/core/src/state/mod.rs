@@ -48,6 +48,7 @@ mod output;
 mod peers;
 mod persist;
 mod publish;
+mod spill;
 mod subscribe;
 mod timers;
 
@@ -172,6 +173,10 @@ struct ConnExtra {
     max_packet_size: Option<u32>,
     /// A CONNECT read here whose client id lives on another shard, until the hand-off.
     handoff: Option<Box<Connect>>,
+    /// QoS 0 retained messages for a new subscription waiting for room in the output, and
+    /// the QoS 0 messages that came after them (kept behind them, in order), with their retain
+    /// flag and subscription identifiers (see `state/subscribe.rs`, `deliver_retained`).
+    retained: VecDeque<(Message, bool, Vec<u32>)>,
 }
 
 /// An enhanced authentication exchange waiting for the client's next AUTH.
@@ -578,6 +583,7 @@ impl ShardState {
         };
         for s in self.sessions.values() {
             g.queued_messages += s.outbound.queued_len() as u64;
+            g.queued_in_journal += s.outbound.spilled_len() as u64;
             g.inflight_messages += s.outbound.inflight_len() as u64;
         }
         let mut counters = self.counters.clone();

@@ -254,6 +254,9 @@ impl ShardState {
         };
         self.counters.bytes_out += n as u64;
         conn.out.wrote(n);
+        if conn.extra.is_some() {
+            self.pace_retained(key);
+        }
     }
 
     /// Writing to the connection failed: the socket is broken, its output goes nowhere.

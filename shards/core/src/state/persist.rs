@@ -2,7 +2,7 @@
 //! held until a sync covers them, the rebuild from the journal at start, and compaction.
 
 use super::*;
-use crate::durable::RecoveredSession;
+use crate::durable::{RecoveredBody, RecoveredMsg, RecoveredSession};
 use crate::records::MsgRecord;
 
 impl ShardState {
@@ -217,9 +217,40 @@ impl ShardState {
         }
     }
 
-    /// A journaled delivery back into its session: inflight with its packet id and state, or
-    /// queued.
-    fn restore_delivery(&self, s: &mut Session, m: MsgRecord) {
+    /// A journaled delivery back into its session: inflight with its packet id and state, read
+    /// back from the journal; or queued, as the location of its record (spill.rs).
+    fn restore_delivery(&mut self, s: &mut Session, m: RecoveredMsg) {
+        let inflight = matches!(
+            m.state,
+            records::STATE_AWAIT_ACK | records::STATE_AWAIT_PUBCOMP
+        );
+        let mut rec = match m.body {
+            RecoveredBody::At { at, weight } if !inflight => {
+                return s.outbound.spill(at.to_bits(), weight);
+            }
+            RecoveredBody::At { at, .. } => {
+                let d = self.durable.as_ref();
+                let loaded = d.and_then(|d| d.journal.read(at).ok());
+                match loaded.and_then(|r| Record::decode(r.kind, r.payload)) {
+                    Some(Record::Msg(rec)) => rec,
+                    _ => {
+                        // Read at open a moment ago; a failure here is a bug or a disk fault.
+                        tracing::error!(
+                            shard = self.id,
+                            "an inflight delivery's record is unreadable"
+                        );
+                        self.counters.journal_read_failures += 1;
+                        return;
+                    }
+                }
+            }
+            RecoveredBody::Copy(rec) => rec,
+        };
+        (rec.packet_id, rec.state) = (m.packet_id, m.state);
+        self.restore_record(s, *rec);
+    }
+
+    fn restore_record(&self, s: &mut Session, m: MsgRecord) {
         let body = Body {
             topic: ByteStr::from(m.topic),
             payload: m.payload,
@@ -327,8 +358,17 @@ impl ShardState {
             if cp.end_seq.is_some() || budget == 0 {
                 break;
             }
-            if let Some(cid) = cp.sessions.pop() {
+            if let Some(cid) = cp.spilling.take() {
+                let (n, done) = self.reappend_spilled(&cid, budget);
+                budget = budget.saturating_sub(n);
+                if !done {
+                    let d = self.durable.as_mut().expect("checked");
+                    d.checkpoint.as_mut().expect("started").spilling = Some(cid);
+                }
+            } else if let Some(cid) = cp.sessions.pop() {
                 budget = budget.saturating_sub(self.reappend_session(&cid));
+                let d = self.durable.as_mut().expect("checked");
+                d.checkpoint.as_mut().expect("started").spilling = Some(cid);
             } else if let Some(topic) = cp.retained.pop() {
                 budget -= 1;
                 if let Some(m) = self.retained.get(&topic) {
@@ -351,7 +391,21 @@ impl ShardState {
         if d.journal.synced_seq() < end {
             return true;
         }
-        let start = cp.start_segment;
+        let (start, failed) = (cp.start_segment, cp.failed);
+        if failed || self.spilled_before(start) {
+            // A queued message lives only in a segment that would go: keep them all.
+            debug_assert!(failed, "compaction left a queued message behind");
+            tracing::error!(
+                shard = self.id,
+                "journal compaction abandoned; segments kept"
+            );
+            let d = self.durable.as_mut().expect("checked");
+            d.checkpoint = None;
+            d.appended_at_compaction = d.journal.stats().bytes_appended;
+            d.compacted_at = Some(self.clock.now());
+            return false;
+        }
+        let d = self.durable.as_mut().expect("checked");
         let mut freed = 0;
         while d.journal.segment_count() > 1 && d.journal.oldest_segment() < start {
             match d.journal.remove_oldest() {
@@ -395,6 +449,8 @@ impl ShardState {
             start_segment: d.journal.active_segment(),
             start_bytes: d.journal.stats().bytes_appended,
             sessions,
+            spilling: None,
+            failed: false,
             retained,
             end_seq: None,
         });

@@ -266,19 +266,64 @@ impl ShardState {
         }
     }
 
-    /// Retained messages go out with the retain flag set [MQTT-3.3.1-8].
+    /// Retained messages for a new subscription, with the retain flag set [MQTT-3.3.1-8].
+    /// QoS 1/2 ones are paced by the session's
+    /// inflight window and queue; QoS 0 ones by the connection's output: those that would take
+    /// it past half of `--max-outgoing-bytes` wait on the connection and follow as it drains
+    /// ([`ShardState::pace_retained`]), so a subscriber to `#` gets every retained message at
+    /// its own pace instead of losing what overflows its socket as a slow consumer.
     pub(super) fn deliver_retained(&mut self, r: RetainReply) {
-        let ids: Vec<u32> = r.subscription_id.into_iter().collect();
-        for m in &r.messages {
+        let key = self.sessions.get(&r.session).and_then(|s| s.connection());
+        for m in r.messages {
             let qos = m.qos.min(r.options.qos);
+            if let Some(key) = key.filter(|_| qos == QoS::AtMostOnce) {
+                let conn = &mut self.conns[key];
+                let waiting = conn.extra.as_ref().is_some_and(|x| !x.retained.is_empty());
+                if waiting || conn.out.bytes() >= self.cfg.max_outgoing_bytes / 2 {
+                    let x = conn.extra.get_or_insert_with(Box::default);
+                    let ids = r.subscription_id.into_iter().collect();
+                    x.retained.push_back((m, true, ids));
+                    continue;
+                }
+            }
             let d = Delivery {
                 qos,
                 retain: true,
-                subscription_ids: ids.clone(),
+                subscription_ids: r.subscription_id.into_iter().collect(),
                 source: Source::Retained,
                 shared_group: 0,
             };
-            self.deliver_to_session(r.session, m, d);
+            self.deliver_to_session(r.session, &m, d);
+        }
+    }
+
+    /// Moves waiting QoS 0 retained messages into the connection's output while it is under
+    /// half of `--max-outgoing-bytes`; called as the output drains.
+    pub(super) fn pace_retained(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let (Some(sid), Some(x)) = (conn.session, conn.extra.as_mut()) else {
+            return;
+        };
+        if x.retained.is_empty() || conn.close.is_some() {
+            return;
+        }
+        let low = self.cfg.max_outgoing_bytes / 2;
+        while self.conns[key].out.bytes() < low {
+            let x = self.conns[key].extra.as_mut().expect("checked");
+            let Some((m, retain, subscription_ids)) = x.retained.pop_front() else {
+                x.retained = VecDeque::new();
+                break;
+            };
+            let d = Delivery {
+                qos: QoS::AtMostOnce,
+                retain,
+                subscription_ids,
+                source: Source::Retained,
+                shared_group: 0,
+            };
+            self.deliver_to_session(sid.get(), &m, d);
         }
     }
 
