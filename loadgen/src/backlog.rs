@@ -33,6 +33,9 @@ pub struct Cfg {
     pub idle_limit_ns: u64,
     pub client_prefix: String,
     pub broker_pid: Option<u32>,
+    /// Between filling and draining, wait until this file exists (a script restarts the broker
+    /// meanwhile); a pid in it replaces `broker_pid`.
+    pub pause_until: Option<String>,
     pub quiet: bool,
 }
 
@@ -230,6 +233,25 @@ pub fn run(cfg: &Cfg) -> Result<BacklogJson, String> {
         j.anon_bytes_per_message = (grown as f64 / j.acknowledged as f64 * 10.0).round() / 10.0;
     }
 
+    let mut pid = cfg.broker_pid;
+    if let Some(path) = &cfg.pause_until {
+        progress(cfg, &format!("queued; waiting for {path}"));
+        let deadline = now_ns() + cfg.drain_limit_ns;
+        while !std::path::Path::new(path).exists() {
+            if now_ns() > deadline {
+                return Err(format!("{path} did not appear within --duration"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        pid = text.trim().parse().ok().or(pid);
+    }
+    let cfg = &Cfg {
+        broker_pid: pid,
+        pause_until: None,
+        client_prefix: cfg.client_prefix.clone(),
+        ..*cfg
+    };
     let mut sub = Conn::dial(&cfg.dial(&sub_id, false), &mut connack)?;
     if !sub.session_present {
         return Err("the subscriber's session was not kept while it was offline".into());

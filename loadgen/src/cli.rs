@@ -120,6 +120,10 @@ pub(crate) struct Backlog {
     /// Unacknowledged publishes in flight.
     #[arg(long, default_value_t = 1000)]
     pub(crate) window: usize,
+    /// After queueing, wait until FILE exists before draining (restart the broker meanwhile;
+    /// a pid written in FILE is the broker to sample from then on).
+    #[arg(long)]
+    pub(crate) pause_until: Option<String>,
 }
 
 #[derive(Args, Debug, Clone, Serialize)]

@@ -320,6 +320,7 @@ fn run_backlog(cli: &Cli, b: &Backlog) -> ! {
         idle_limit_ns: (g.drain.max(0.1) * 1e9) as u64,
         client_prefix: format!("lg{tag}-"),
         broker_pid: g.broker_pid,
+        pause_until: b.pause_until.clone(),
         quiet: g.quiet,
     });
     let j = match cfg.and_then(|c| backlog::run(&c)) {

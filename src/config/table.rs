@@ -69,6 +69,11 @@ settings! {
         /// limit).
         max_queued_bytes: u64 = "67108864", ANY, "BYTES" => max_queued_bytes;
 
+        /// PUBACK/PUBREC answers a client may be owed (its QoS 1/2 PUBLISHes waiting for full
+        /// queues, the journal or other shards) before the broker stops reading its connection,
+        /// 1 or more; reading starts again at a quarter of it.
+        max_pending_acks: usize = "1024", int(1, 1 << 30), "N" => max_pending_acks;
+
         /// What a QoS 1/2 message does when a session's queue is full: backpressure (queued
         /// beyond the limit while its publisher's acknowledgement waits until there is room;
         /// nothing acknowledged is dropped), drop-new or drop-oldest (dropped and counted).

@@ -11,9 +11,9 @@ import time
 import pytest
 
 import rawmqtt as R
-from conftest import free_port
 from test_persistence import kill9_restart, metric, segments
-from test_queue_full import offline_subscriber, publish_windowed, receive_all, reconnect
+from test_queue_full import (broker_with_metrics, offline_subscriber, publish_windowed,
+                             receive_all, reconnect)
 
 pytestmark = pytest.mark.ringmq_only
 
@@ -27,8 +27,7 @@ def test_an_offline_sessions_queue_is_held_in_the_journal_and_survives_kill9(bro
     """[MQTT-4.3.2-2][MQTT-4.6.0-6] 3,000 messages for an offline persistent subscriber are
     held as journal records only (the gauge counts them); after a kill -9 they are still
     queued, and the subscriber gets all of them once, in order"""
-    mport = free_port()
-    b = broker_factory(["--metrics-addr", "127.0.0.1:%d" % mport])
+    b, mport = broker_with_metrics(broker_factory)
     sid, pid, topic = offline_subscriber(b, clients, "diskq%d" % qos, qos)
     p = clients.raw(b, timeout=30)
     p.connect(pid)
@@ -45,8 +44,7 @@ def test_a_connected_slow_subscriber_keeps_a_short_queue_in_memory(broker_factor
     """A connected persistent subscriber that reads nothing keeps its window and the first
     messages behind it in memory; the rest of the backlog is held in the journal only, and all
     of it arrives in order once it reads"""
-    mport = free_port()
-    b = broker_factory(["--metrics-addr", "127.0.0.1:%d" % mport])
+    b, mport = broker_with_metrics(broker_factory)
     sid, pid, topic = offline_subscriber(b, clients, "diskslow", 1)
     s = reconnect(b, clients, sid)
     p = clients.raw(b, timeout=30)
@@ -63,9 +61,8 @@ def test_compaction_moves_a_long_lived_queue_and_frees_old_segments(broker_facto
     with small segments and other persistent traffic going through the journal, compaction
     copies the queued records forward, old segment files go, and the queue is intact (after a
     kill -9 as well)"""
-    mport = free_port()
-    b = broker_factory(["--journal-segment-bytes", "65536", "--max-packet-size", "16384",
-                        "--metrics-addr", "127.0.0.1:%d" % mport])
+    b, mport = broker_with_metrics(broker_factory, ["--journal-segment-bytes", "65536",
+                                                    "--max-packet-size", "16384"])
     sid, pid, topic = offline_subscriber(b, clients, "diskcompact", 1)
     p = clients.raw(b, timeout=30)
     p.connect(pid)

@@ -4,10 +4,14 @@ default settings no acknowledged message is dropped when a subscriber's queue fi
 Dropping is the operator's explicit choice (drop-new, drop-oldest). Mosquitto drops beyond max_queued_messages, so these are
 ringmq's contract."""
 
+import time
+
 import pytest
 
 import rawmqtt as R
+from conftest import free_port
 from helpers import shard_pair, unique_topic
+from test_persistence import metric
 from test_publish_subscribe import _drain
 
 def publish_windowed(p, topic, payloads, qos, window=16, timeout=30):
@@ -39,6 +43,12 @@ def publish_windowed(p, topic, payloads, qos, window=16, timeout=30):
         else:
             raise AssertionError("unexpected %r" % a)
     return [reasons[i] for i in range(len(payloads))]
+
+
+def broker_with_metrics(broker_factory, args=()):
+    """A broker started with `args` and a metrics endpoint; (broker, metrics port)."""
+    mport = free_port()
+    return broker_factory(list(args) + ["--metrics-addr", "127.0.0.1:%d" % mport]), mport
 
 
 def offline_subscriber(broker, clients, name, qos, version=4):
@@ -148,3 +158,32 @@ def test_dropping_is_the_operators_choice(broker_factory, clients, policy, kept)
     assert [m["payload"] for m in got] == [b"%d" % i for i in kept]
     p.publish(topic, b"after", qos=1)
     assert s.recv_publish()["payload"] == b"after"
+
+
+@pytest.mark.ringmq_only
+def test_a_publisher_that_outruns_its_acknowledgements_is_not_read(broker_factory, clients):
+    """issue 12, item 3: a 3.1.1 publisher (no Receive Maximum holds it) that writes 20,000
+    QoS 1 PUBLISHes without waiting, to an offline subscriber whose queue is full at 10, is not
+    read from once it is owed --max-pending-acks answers: its bytes stay in the sockets and the
+    broker's queues stay bounded instead of taking all 20,000. When the subscriber comes back,
+    reading resumes and every message is delivered once, in order, and acknowledged in order
+    [MQTT-4.6.0-2]"""
+    import threading
+    b, mport = broker_with_metrics(broker_factory, ["--max-queued-messages", "10",
+                                                    "--max-pending-acks", "64"])
+    sid, pid, topic = offline_subscriber(b, clients, "flood", 1)
+    p = clients.raw(b, timeout=30)
+    p.connect(pid)
+    n = 20000
+    blob = b"".join(R.publish_packet(topic, b"%d" % i, 1, pid=i % 65535 + 1) for i in range(n))
+    sender = threading.Thread(target=p.sock.sendall, args=(blob,), daemon=True)
+    sender.start()
+    time.sleep(1.5)
+    assert metric(mport, "ringmq_reads_paused_total") >= 1
+    queued = metric(mport, "ringmq_queued_messages")
+    assert queued < 2000, "the broker kept reading: %d queued" % queued
+    s = reconnect(b, clients, sid)
+    receive_all(s, [b"%d" % i for i in range(n)])
+    sender.join(30)
+    acks = [p.recv(30) for _ in range(n)]
+    assert [a.pid for a in acks] == [i % 65535 + 1 for i in range(n)]

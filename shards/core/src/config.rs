@@ -22,6 +22,8 @@ pub struct Config {
     pub max_queued_messages: usize,
     /// Bytes (topic and payload) queued per session at which its queue is full (0: no limit).
     pub max_queued_bytes: u64,
+    /// Answers a session may owe before its connection stops being read (`state/backpressure.rs`).
+    pub max_pending_acks: usize,
     /// What a full session queue does with one more QoS 1/2 message.
     pub queue_full: QueueFull,
     /// Bytes of QoS 0 output buffered for one connection before further QoS 0 messages are dropped.
@@ -117,6 +119,7 @@ impl Default for Config {
             max_inflight: 32,
             max_queued_messages: 100_000,
             max_queued_bytes: 64 << 20,
+            max_pending_acks: 1024,
             queue_full: QueueFull::Backpressure,
             max_outgoing_bytes: 1024 * 1024,
             connect_timeout: Duration::from_secs(10),

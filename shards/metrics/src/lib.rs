@@ -35,6 +35,8 @@ pub struct Counters {
     /// QoS 1/2 deliveries queued beyond a full session queue whose publisher's acknowledgement
     /// waits until the queue is under its limits again (`--queue-full backpressure`).
     pub acks_deferred: u64,
+    /// Times a connection stopped being read because its session owed many answers.
+    pub reads_paused: u64,
     pub dropped_too_large: u64,
     pub dropped_slow_consumer: u64,
     pub dropped_offline_qos0: u64,
@@ -128,6 +130,7 @@ impl Counters {
             dropped_no_subscriber,
             dropped_queue_full,
             acks_deferred,
+            reads_paused,
             dropped_too_large,
             dropped_slow_consumer,
             dropped_offline_qos0,
@@ -379,6 +382,13 @@ fn counter_rows(c: &Counters, codes: &[u8]) -> Vec<CounterRow> {
              acknowledgement waited for room.",
             None,
             c.acks_deferred,
+        ),
+        (
+            "reads_paused",
+            "Times a connection stopped being read because its session owed 1,024 \
+             PUBACK/PUBREC answers (TCP backpressure on a publisher).",
+            None,
+            c.reads_paused,
         ),
         (
             "dropped_too_large",

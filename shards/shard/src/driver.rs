@@ -113,6 +113,20 @@ impl Shard {
             for &key in &fx.writes {
                 self.write(st, key);
             }
+            for &(key, on) in &fx.reads {
+                if on {
+                    st.resume_reading(key);
+                }
+                let Some(conn) = st.conns.get(key).filter(|c| c.close.is_none()) else {
+                    continue;
+                };
+                let mut net = self.net.borrow_mut();
+                if !conn.reads_paused() {
+                    net.resume_recv(key, conn.socket.0);
+                } else {
+                    net.pause_recv(key);
+                }
+            }
             for &key in &fx.closes {
                 self.finish(st, key);
             }
@@ -220,6 +234,8 @@ impl Shard {
         for c in mine {
             self.on_cqe(st, c);
         }
+        // What it read but left unhandled while paused comes first.
+        st.resume_reading(key);
         while st.conns.get(key).is_some_and(|c| c.close.is_none()) {
             if read_socket(st, key) != Read::Full {
                 break;
@@ -352,6 +368,8 @@ impl Shard {
             // this batch is handing its buffers back.
             r if r > 0 && c.buffer().is_some() => {}
             r if r == -libc::ENOBUFS => st.counters.receive_buffers_exhausted += 1,
+            // Cancelled by `pause_recv`: armed again below only if reading resumed meanwhile.
+            r if r == -libc::ECANCELED => {}
             // The peer closed, reset, or the socket failed.
             _ => {
                 drop(net);
@@ -359,7 +377,7 @@ impl Shard {
                 return;
             }
         }
-        if net.slots[key].recv == Armed::Nothing {
+        if net.slots[key].recv == Armed::Nothing && !net.slots[key].paused {
             if let Some(conn) = st.conns.get(key).filter(|c| c.close.is_none()) {
                 net.arm_recv(key, conn.socket.0, conn.phase != Phase::AwaitConnect);
             }

@@ -34,6 +34,9 @@ pub struct Slot {
     /// Handed over by another shard: its CONNECT was handled there, so it may read with a
     /// multishot receive at once.
     pub adopted: bool,
+    /// The core stopped reading it (`Effects::reads`): no receive is armed again until it
+    /// says otherwise.
+    pub paused: bool,
 }
 
 /// How long, and how many bytes, a closing connection is read and discarded for.
@@ -104,6 +107,28 @@ impl Net {
             .flags(io_uring::squeue::Flags::BUFFER_SELECT)
         };
         self.ring.push(e.user_data(ud));
+    }
+
+    /// Stops reading connection `key`: its multishot receive is cancelled (what completes
+    /// before the cancellation is still handled) and not armed again while paused, so unread
+    /// bytes stay in the socket buffer and TCP holds the client back.
+    pub fn pause_recv(&mut self, key: usize) {
+        let slot = self.slot(key);
+        slot.paused = true;
+        if slot.recv == Armed::Multi {
+            let gen = slot.gen;
+            self.cancel(tag(Op::Recv, gen, key));
+        }
+    }
+
+    /// Reads connection `key` again; if its cancelled receive has not completed yet, the
+    /// completion arms it (see the driver's `on_recv`).
+    pub fn resume_recv(&mut self, key: usize, fd: RawFd) {
+        let slot = self.slot(key);
+        slot.paused = false;
+        if slot.recv == Armed::Nothing {
+            self.arm_recv(key, fd, true);
+        }
     }
 
     /// Waits for room in the socket buffer of a connection whose output is blocked.

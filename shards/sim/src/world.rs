@@ -246,6 +246,13 @@ impl Sim {
             } else {
                 queue_limit
             },
+            // With a queue limit, publishers also owe few answers before their connection stops
+            // being read (the reads resume as the answers go).
+            max_pending_acks: if queue_limit == 0 {
+                1024
+            } else {
+                queue_limit + 1
+            },
             ..Config::default()
         };
         let clock = Rc::new(ManualClock::new(Instant::now(), START_UNIX_MS));
@@ -472,6 +479,7 @@ impl Sim {
             return false;
         };
         conn.close.is_none()
+            && !conn.reads_paused()
             && (sc.arrived > 0 || (sc.c2b_eof && sc.arrived == sc.c2b.len() && !sc.broker_gone))
     }
 

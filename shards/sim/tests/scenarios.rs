@@ -284,3 +284,48 @@ fn a_full_queue_holds_back_the_publishers_acknowledgements_until_it_drains() {
         }
     });
 }
+
+#[test]
+fn a_publisher_that_is_not_read_from_still_acknowledges_its_own_deliveries() {
+    // Issue 12, item 3: a connection owed --max-pending-acks answers is not read from (TCP
+    // holds the client back), but never while the broker waits for its acknowledgements. A
+    // client subscribed to what it publishes, with a queue of 2 and 3 answers owed at most,
+    // sends 12 QoS 1 messages at once: its answers wait for its own queue, which drains only
+    // by its PUBACKs. It gets all 12 messages in order [MQTT-4.6.0-6] and all 12 PUBACKs in
+    // order [MQTT-4.6.0-2], instead of both sides waiting for each other.
+    each_shard_count(|n| {
+        let mut s = Scenario::with(n, |c| {
+            c.max_queued_messages = 2;
+            c.max_pending_acks = 3;
+        });
+        let id = id_on("loop", 0, n);
+        let mut h = Hello::new(V311, &id);
+        h.clean_start = false;
+        s.connect(0, h);
+        connack(&s.received(0));
+        s.subscribe(0, "loop", QoS::AtLeastOnce);
+        assert!(matches!(s.received(0).as_slice(), [Packet::SubAck(_)]));
+        const PAYLOADS: [&[u8]; 12] = [
+            b"a", b"b", b"c", b"d", b"e", b"f", b"g", b"h", b"i", b"j", b"k", b"l",
+        ];
+        for (i, p) in PAYLOADS.iter().enumerate() {
+            s.publish_at(0, "loop", p, QoS::AtLeastOnce, i as u16 + 1);
+        }
+        let (mut got, mut acked) = (Vec::new(), Vec::new());
+        for _ in 0..50 {
+            for p in s.received(0) {
+                match p {
+                    Packet::Publish(p) => {
+                        got.push(p.payload.clone());
+                        s.puback(0, p.packet_id.expect("QoS 1"));
+                    }
+                    Packet::PubAck(r) => acked.push(r.packet_id.get()),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            s.advance(ms(10));
+        }
+        assert_eq!(got, PAYLOADS, "{n} shards");
+        assert_eq!(acked, (1..=12).collect::<Vec<u16>>(), "{n} shards");
+    });
+}

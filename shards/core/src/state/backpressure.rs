@@ -123,3 +123,80 @@ impl ShardState {
         }
     }
 }
+
+impl ShardState {
+    /// Stops or restarts reading the session's connection by how many answers it is owed. A
+    /// publisher whose messages wait for full queues (or for the journal, or other shards)
+    /// then waits in TCP instead of filling the broker's memory; other connections go on.
+    ///
+    /// A connection is never left unread while the broker waits for something from it: a
+    /// session with deliveries inflight needs its PUBACK/PUBREC/PUBCOMP to drain its queue,
+    /// and its own answers, or another paused publisher's, may wait for that queue (a client
+    /// subscribed to what it publishes; two clients publishing to each other). So a session
+    /// with anything inflight is read whatever it is owed.
+    pub(super) fn pace_reads(&mut self, sid: u64) {
+        let owed = self.acks.get(&sid).map_or(0, VecDeque::len);
+        // `--max-pending-acks`: an MQTT 5 client is held to the server's Receive Maximum by
+        // the protocol, a 3.1.x client by nothing but this.
+        let at = self.cfg.max_pending_acks.max(1);
+        if owed < at && !self.reads_paused(sid) {
+            return;
+        }
+        let Some(s) = self.sessions.get(&sid) else {
+            return;
+        };
+        let Some(key) = s.connection() else {
+            return;
+        };
+        // Being taken over: read dry, whatever it is owed, so that all it sent counts.
+        let taken_over = !self.deferred_connects.is_empty()
+            && self
+                .deferred_connects
+                .values()
+                .any(|d| d.connect.client_id.as_str() == s.client_id.as_str());
+        let awaited = s.outbound.inflight_len() > 0 || taken_over;
+        let Some(conn) = self.conns.get(key).filter(|c| c.close.is_none()) else {
+            return;
+        };
+        let paused = conn.reads_paused();
+        let pause = !awaited && if paused { owed > at / 4 } else { owed >= at };
+        if pause == paused {
+            return;
+        }
+        let now = self.now_ms();
+        let conn = &mut self.conns[key];
+        conn.set_reads_paused(pause);
+        if pause {
+            self.counters.reads_paused += 1;
+        } else {
+            // Silent while it was not read: its keep-alive starts over.
+            conn.last_rx_ms = now;
+        }
+        self.fx.reads.push((key, !pause));
+    }
+}
+
+impl ShardState {
+    /// The driver reads connection `key` again (`Effects::reads`): first what was read but
+    /// left unhandled while it was paused. Called by the driver, not from inside an event, so
+    /// that a connection's packets are never handled in the middle of another's.
+    pub fn resume_reading(&mut self, key: usize) {
+        if self.conns.get(key).is_some_and(|c| !c.reads_paused()) {
+            self.process_held_input(key);
+        }
+    }
+
+    fn reads_paused(&self, sid: u64) -> bool {
+        let key = self.sessions.get(&sid).and_then(|s| s.connection());
+        key.and_then(|k| self.conns.get(k))
+            .is_some_and(|c| c.reads_paused())
+    }
+
+    /// A delivery to `sid` went inflight: if its connection is not being read, it is again,
+    /// for the acknowledgement.
+    pub(super) fn awaiting_from(&mut self, sid: u64) {
+        if self.reads_paused(sid) {
+            self.pace_reads(sid);
+        }
+    }
+}

@@ -197,7 +197,11 @@ impl ShardState {
             let Some(conn) = self.conns.get(key) else {
                 return;
             };
-            if conn.close.is_some() || matches!(conn.phase, Phase::AwaitTakeover | Phase::AwaitSync)
+            // Not read while paused (backpressure.rs): what was read already waits too, as the
+            // connection's partial input, for `resume_reading`.
+            if conn.close.is_some()
+                || conn.reads_paused()
+                || matches!(conn.phase, Phase::AwaitTakeover | Phase::AwaitSync)
             {
                 return;
             }

@@ -302,6 +302,9 @@ impl ShardState {
                         auth,
                     },
                 );
+                // The old connection is read dry, paused or not (backpressure.rs): a DISCONNECT
+                // it sent before the takeover still counts [MQTT-3.1.2-10].
+                self.conns[old].set_reads_paused(false);
                 self.fx.drains.push(Drain { old, new: key });
             }
             None => self.accept_connect_now(key, c, assigned, auth),
@@ -323,7 +326,7 @@ impl ShardState {
     }
 
     /// Handles what the client sent while its CONNECT waited.
-    fn process_held_input(&mut self, key: usize) {
+    pub(super) fn process_held_input(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };

@@ -154,6 +154,7 @@ impl ShardState {
                     }
                     self.write_publish(key, p, received);
                 }
+                self.awaiting_from(sid);
             }
             Offer::Queued => self.counters.queued += 1,
         }
@@ -300,6 +301,7 @@ impl ShardState {
             self.write_publish(key, p, None);
             self.record_publish_to_write(*received_at, *origin, p.qos);
         }
+        self.awaiting_from(sid);
     }
 
     /// After a reconnect, every unacknowledged delivery goes again: PUBLISH with DUP, or PUBREL

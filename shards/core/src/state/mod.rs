@@ -159,6 +159,20 @@ pub struct Conn {
     extra: Option<Box<ConnExtra>>,
 }
 
+impl Conn {
+    /// Whether the broker stopped reading it (`Effects::reads`): the driver arms no receive
+    /// and the simulator delivers no bytes while this holds.
+    pub fn reads_paused(&self) -> bool {
+        self.extra.as_ref().is_some_and(|x| x.reads_paused)
+    }
+
+    fn set_reads_paused(&mut self, paused: bool) {
+        if paused || self.extra.is_some() {
+            self.extra.get_or_insert_with(Box::default).reads_paused = paused;
+        }
+    }
+}
+
 #[derive(Default)]
 struct ConnExtra {
     /// Set by the client, indexed by alias - 1.
@@ -177,6 +191,9 @@ struct ConnExtra {
     /// the QoS 0 messages that came after them (kept behind them, in order), with their retain
     /// flag and subscription identifiers (see `state/subscribe.rs`, `deliver_retained`).
     retained: VecDeque<(Message, bool, Vec<u32>)>,
+    /// Not read from while its session owes many answers (`backpressure.rs`, `pace_reads`):
+    /// here rather than in `Conn`, which every idle connection pays for.
+    reads_paused: bool,
 }
 
 /// An enhanced authentication exchange waiting for the client's next AUTH.
@@ -346,6 +363,7 @@ impl Effects {
             && self.adopted.is_empty()
             && self.drains.is_empty()
             && self.metrics_replies.is_empty()
+            && self.reads.is_empty()
             && !self.sync
             && self.batches.iter().all(|b| b.is_empty())
     }
@@ -359,6 +377,7 @@ impl Effects {
         self.adopted.clear();
         self.drains.clear();
         self.metrics_replies.clear();
+        self.reads.clear();
         self.sync = false;
     }
 }
@@ -399,6 +418,9 @@ pub struct Effects {
     pub metrics_replies: Vec<(ScrapeToken, Box<ShardMetrics>)>,
     /// Journal records were appended: the driver's journal task should sync under its policy.
     pub sync: bool,
+    /// Connections to stop reading from (`false`: the kernel's socket buffer and then TCP
+    /// hold the client back) or to read again (`true`), in order ([`Conn::reads_paused`]).
+    pub reads: Vec<(usize, bool)>,
 }
 
 pub struct ShardState {

@@ -221,6 +221,7 @@ impl ShardState {
             self.ack_owner.insert(slot.token, sid);
         }
         self.acks.entry(sid).or_default().push_back(slot);
+        self.pace_reads(sid);
     }
 
     pub(super) fn on_publish_ack(&mut self, token: AckToken, taken: Taken) {
@@ -244,6 +245,11 @@ impl ShardState {
     }
 
     pub(super) fn release_acks(&mut self, sid: u64) {
+        self.release_ready_acks(sid);
+        self.pace_reads(sid);
+    }
+
+    fn release_ready_acks(&mut self, sid: u64) {
         let mut ready = Vec::new();
         while let Some(q) = self.acks.get_mut(&sid) {
             let durable = self.durable.as_ref();

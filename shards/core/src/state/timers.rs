@@ -156,8 +156,10 @@ impl ShardState {
                 {
                     Some(Close::ConnectTimeout)
                 }
+                // A connection the broker stopped reading is not silent (backpressure.rs).
                 Phase::Active
                     if c.keep_alive_s > 0
+                        && !c.reads_paused()
                         && now.saturating_sub(c.last_rx_ms) > u64::from(c.keep_alive_s) * 1500 =>
                 {
                     Some(Close::KeepAlive)

@@ -101,6 +101,13 @@ impl Sim {
             for &key in &fx.writes {
                 self.write(k, key);
             }
+            // Paused connections are skipped by `readable`; one read again first handles what
+            // it read before the pause.
+            for &(key, on) in &fx.reads {
+                if on {
+                    self.shards[k].st.resume_reading(key);
+                }
+            }
             for &key in &fx.closes {
                 if !self.shards[k].finishing.contains(&key) {
                     self.shards[k].finishing.push(key);
@@ -182,6 +189,7 @@ impl Sim {
 
     /// Reads a connection until nothing more is there (the old connection of a takeover).
     pub(super) fn drain(&mut self, k: usize, key: usize) {
+        self.shards[k].st.resume_reading(key);
         while self.shards[k]
             .st
             .conns
