@@ -5,7 +5,7 @@ PYTHON ?= python3
 RINGMQ_BIN := $(CURDIR)/target/release/ringmq
 ROUNDS ?= 3
 
-.PHONY: run build test deps lint unit integration crash-test bench fuzz clean
+.PHONY: run build test deps lint unit integration crash-test bench bench-backlog fuzz clean
 
 ## Build and start the broker on its embedded defaults (0.0.0.0:1883, one shard per core, ./data).
 run: build
@@ -62,6 +62,11 @@ crash-test: build
 ## Side-by-side benchmark against Mosquitto; writes bench/results/<date>-<host>.md.
 bench: build
 	$(PYTHON) bench/run.py $(BENCH_ARGS)
+
+## One offline session with a long queue (1,000,000 QoS 1 messages by default), beside Mosquitto:
+## memory per queued message and drain rate; writes bench/results/<date>-backlog.md.
+bench-backlog: build
+	$(PYTHON) bench/backlog.py $(BACKLOG_ARGS)
 
 ## Coverage-guided fuzzing of the decoder, of journal recovery and of the core (arbitrary client
 ## bytes through ringmq_sim::hostile), FUZZ_SECONDS per target, one
