@@ -122,9 +122,7 @@ impl ShardState {
             }
         }
     }
-}
 
-impl ShardState {
     /// Stops or restarts reading the session's connection by how many answers it is owed. A
     /// publisher whose messages wait for full queues (or for the journal, or other shards)
     /// then waits in TCP instead of filling the broker's memory; other connections go on.
@@ -174,9 +172,7 @@ impl ShardState {
         }
         self.fx.reads.push((key, !pause));
     }
-}
 
-impl ShardState {
     /// The driver reads connection `key` again (`Effects::reads`): first what was read but
     /// left unhandled while it was paused. Called by the driver, not from inside an event, so
     /// that a connection's packets are never handled in the middle of another's.
@@ -192,10 +188,10 @@ impl ShardState {
             .is_some_and(|c| c.reads_paused())
     }
 
-    /// A delivery to `sid` went inflight: if its connection is not being read, it is again,
-    /// for the acknowledgement.
-    pub(super) fn awaiting_from(&mut self, sid: u64) {
-        if self.reads_paused(sid) {
+    /// A delivery to `sid` went inflight on connection `key`: if that is not being read, it
+    /// is again, for the acknowledgement. One look at the connection per delivery.
+    pub(super) fn awaiting_from(&mut self, sid: u64, key: usize) {
+        if self.conns.get(key).is_some_and(Conn::reads_paused) {
             self.pace_reads(sid);
         }
     }

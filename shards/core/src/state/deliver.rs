@@ -153,8 +153,8 @@ impl ShardState {
                         self.gate_output(key, self.sync_needed_since(before));
                     }
                     self.write_publish(key, p, received);
+                    self.awaiting_from(sid, key);
                 }
-                self.awaiting_from(sid);
             }
             Offer::Queued => self.counters.queued += 1,
         }
@@ -301,7 +301,7 @@ impl ShardState {
             self.write_publish(key, p, None);
             self.record_publish_to_write(*received_at, *origin, p.qos);
         }
-        self.awaiting_from(sid);
+        self.awaiting_from(sid, key);
     }
 
     /// After a reconnect, every unacknowledged delivery goes again: PUBLISH with DUP, or PUBREL

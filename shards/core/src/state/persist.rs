@@ -230,15 +230,10 @@ impl ShardState {
             }
             RecoveredBody::At { at, .. } => {
                 let d = self.durable.as_ref();
-                let loaded = d.and_then(|d| d.journal.read(at).ok());
-                match loaded.and_then(|r| Record::decode(r.kind, r.payload)) {
-                    Some(Record::Msg(rec)) => rec,
-                    _ => {
-                        // Read at open a moment ago; a failure here is a bug or a disk fault.
-                        tracing::error!(
-                            shard = self.id,
-                            "an inflight delivery's record is unreadable"
-                        );
+                match d.and_then(|d| super::spill::read_delivery(d, at)) {
+                    Some(rec) => rec,
+                    // Read at open a moment ago: a bug or a disk fault (logged).
+                    None => {
                         self.counters.journal_read_failures += 1;
                         return;
                     }

@@ -6,28 +6,13 @@
 //! their segments, a bounded number per step, so a session offline for days pins nothing.
 
 use super::*;
+use crate::records::MsgRecord;
 use ringmq_journal::RecordLoc;
 
 /// Reads a queued delivery back from its journal record. `None` (logged) if the record is
 /// missing or not a delivery: the caller counts it as lost.
 pub(super) fn load_spilled(d: Option<&Durable>, clock: &dyn Clock, at: u64) -> Option<Queued> {
-    let at = RecordLoc::from_bits(at);
-    let d = d?;
-    let rec = match d.journal.read(at) {
-        Ok(r) => Record::decode(r.kind, r.payload),
-        Err(e) => {
-            tracing::error!(error = %e, "a queued message's journal record is unreadable");
-            return None;
-        }
-    };
-    let Some(Record::Msg(m)) = rec else {
-        tracing::error!(
-            segment = at.segment(),
-            offset = at.offset(),
-            "a queued message's journal location holds no delivery record"
-        );
-        return None;
-    };
+    let m = read_delivery(d?, RecordLoc::from_bits(at))?;
     Some(Queued {
         qos: m.qos,
         message: Message {
@@ -45,6 +30,26 @@ pub(super) fn load_spilled(d: Option<&Durable>, clock: &dyn Clock, at: u64) -> O
         journal_id: m.id,
         shared_group: 0,
     })
+}
+
+/// The delivery record at `at`, decoded; `None` (logged) if there is none.
+pub(super) fn read_delivery(d: &Durable, at: RecordLoc) -> Option<Box<MsgRecord>> {
+    let rec = match d.journal.read(at) {
+        Ok(r) => Record::decode(r.kind, r.payload),
+        Err(e) => {
+            tracing::error!(error = %e, "a delivery's journal record is unreadable");
+            return None;
+        }
+    };
+    let Some(Record::Msg(m)) = rec else {
+        tracing::error!(
+            segment = at.segment(),
+            offset = at.offset(),
+            "a delivery's journal location holds no delivery record"
+        );
+        return None;
+    };
+    Some(m)
 }
 
 impl ShardState {
