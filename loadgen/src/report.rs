@@ -56,6 +56,8 @@ pub(crate) struct ResultJson {
     /// QoS 1/2 publishes acknowledged (PUBACK / PUBREC), all and in the measurement window.
     pub(crate) acked: u64,
     pub(crate) acked_per_s: f64,
+    /// QoS 1/2 publishes refused by the broker (reason code 0x80 or more).
+    pub(crate) refused: u64,
     /// Publisher side: PUBLISH (stamped time; intended time in open loop) to PUBACK (QoS 1) /
     /// PUBREC (QoS 2).
     puback_us: Summary,
@@ -121,7 +123,10 @@ pub(crate) fn build_result(
         }
     }
     let dur = o.duration_s;
-    let expected = cli.scenario.expected(c.sent, c.subs_connected);
+    // A publish the broker refused (0x97 and the like) was not taken: nobody should get it.
+    let expected = cli
+        .scenario
+        .expected(c.sent.saturating_sub(c.refused), c.subs_connected);
     let ramp_s = if c.last_ready_ns > c.first_attempt_ns && c.first_attempt_ns > 0 {
         (c.last_ready_ns - c.first_attempt_ns) as f64 / 1e9
     } else {
@@ -192,6 +197,7 @@ pub(crate) fn build_result(
             latency_us: summarize(&lat),
             acked: c.acked,
             acked_per_s: per_s(c.acked_in_window),
+            refused: c.refused,
             puback_us: summarize(&pa),
             puback_histogram_b64: hist_to_b64(&pa),
             connack_us: summarize(&ca),
@@ -286,6 +292,12 @@ pub(crate) fn print_summary(r: &ResultJson) {
             "latency µs      p50 {} p90 {} p99 {} p999 {} max {} mean {:.1} (n={})",
             l.p50, l.p90, l.p99, l.p999, l.max, l.mean, l.count
         );
+        if r.refused > 0 {
+            println!(
+                "refused         {} publishes (PUBACK/PUBREC 0x80 or more)",
+                r.refused
+            );
+        }
         if r.puback_us.count > 0 {
             let pa = &r.puback_us;
             println!(

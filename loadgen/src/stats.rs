@@ -91,6 +91,10 @@ pub struct Counters {
     /// ... of which acknowledged in the measurement window.
     #[serde(default)]
     pub acked_in_window: u64,
+    /// QoS 1/2 publishes the broker refused (PUBACK / PUBREC with a reason code of 0x80 or
+    /// more, e.g. 0x97 Quota exceeded): not in `acked`, and their latency not recorded.
+    #[serde(default)]
+    pub refused: u64,
     /// CLOCK_MONOTONIC ns of the first connection attempt, 0 = none.
     pub first_attempt_ns: u64,
     /// CLOCK_MONOTONIC ns of the last device becoming ready, 0 = none.
@@ -115,6 +119,7 @@ impl Counters {
         self.queued += o.queued;
         self.acked += o.acked;
         self.acked_in_window += o.acked_in_window;
+        self.refused += o.refused;
         if o.first_attempt_ns != 0
             && (self.first_attempt_ns == 0 || o.first_attempt_ns < self.first_attempt_ns)
         {

@@ -90,3 +90,35 @@ def test_compaction_moves_a_long_lived_queue_and_frees_old_segments(broker_facto
     kill9_restart(b)
     receive_all(reconnect(b, clients, sid), queued)
     assert metric(mport, "ringmq_journal_read_failures_total") == 0
+
+
+def test_a_message_for_many_offline_sessions_is_written_once(broker_factory, clients):
+    """issue 12, item 1: a message one publish queues for many persistent sessions of a shard
+    is written to the journal once; their delivery records refer to it. 20 offline sessions
+    (all on shard 0), 300 messages of 1 KiB: the journal grows by far less than one copy per
+    session, and after a kill -9 every session gets every message once, in order"""
+    from helpers import client_id_on_shard, unique_topic
+    b, mport = broker_with_metrics(broker_factory)
+    topic = unique_topic("once")
+    subs = []
+    for i in range(20):
+        sid = client_id_on_shard("once%d-" % i, 0, b.nshards)
+        s = clients.raw(b, timeout=30)
+        s.connect(sid, clean=False)
+        s.subscribe([(topic, 1)])
+        s.disconnect()
+        subs.append(sid)
+    p = clients.raw(b, timeout=30)
+    p.connect(client_id_on_shard("oncepub", 1, b.nshards))
+    payloads = [b"%04d-" % i + b"x" * 1019 for i in range(300)]
+    before = metric(mport, "ringmq_journal_appended_bytes_total")
+    assert publish_windowed(p, topic, payloads, 1, window=16) == [0] * 300
+    grew = metric(mport, "ringmq_journal_appended_bytes_total") - before
+    one_copy_each = 300 * 20 * 1024
+    assert grew < one_copy_each / 5, "journal grew %d bytes, %.1f%% of a copy per session" % (
+        grew, 100.0 * grew / one_copy_each)
+    assert queued_in_journal(mport) == 300 * 20
+    kill9_restart(b)
+    for sid in subs:
+        receive_all(reconnect(b, clients, sid), payloads)
+    assert metric(mport, "ringmq_journal_read_failures_total") == 0

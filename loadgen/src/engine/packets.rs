@@ -18,12 +18,12 @@ impl Exec {
                 }
             }
             Packet::PubAck(r) => {
-                self.ack_latency(i, r.packet_id.get(), now);
+                self.ack_latency(i, r.packet_id.get(), now, r.reason.is_error());
                 self.acked(i)
             }
             Packet::PubComp(_) => self.acked(i),
             Packet::PubRec(r) => {
-                self.ack_latency(i, r.packet_id.get(), now);
+                self.ack_latency(i, r.packet_id.get(), now, r.reason.is_error());
                 if r.reason.is_error() {
                     self.acked(i);
                 } else {
@@ -103,14 +103,19 @@ impl Exec {
     }
 
     /// Publisher side: records PUBLISH-to-PUBACK (QoS 1) / PUBLISH-to-PUBREC (QoS 2) latency
-    /// from the time stamped into the PUBLISH (the intended send time in open loop).
-    pub(super) fn ack_latency(&mut self, i: usize, pid: u16, now: u64) {
+    /// from the time stamped into the PUBLISH (the intended send time in open loop); a
+    /// refusal is only counted.
+    pub(super) fn ack_latency(&mut self, i: usize, pid: u16, now: u64, refused: bool) {
         let d = &self.devs[i];
         if d.role != Role::Pub || d.role_idx == u32::MAX {
             return;
         }
         let p = &mut self.pubs[d.role_idx as usize];
         if let Some(ts) = take_unacked(&mut p.unacked, pid) {
+            if refused {
+                self.c.refused += 1;
+                return;
+            }
             self.puback
                 .saturating_record((now.saturating_sub(ts) / 1000).max(1));
             self.c.acked += 1;

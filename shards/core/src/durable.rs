@@ -9,7 +9,7 @@
 
 use crate::config::Fsync;
 use crate::mesh::{AckToken, RetainQuery, Taken};
-use crate::records::{MsgRecord, MsgView, Record, RetainRecord, MSG};
+use crate::records::{MsgRecord, MsgView, Record, RefView, RetainRecord, MSG, MSG_REF};
 use bytes::BytesMut;
 use ringmq_codec::{Packet, SubAck, SubscriptionOptions};
 use ringmq_journal::{Appended, Journal, JournalConfig, JournalError, RecordLoc, RecoveryReport};
@@ -80,6 +80,9 @@ pub struct Checkpoint {
     pub retained: Vec<String>,
     /// Set when everything is re-appended: the seq that must be synced before removal.
     pub end_seq: Option<u64>,
+    /// Messages of journal-only deliveries copied forward so far (old location -> new), so
+    /// that references to one message stay references to one copy (`state/spill.rs`).
+    pub bodies: HashMap<u64, RecordLoc>,
 }
 
 pub struct Durable {
@@ -146,6 +149,22 @@ impl Durable {
         self.buf.clear();
         m.encode(&mut self.buf);
         self.append(MSG)
+    }
+
+    /// Appends a delivery that refers to the delivery record at `body` for its message, if it
+    /// lands in the same segment (compaction then keeps or copies the two together); `None`
+    /// if it would not: the caller writes the delivery in full instead.
+    pub fn write_ref(
+        &mut self,
+        m: &RefView<'_>,
+        body: RecordLoc,
+    ) -> Result<Option<Appended>, JournalError> {
+        self.buf.clear();
+        m.encode(&mut self.buf);
+        if !self.journal.lands_in(body.segment(), self.buf.len()) {
+            return Ok(None);
+        }
+        self.append(MSG_REF).map(Some)
     }
 
     /// [`Durable::write_msg`] for bookkeeping (compaction re-appends): failures are counted.
@@ -339,6 +358,29 @@ impl Recovered {
                         body,
                     };
                     s.msgs.insert(id, msg);
+                }
+            }
+            Record::MsgRef(mut m) => {
+                self.max_msg_id = self.max_msg_id.max(m.id);
+                // Its message is read from the body record when it is sent; without a location
+                // (unit tests) it cannot be found again.
+                let Some(at) = at else {
+                    tracing::error!(
+                        id = m.id,
+                        "a delivery reference replayed without a location"
+                    );
+                    return;
+                };
+                if let Some(s) = self.session(std::mem::take(&mut m.client_id)) {
+                    let msg = RecoveredMsg {
+                        packet_id: m.packet_id,
+                        state: m.state,
+                        body: RecoveredBody::At {
+                            at,
+                            weight: u64::from(m.weight),
+                        },
+                    };
+                    s.msgs.insert(m.id, msg);
                 }
             }
             Record::MsgState {

@@ -31,6 +31,13 @@ pub enum ShardMsg {
         token: AckToken,
         taken: Taken,
     },
+    /// The sender's first session subscribed to `filter` at QoS 1/2 with a full queue
+    /// (`full: true`), or its last one drained: MQTT 5 publishes matching it are refused.
+    FullRoute {
+        filter: ByteStr,
+        from: u16,
+        full: bool,
+    },
     /// The sender now has a local subscriber for `filter`; answer with `RouteAck { token }`.
     RouteAdd {
         filter: ByteStr,
@@ -126,11 +133,19 @@ pub enum Taken {
     NoSubscribers,
     /// In every matching session (durable where it had to be).
     Delivered,
+    /// Refused, before it went anywhere, for a full session queue (`quota.rs`), or a QoS 2
+    /// retransmission of a refused message: answered 0x97 to an MQTT 5 publisher.
+    QueueFull,
     /// A journal had no room for it: answered 0x97, never success.
     Refused,
 }
 
 impl Taken {
+    /// Not taken: the publisher is never told it was.
+    pub fn is_refused(self) -> bool {
+        self >= Taken::QueueFull
+    }
+
     pub fn new(matched: bool, refused: bool) -> Taken {
         match (matched, refused) {
             (_, true) => Taken::Refused,

@@ -28,6 +28,9 @@ pub const RETAIN_CLEAR: u8 = 11;
 /// A QoS 2 packet id received whose routing is not known to be finished (type 8 is written
 /// once it is: see `state/held.rs`).
 pub const QOS2_PENDING: u8 = 12;
+/// A delivery whose message is in another record of the same segment (written once for the
+/// many persistent sessions one publish reaches: see `state/spill.rs`).
+pub const MSG_REF: u8 = 13;
 
 /// Delivery states as stored.
 pub const STATE_QUEUED: u8 = 0;
@@ -51,6 +54,99 @@ pub struct MsgRecord {
     /// Wall-clock milliseconds since the Unix epoch; 0 = never.
     pub expires_unix_ms: u64,
     pub subscription_ids: Vec<u32>,
+}
+
+impl MsgRecord {
+    pub fn view(&self) -> MsgView<'_> {
+        MsgView {
+            client_id: &self.client_id,
+            id: self.id,
+            qos: self.qos,
+            retain: self.retain,
+            packet_id: self.packet_id,
+            state: self.state,
+            topic: &self.topic,
+            payload: &self.payload,
+            properties: self.properties.as_ref(),
+            expires_unix_ms: self.expires_unix_ms,
+            subscription_ids: &self.subscription_ids,
+        }
+    }
+}
+
+/// A delivery like [`MsgRecord`], whose topic, properties, expiry and payload are those of
+/// the delivery record at `body` (a [`MSG`] record in the same segment).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MsgRefRecord {
+    pub client_id: String,
+    pub id: u64,
+    pub qos: QoS,
+    pub retain: bool,
+    pub packet_id: u16,
+    pub state: u8,
+    pub subscription_ids: Vec<u32>,
+    /// The body record's location (`RecordLoc` bits).
+    pub body: u64,
+    /// Topic and payload bytes, so that replay need not read the body to weigh the queue.
+    pub weight: u32,
+}
+
+impl MsgRefRecord {
+    pub fn view(&self) -> RefView<'_> {
+        RefView {
+            client_id: &self.client_id,
+            id: self.id,
+            qos: self.qos,
+            retain: self.retain,
+            packet_id: self.packet_id,
+            state: self.state,
+            subscription_ids: &self.subscription_ids,
+            body: self.body,
+            weight: self.weight,
+        }
+    }
+
+    /// The whole delivery, with the message taken from its body record.
+    pub fn with_body(self, body: MsgRecord) -> MsgRecord {
+        MsgRecord {
+            client_id: self.client_id,
+            id: self.id,
+            qos: self.qos,
+            retain: self.retain,
+            packet_id: self.packet_id,
+            state: self.state,
+            topic: body.topic,
+            payload: body.payload,
+            properties: body.properties,
+            expires_unix_ms: body.expires_unix_ms,
+            subscription_ids: self.subscription_ids,
+        }
+    }
+}
+
+/// A [`MSG_REF`] record to encode, borrowing its parts.
+pub struct RefView<'a> {
+    pub client_id: &'a str,
+    pub id: u64,
+    pub qos: QoS,
+    pub retain: bool,
+    pub packet_id: u16,
+    pub state: u8,
+    pub subscription_ids: &'a [u32],
+    pub body: u64,
+    pub weight: u32,
+}
+
+impl RefView<'_> {
+    /// Appends the payload of a [`MSG_REF`] record to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        let mut w = W(out);
+        let (q, r, p, st) = (self.qos, self.retain, self.packet_id, self.state);
+        w.delivery(self.client_id, self.id, q, r, p, st);
+        w.u32s(self.subscription_ids);
+        w.u64(self.body);
+        w.u32(self.weight);
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -87,6 +183,7 @@ pub enum Record {
         filter: String,
     },
     Msg(Box<MsgRecord>),
+    MsgRef(Box<MsgRefRecord>),
     MsgState {
         client_id: String,
         id: u64,
@@ -156,17 +253,10 @@ impl MsgView<'_> {
     /// Appends the payload of a [`MSG`] record to `out`.
     pub fn encode(&self, out: &mut BytesMut) {
         let mut w = W(out);
-        w.str(self.client_id);
-        w.u64(self.id);
-        w.u8(self.qos as u8);
-        w.u8(u8::from(self.retain));
-        w.u16(self.packet_id);
-        w.u8(self.state);
+        let (q, r, p, st) = (self.qos, self.retain, self.packet_id, self.state);
+        w.delivery(self.client_id, self.id, q, r, p, st);
         w.u64(self.expires_unix_ms);
-        w.u16(self.subscription_ids.len() as u16);
-        for id in self.subscription_ids {
-            w.u32(*id);
-        }
+        w.u32s(self.subscription_ids);
         w.str(self.topic);
         w.props(self.properties);
         w.bytes(self.payload);
@@ -196,6 +286,23 @@ impl W<'_> {
     fn bytes(&mut self, b: &[u8]) {
         self.u32(b.len() as u32);
         self.0.extend_from_slice(b);
+    }
+    /// Client id, delivery id, QoS, retain, packet id and state: how every delivery record
+    /// starts.
+    #[allow(clippy::too_many_arguments)]
+    fn delivery(&mut self, client_id: &str, id: u64, qos: QoS, retain: bool, pid: u16, state: u8) {
+        self.str(client_id);
+        self.u64(id);
+        self.u8(qos as u8);
+        self.u8(u8::from(retain));
+        self.u16(pid);
+        self.u8(state);
+    }
+    fn u32s(&mut self, v: &[u32]) {
+        self.u16(v.len() as u16);
+        for x in v {
+            self.u32(*x);
+        }
     }
     fn props(&mut self, p: Option<&Properties>) {
         match p {
@@ -243,6 +350,27 @@ impl<'a> R<'a> {
         let n = self.u32()? as usize;
         Some(Bytes::copy_from_slice(self.take(n)?))
     }
+    /// A u16 count, then that many u32s.
+    fn u32s(&mut self) -> Option<Vec<u32>> {
+        let n = self.u16()? as usize;
+        let mut v = Vec::with_capacity(n.min(64));
+        for _ in 0..n {
+            v.push(self.u32()?);
+        }
+        Some(v)
+    }
+    /// The fields every delivery record starts with (see [`W::delivery`]).
+    #[allow(clippy::type_complexity)]
+    fn delivery(&mut self) -> Option<(String, u64, QoS, bool, u16, u8)> {
+        Some((
+            self.str()?,
+            self.u64()?,
+            QoS::from_u8(self.u8()?)?,
+            self.u8()? != 0,
+            self.u16()?,
+            self.u8()?,
+        ))
+    }
     fn props(&mut self) -> Option<Option<Properties>> {
         let b = self.bytes()?;
         if b.is_empty() {
@@ -260,6 +388,7 @@ impl Record {
             Record::Sub { .. } => SUB,
             Record::Unsub { .. } => UNSUB,
             Record::Msg(_) => MSG,
+            Record::MsgRef(_) => MSG_REF,
             Record::MsgState { .. } => MSG_STATE,
             Record::MsgDone { .. } => MSG_DONE,
             Record::Qos2In { routed: true, .. } => QOS2_IN,
@@ -303,20 +432,8 @@ impl Record {
                 w.str(client_id);
                 w.str(filter);
             }
-            Record::Msg(m) => MsgView {
-                client_id: &m.client_id,
-                id: m.id,
-                qos: m.qos,
-                retain: m.retain,
-                packet_id: m.packet_id,
-                state: m.state,
-                topic: &m.topic,
-                payload: &m.payload,
-                properties: m.properties.as_ref(),
-                expires_unix_ms: m.expires_unix_ms,
-                subscription_ids: &m.subscription_ids,
-            }
-            .encode(w.0),
+            Record::Msg(m) => m.view().encode(w.0),
+            Record::MsgRef(m) => m.view().encode(w.0),
             Record::MsgState {
                 client_id,
                 id,
@@ -381,18 +498,9 @@ impl Record {
                 filter: r.str()?,
             },
             MSG => {
-                let client_id = r.str()?;
-                let id = r.u64()?;
-                let qos = QoS::from_u8(r.u8()?)?;
-                let retain = r.u8()? != 0;
-                let packet_id = r.u16()?;
-                let state = r.u8()?;
+                let (client_id, id, qos, retain, packet_id, state) = r.delivery()?;
                 let expires_unix_ms = r.u64()?;
-                let n = r.u16()? as usize;
-                let mut subscription_ids = Vec::with_capacity(n.min(64));
-                for _ in 0..n {
-                    subscription_ids.push(r.u32()?);
-                }
+                let subscription_ids = r.u32s()?;
                 Record::Msg(Box::new(MsgRecord {
                     client_id,
                     id,
@@ -405,6 +513,21 @@ impl Record {
                     topic: r.str()?,
                     properties: r.props()?,
                     payload: r.bytes()?,
+                }))
+            }
+            MSG_REF => {
+                let (client_id, id, qos, retain, packet_id, state) = r.delivery()?;
+                let subscription_ids = r.u32s()?;
+                Record::MsgRef(Box::new(MsgRefRecord {
+                    client_id,
+                    id,
+                    qos,
+                    retain,
+                    packet_id,
+                    state,
+                    subscription_ids,
+                    body: r.u64()?,
+                    weight: r.u32()?,
                 }))
             }
             MSG_STATE => Record::MsgState {
@@ -489,6 +612,17 @@ mod tests {
                 properties: Some(props.clone()),
                 expires_unix_ms: 777,
                 subscription_ids: vec![1, 2],
+            })),
+            Record::MsgRef(Box::new(MsgRefRecord {
+                client_id: "c2".into(),
+                id: 100,
+                qos: QoS::ExactlyOnce,
+                retain: false,
+                packet_id: 0,
+                state: STATE_QUEUED,
+                subscription_ids: vec![7],
+                body: 3 << 32 | 4096,
+                weight: 8,
             })),
             Record::MsgState {
                 client_id: "c1".into(),

@@ -363,6 +363,12 @@ impl Journal {
         self.active().end as u64
     }
 
+    /// Whether a record of `len` payload bytes appended now lands in segment `segment` (the
+    /// active one, with room for it), so that it may refer to a record there by location.
+    pub fn lands_in(&self, segment: u64, len: usize) -> bool {
+        segment == self.active_segment() && self.active().end + record_bytes(len) <= self.map_len()
+    }
+
     /// Bytes of segment files held: live segments plus a ready spare.
     pub fn disk_bytes(&self) -> u64 {
         (self.segments.len() as u64 + u64::from(self.spare.is_some())) * self.segment_bytes

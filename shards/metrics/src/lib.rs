@@ -35,6 +35,9 @@ pub struct Counters {
     /// QoS 1/2 deliveries queued beyond a full session queue whose publisher's acknowledgement
     /// waits until the queue is under its limits again (`--queue-full backpressure`).
     pub acks_deferred: u64,
+    /// MQTT 5 QoS 1/2 PUBLISHes answered 0x97 because a session they would reach has a full
+    /// queue (nothing delivered anywhere).
+    pub refused_queue_full: u64,
     /// Times a connection stopped being read because its session owed many answers.
     pub reads_paused: u64,
     pub dropped_too_large: u64,
@@ -130,6 +133,7 @@ impl Counters {
             dropped_no_subscriber,
             dropped_queue_full,
             acks_deferred,
+            refused_queue_full,
             reads_paused,
             dropped_too_large,
             dropped_slow_consumer,
@@ -225,6 +229,8 @@ pub struct Gauges {
     pub queued_messages: u64,
     /// Of `queued_messages`, those whose only copy is their journal record.
     pub queued_in_journal: u64,
+    /// Sessions whose full queue makes MQTT 5 publishes to them refused.
+    pub queues_full: u64,
     pub inflight_messages: u64,
     pub journal_bytes: u64,
     pub journal_pending_acks: u64,
@@ -238,6 +244,7 @@ impl Gauges {
         self.retained_messages += o.retained_messages;
         self.queued_messages += o.queued_messages;
         self.queued_in_journal += o.queued_in_journal;
+        self.queues_full += o.queues_full;
         self.inflight_messages += o.inflight_messages;
         self.journal_bytes += o.journal_bytes;
         self.journal_pending_acks += o.journal_pending_acks;
@@ -384,6 +391,13 @@ fn counter_rows(c: &Counters, codes: &[u8]) -> Vec<CounterRow> {
             c.acks_deferred,
         ),
         (
+            "refused_queue_full",
+            "MQTT 5 QoS 1/2 PUBLISHes answered 0x97 (Quota exceeded) because a session they \
+             would reach has a full queue; delivered nowhere.",
+            None,
+            c.refused_queue_full,
+        ),
+        (
             "reads_paused",
             "Times a connection stopped being read because its session owed 1,024 \
              PUBACK/PUBREC answers (TCP backpressure on a publisher).",
@@ -522,7 +536,7 @@ fn counter_rows(c: &Counters, codes: &[u8]) -> Vec<CounterRow> {
     v
 }
 
-fn gauge_rows(g: &Gauges) -> [(&'static str, &'static str, u64); 9] {
+fn gauge_rows(g: &Gauges) -> [(&'static str, &'static str, u64); 10] {
     [
         ("connections", "Open client connections.", g.connections),
         ("sessions", "Sessions, connected or not.", g.sessions),
@@ -546,6 +560,12 @@ fn gauge_rows(g: &Gauges) -> [(&'static str, &'static str, u64); 9] {
             "Queued messages of persistent sessions held only in the journal (8 bytes of \
              memory each).",
             g.queued_in_journal,
+        ),
+        (
+            "queues_full",
+            "Sessions whose queue reached --max-queued-messages or --max-queued-bytes and is \
+             not yet down to three quarters of it: MQTT 5 publishes to them are refused (0x97).",
+            g.queues_full,
         ),
         (
             "inflight_messages",

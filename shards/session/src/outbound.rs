@@ -192,6 +192,14 @@ impl Outbound {
             || (max_bytes != 0 && self.queued_bytes() >= max_bytes)
     }
 
+    /// Whether the queue is down to three quarters of its limits (hysteresis for whoever
+    /// reacts to [`Outbound::is_full`], so that a queue at its limit does not flip per message).
+    pub fn is_drained(&self, max_bytes: u64) -> bool {
+        let count = self.queue_max as usize;
+        (count == 0 || self.queued_len() <= count - count / 4)
+            && (max_bytes == 0 || self.queued_bytes() <= max_bytes - max_bytes / 4)
+    }
+
     pub fn inflight(&self) -> impl Iterator<Item = &Inflight> {
         self.inflight_q().iter()
     }
@@ -567,6 +575,25 @@ pub(crate) mod tests {
         assert_eq!(o.drop_oldest(disk.load()), Some(7));
         assert_eq!((o.queued_len(), o.queued_bytes()), (1, 4));
         assert!(o.is_full(4) && !o.is_full(5));
+    }
+
+    #[test]
+    fn a_full_queue_is_drained_again_at_three_quarters_of_its_limits() {
+        let mut o = Outbound::new(2, 8);
+        for _ in 0..8 {
+            o.offer(msg(QoS::AtLeastOnce), false);
+        }
+        assert!(o.is_full(0) && !o.is_drained(0));
+        assert!(!o.is_drained(32), "8 x 4 bytes at a 32-byte limit");
+        let mut disk = Disk::default();
+        o.refill(|_| true, disk.load());
+        assert_eq!((o.queued_len(), o.queued_bytes()), (6, 24));
+        assert!(!o.is_full(0) && o.is_drained(0) && o.is_drained(32));
+        assert!(!o.is_drained(20), "24 bytes is above three quarters of 20");
+        assert!(
+            Outbound::new(2, 0).is_drained(0),
+            "no limits: always drained"
+        );
     }
 
     #[test]

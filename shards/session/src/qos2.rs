@@ -96,12 +96,16 @@ impl InboundQos2 {
         self.map().insert(id.get(), state);
     }
 
-    /// True if the id was pending.
+    /// Forgets the id; true if it was pending. A refused one was not: its flow ended with the
+    /// refusal, and a PUBREL for it (a client that ignored the PUBREC's reason code) is
+    /// answered "Packet Identifier not found".
     pub fn on_pubrel(&mut self, id: PacketId) -> bool {
         let Some(m) = self.ids.as_mut() else {
             return false;
         };
-        let found = m.remove(&id.get()).is_some();
+        let found = m
+            .remove(&id.get())
+            .is_some_and(|r| r != Qos2Routing::Refused);
         if m.is_empty() {
             self.ids = None;
         }
@@ -159,6 +163,12 @@ mod tests {
             "no DUP: a new message"
         );
         assert_eq!(q.unreleased(), 1);
+        q.refused(pid(5));
+        assert!(
+            !q.on_pubrel(pid(5)),
+            "a PUBREL after a refusal finds no flow"
+        );
+        assert!(q.is_empty(), "and the id is gone");
     }
 
     #[test]

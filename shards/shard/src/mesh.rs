@@ -4,13 +4,15 @@
 //! glommio's mesh gives one bounded SPSC channel per ordered pair of shards. A batch the channel
 //! cannot take at once goes to a per-peer spill queue that a flusher task sends in order,
 //! waiting for room; while anything is spilled, later batches queue behind it so that order per
-//! pair of shards holds. The core learns the spill depth (`peer_backlog`) and drops QoS 0 to a
-//! peer that is far behind.
+//! pair of shards holds. The core learns the spill depth (`set_peer_backlog`), drops QoS 0 to a
+//! peer that is far behind and stops reading the publishers of QoS 1/2 messages to it until
+//! the flusher has sent it down to a quarter.
 
 use crate::runtime::current;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 use glommio::channels::local_channel::{self, LocalSender};
 use ringmq_core::mesh::Batch;
+use ringmq_core::state::PEER_BACKLOG_MAX;
 use ringmq_core::ShardState;
 use std::cell::Cell;
 use std::rc::Rc;
@@ -72,6 +74,11 @@ impl Mesh {
                         tracing::warn!(peer, "shard channel closed; dropping batch");
                     }
                     spilled.set(spilled.get() - 1);
+                    // Publishers held back for this peer are read again (the shard may be
+                    // idle otherwise, with nothing else to tell the core).
+                    if spilled.get() == PEER_BACKLOG_MAX / 4 {
+                        current().with_state(|st| st.set_peer_backlog(peer, spilled.get()));
+                    }
                 }
             })
             .detach();
@@ -114,7 +121,9 @@ impl Mesh {
             }
         }
         for (peer, n) in self.spilled.iter().enumerate() {
-            st.peer_backlog[peer] = n.get();
+            if st.peer_backlog[peer] != n.get() {
+                st.set_peer_backlog(peer, n.get());
+            }
         }
     }
 }

@@ -124,12 +124,16 @@ impl Sim {
                     );
                     return;
                 }
-                if r.reason.is_error() {
-                    return;
-                }
                 let Some(&msg) = self.conns[conn].pubs.get(&id) else {
                     return;
                 };
+                if r.reason.is_error() {
+                    self.log(format!(
+                        "shard {k}: refuses m{msg} (pid {id}) on conn {conn}"
+                    ));
+                    self.model.msgs[msg as usize].refused = true;
+                    return;
+                }
                 for s in 0..self.shards.len() {
                     self.scan(s);
                 }
@@ -409,6 +413,25 @@ impl Sim {
                         ),
                     ));
                 }
+            }
+        }
+        // A refusal is all or nothing: a message whose only transmission was refused
+        // reached nobody.
+        for (id, m) in self.model.msgs.iter().enumerate() {
+            if !m.refused || m.resent {
+                continue;
+            }
+            if let Some(d) =
+                (0..self.clients.len()).find(|&d| self.model.received[d].contains(&(id as u64)))
+            {
+                missing.push((
+                    "refused-delivered",
+                    format!(
+                        "message {id} (publisher {}, topic {}) was answered 0x97 on its only \
+                         transmission, yet client {d} received it",
+                        m.publisher, m.topic
+                    ),
+                ));
             }
         }
         // Wills.

@@ -199,6 +199,13 @@ impl Hostile {
         self.settle();
     }
 
+    /// What shard `k`'s driver reports of its backlog towards `peer`.
+    pub(crate) fn set_peer_backlog(&mut self, k: usize, peer: usize, n: usize) {
+        self.shards[k].st.set_peer_backlog(peer, n);
+        self.apply(k);
+        self.settle();
+    }
+
     pub(crate) fn advance(&mut self, by: Duration) {
         self.clock.advance(by);
         for k in 0..self.shards.len() {
@@ -214,6 +221,12 @@ impl Hostile {
             let fx = self.shards[k].st.take_effects();
             for d in fx.drains {
                 self.shards[k].st.resume_connect(d.new);
+            }
+            // As the driver does: a connection read again first handles what it held.
+            for (key, on) in fx.reads {
+                if on {
+                    self.shards[k].st.resume_reading(key);
+                }
             }
             for key in fx.writes {
                 let st = &mut self.shards[k].st;

@@ -7,11 +7,11 @@
 //! acknowledgement promises?" — a question about records and `synced_seq()`, not about the
 //! core's internals.
 
-use ringmq_core::records::Record;
+use ringmq_core::records::{MsgRecord, Record};
 use ringmq_journal::format::{
     parse_segment_file_name, read_header, read_slot, write_header, Slot, HEADER_BYTES,
 };
-use ringmq_journal::Journal;
+use ringmq_journal::{Journal, RecordLoc};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -41,6 +41,15 @@ pub struct JLog {
     pub records: u64,
 }
 
+/// The message record a delivery reference points to.
+fn body(j: &Journal, at: u64) -> Option<MsgRecord> {
+    let r = j.read(RecordLoc::from_bits(at)).ok()?;
+    match Record::decode(r.kind, r.payload)? {
+        Record::Msg(m) => Some(*m),
+        _ => None,
+    }
+}
+
 impl JLog {
     /// Reads the records appended since the last call.
     pub fn scan(
@@ -63,6 +72,12 @@ impl JLog {
             j.for_each_record(seg, |r| {
                 if r.seq > cursor {
                     match Record::decode(r.kind, r.payload) {
+                        // A delivery whose message is in another record: read it from there,
+                        // as the broker will (a reference to nothing fails the run).
+                        Some(Record::MsgRef(m)) => match body(j, m.body) {
+                            Some(b) => found.push((r.seq, Record::Msg(Box::new(m.with_body(b))))),
+                            None => bad = Some(r.seq),
+                        },
                         Some(rec) => found.push((r.seq, rec)),
                         None => bad = Some(r.seq),
                     }

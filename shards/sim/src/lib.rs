@@ -100,6 +100,7 @@ pub const KINDS: &[&str] = &[
     "exactly-once",
     "exactly-once-crash",
     "order",
+    "refused-delivered",
     "ack-order",
     "stale-ack",
     "durability",
@@ -142,6 +143,8 @@ pub struct Stats {
     pub connections: u64,
     pub deliveries: u64,
     pub acked: u64,
+    /// QoS 1/2 PUBLISHes answered 0x97 for a full queue.
+    pub refused: u64,
     pub bytes_out: u64,
     pub messages: u64,
     pub journal_records: u64,

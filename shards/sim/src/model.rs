@@ -40,6 +40,11 @@ pub struct MsgInfo {
     pub early_pubrec: bool,
     /// Subscriptions that must get it (fixed when acknowledged).
     pub obligations: Vec<Obligation>,
+    /// The broker answered one of its transmissions 0x97 (a full queue): that transmission
+    /// went nowhere, and a later one is a new message to the broker, so no order applies.
+    pub refused: bool,
+    /// The client sent it more than once (a retransmission after reconnecting).
+    pub resent: bool,
 }
 
 /// How the connection that carried a will ended, as far as the simulator knows.
@@ -139,6 +144,8 @@ impl Model {
             stale_acked: false,
             early_pubrec: false,
             obligations: Vec::new(),
+            refused: false,
+            resent: false,
         });
         if retain && will.is_none() {
             self.retained.entry(topic.to_string()).or_default().push(id);
@@ -166,9 +173,15 @@ impl Model {
         if retain_flag {
             return None;
         }
-        let (publisher, topic, pub_seq, will) = {
+        let (publisher, topic, pub_seq, will, refused) = {
             let m = &self.msgs[msg as usize];
-            (m.publisher, m.topic.clone(), m.pub_seq, m.will.is_some())
+            (
+                m.publisher,
+                m.topic.clone(),
+                m.pub_seq,
+                m.will.is_some(),
+                m.refused,
+            )
         };
         if qos == 2 && first {
             let e = self.qos2_app.entry((client, msg)).or_insert((0, ev));
@@ -199,7 +212,7 @@ impl Model {
             }
         }
         // Wills come from different connections, each published when its own ends: no order.
-        if new && ordered && qos > 0 && !will {
+        if new && ordered && qos > 0 && !will && !refused {
             let key = (client, epoch, publisher, topic.clone());
             let last = self.order.entry(key).or_insert(0);
             if pub_seq < *last {

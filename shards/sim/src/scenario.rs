@@ -115,8 +115,21 @@ impl Scenario {
 
     /// A PUBLISH at `qos` with packet id `id` (ignored at QoS 0).
     pub fn publish_at(&mut self, c: usize, topic: &str, payload: &'static [u8], qos: QoS, id: u16) {
+        self.publish_dup(c, topic, payload, qos, id, false);
+    }
+
+    /// A PUBLISH with its DUP flag as given (`true`: sent again).
+    pub fn publish_dup(
+        &mut self,
+        c: usize,
+        topic: &str,
+        payload: &'static [u8],
+        qos: QoS,
+        id: u16,
+        dup: bool,
+    ) {
         let p = Publish {
-            dup: false,
+            dup,
             qos,
             retain: false,
             topic: ByteStr::from(topic),
@@ -130,6 +143,11 @@ impl Scenario {
     /// PUBACK for a QoS 1 PUBLISH the slot received.
     pub fn puback(&mut self, c: usize, id: PacketId) {
         self.send(c, &Packet::PubAck(PubResp::new(id)));
+    }
+
+    /// Shard `k`'s driver has `n` batches waiting for shard `peer` beyond its channel.
+    pub fn set_peer_backlog(&mut self, k: usize, peer: usize, n: usize) {
+        self.h.set_peer_backlog(k, peer, n);
     }
 
     pub fn ping(&mut self, c: usize) {

@@ -2,6 +2,7 @@
 //! (`ringmq_sim::scenario`): exact, instant and deterministic where the black-box tests need
 //! real seconds and slack. Each runs on one and on two shards (client ids placed on both).
 
+use bytes::Bytes;
 use ringmq_codec::{Packet, ProtocolVersion, QoS, ReasonCode};
 use ringmq_sim::scenario::{Hello, Scenario};
 use std::time::Duration;
@@ -222,66 +223,153 @@ fn a_full_queue_holds_back_the_publishers_acknowledgements_until_it_drains() {
     // with a queue of 3; a publisher (on the other shard when there are two) sends 8 QoS 1
     // messages. 3 are queued and acknowledged; the other 5 are queued beyond the limit and
     // their PUBACKs wait [MQTT-4.6.0-2: in order]. Once the subscriber is back and its queue
-    // drains under the limit, they come, and it gets all 8 in order [MQTT-4.6.0-6].
+    // drains under the limit, they come, and it gets all 8 in order [MQTT-4.6.0-6]. (An MQTT 5
+    // publisher is refused instead: next scenario.)
     each_shard_count(|n| {
-        for version in [V311, V5] {
-            let mut s = Scenario::with(n, |c| c.max_queued_messages = 3);
-            let sub = id_on("qsub", 0, n);
-            let publisher = id_on("qpub", 1, n);
-            let hello = |id| {
-                let mut h = Hello::new(version, id);
-                h.clean_start = false;
-                h.expiry = (version == V5).then_some(600);
-                h
-            };
-            s.connect(0, hello(&sub));
-            connack(&s.received(0));
-            s.subscribe(0, "q", QoS::AtLeastOnce);
-            assert!(matches!(s.received(0).as_slice(), [Packet::SubAck(_)]));
-            s.disconnect(0);
-            s.connect(1, hello(&publisher));
-            connack(&s.received(1));
-            const PAYLOADS: [&[u8]; 8] = [b"0", b"1", b"2", b"3", b"4", b"5", b"6", b"7"];
-            for (i, p) in PAYLOADS.iter().enumerate() {
-                s.publish_at(1, "q", p, QoS::AtLeastOnce, i as u16 + 1);
-            }
-            s.advance(ms(1_000));
-            let acked = |packets: Vec<Packet>| -> Vec<u16> {
-                packets
-                    .iter()
-                    .map(|p| match p {
-                        Packet::PubAck(r) => r.packet_id.get(),
-                        other => panic!("expected PUBACK, got {other:?}"),
-                    })
-                    .collect()
-            };
-            assert_eq!(acked(s.received(1)), [1, 2, 3], "{version:?}, {n} shards");
-            s.connect(2, hello(&sub));
-            let mut first = s.received(2);
-            assert!(connack(&first).0, "session present");
-            first.remove(0);
-            let mut got = Vec::new();
-            for round in 0..20 {
-                let packets = if round == 0 {
-                    std::mem::take(&mut first)
-                } else {
-                    s.received(2)
-                };
-                for p in packets {
-                    if let Packet::Publish(p) = p {
-                        got.push(p.payload.clone());
-                        s.puback(2, p.packet_id.expect("QoS 1"));
-                    }
-                }
-                s.advance(ms(10));
-            }
-            assert_eq!(got, PAYLOADS, "{version:?}, {n} shards");
-            assert_eq!(
-                acked(s.received(1)),
-                [4, 5, 6, 7, 8],
-                "{version:?}, {n} shards"
-            );
+        let version = V311;
+        let mut s = Scenario::with(n, |c| c.max_queued_messages = 3);
+        let sub = id_on("qsub", 0, n);
+        let publisher = id_on("qpub", 1, n);
+        let hello = |id| {
+            let mut h = Hello::new(version, id);
+            h.clean_start = false;
+            h.expiry = (version == V5).then_some(600);
+            h
+        };
+        s.connect(0, hello(&sub));
+        connack(&s.received(0));
+        s.subscribe(0, "q", QoS::AtLeastOnce);
+        assert!(matches!(s.received(0).as_slice(), [Packet::SubAck(_)]));
+        s.disconnect(0);
+        s.connect(1, hello(&publisher));
+        connack(&s.received(1));
+        const PAYLOADS: [&[u8]; 8] = [b"0", b"1", b"2", b"3", b"4", b"5", b"6", b"7"];
+        for (i, p) in PAYLOADS.iter().enumerate() {
+            s.publish_at(1, "q", p, QoS::AtLeastOnce, i as u16 + 1);
         }
+        s.advance(ms(1_000));
+        let acked = |packets: Vec<Packet>| -> Vec<u16> {
+            packets
+                .iter()
+                .map(|p| match p {
+                    Packet::PubAck(r) => r.packet_id.get(),
+                    other => panic!("expected PUBACK, got {other:?}"),
+                })
+                .collect()
+        };
+        assert_eq!(acked(s.received(1)), [1, 2, 3], "{version:?}, {n} shards");
+        s.connect(2, hello(&sub));
+        let mut first = s.received(2);
+        assert!(connack(&first).0, "session present");
+        first.remove(0);
+        let mut got = Vec::new();
+        for round in 0..20 {
+            let packets = if round == 0 {
+                std::mem::take(&mut first)
+            } else {
+                s.received(2)
+            };
+            for p in packets {
+                if let Packet::Publish(p) = p {
+                    got.push(p.payload.clone());
+                    s.puback(2, p.packet_id.expect("QoS 1"));
+                }
+            }
+            s.advance(ms(10));
+        }
+        assert_eq!(got, PAYLOADS, "{version:?}, {n} shards");
+        assert_eq!(
+            acked(s.received(1)),
+            [4, 5, 6, 7, 8],
+            "{version:?}, {n} shards"
+        );
+    });
+}
+
+#[test]
+fn an_mqtt5_publisher_is_refused_0x97_while_a_queue_it_would_reach_is_full() {
+    // Issue 12, item 2: a persistent subscriber is offline with a queue of 3. An MQTT 5
+    // publisher's first 3 QoS 1 messages are queued and acknowledged; the queue is then full,
+    // and its next ones, QoS 1 and 2, are answered 0x97 (Quota exceeded) and go nowhere, so
+    // the subscriber gets exactly the 3. A refused QoS 2 packet id sent again (DUP) is refused
+    // again (MQTT 5 section 4.3.3: after a PUBREC of 0x80 or more the flow is over; the broker
+    // keeps refusing a DUP of it, as its answer may have been lost). Once the queue has
+    // drained, the publisher's next message is taken and delivered.
+    each_shard_count(|n| {
+        let mut s = Scenario::with(n, |c| c.max_queued_messages = 3);
+        let sub = id_on("qsub", 0, n);
+        let publisher = id_on("qpub", 1, n);
+        let hello = |id| {
+            let mut h = Hello::new(V5, id);
+            h.clean_start = false;
+            h.expiry = Some(600);
+            h
+        };
+        let answers = |packets: Vec<Packet>| -> Vec<(u16, u8)> {
+            packets
+                .iter()
+                .map(|p| match p {
+                    Packet::PubAck(r) | Packet::PubRec(r) => (r.packet_id.get(), r.reason.0),
+                    other => panic!("expected PUBACK/PUBREC, got {other:?}"),
+                })
+                .collect()
+        };
+        s.connect(0, hello(&sub));
+        connack(&s.received(0));
+        s.subscribe(0, "q", QoS::ExactlyOnce);
+        assert!(matches!(s.received(0).as_slice(), [Packet::SubAck(_)]));
+        s.disconnect(0);
+        s.connect(1, hello(&publisher));
+        connack(&s.received(1));
+        for (i, p) in [b"0", b"1", b"2"].iter().enumerate() {
+            s.publish_at(1, "q", *p, QoS::AtLeastOnce, i as u16 + 1);
+        }
+        s.advance(ms(100));
+        assert_eq!(
+            answers(s.received(1)),
+            [(1, 0), (2, 0), (3, 0)],
+            "{n} shards"
+        );
+        s.publish_at(1, "q", b"3", QoS::AtLeastOnce, 4);
+        s.publish_at(1, "q", b"4", QoS::AtLeastOnce, 5);
+        s.publish_at(1, "q", b"5", QoS::ExactlyOnce, 6);
+        s.advance(ms(100));
+        assert_eq!(
+            answers(s.received(1)),
+            [(4, 0x97), (5, 0x97), (6, 0x97)],
+            "{n} shards"
+        );
+        s.publish_dup(1, "q", b"5", QoS::ExactlyOnce, 6, true);
+        s.advance(ms(100));
+        assert_eq!(answers(s.received(1)), [(6, 0x97)], "{n} shards: DUP");
+        s.connect(2, hello(&sub));
+        let mut got = Vec::new();
+        for _ in 0..20 {
+            for p in s.received(2) {
+                if let Packet::Publish(p) = p {
+                    got.push(p.payload.clone());
+                    s.puback(2, p.packet_id.expect("QoS 1"));
+                }
+            }
+            s.advance(ms(10));
+        }
+        assert_eq!(
+            got,
+            [&b"0"[..], b"1", b"2"],
+            "{n} shards: refused ones never delivered"
+        );
+        s.publish_at(1, "q", b"6", QoS::AtLeastOnce, 7);
+        s.advance(ms(100));
+        assert_eq!(answers(s.received(1)), [(7, 0)], "{n} shards: drained");
+        let again: Vec<Bytes> = s
+            .received(2)
+            .into_iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) => Some(p.payload),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(again, [&b"6"[..]], "{n} shards");
     });
 }
 
@@ -328,4 +416,69 @@ fn a_publisher_that_is_not_read_from_still_acknowledges_its_own_deliveries() {
         assert_eq!(got, PAYLOADS, "{n} shards");
         assert_eq!(acked, (1..=12).collect::<Vec<u16>>(), "{n} shards");
     });
+}
+
+#[test]
+fn a_publisher_to_a_shard_far_behind_waits_and_others_go_on() {
+    // Issue 12, item 3: a credit per pair of shards. Shard 0's backlog towards shard 1 is
+    // past its bound: a publisher on shard 0 whose QoS 1 message goes to a subscriber on
+    // shard 1 is not read any further (its next PUBLISHes wait in TCP), while a client on
+    // shard 0 whose messages stay there goes on. Once the backlog is down to a quarter, the
+    // first publisher is read again and everything arrives, in order [MQTT-4.6.0-6].
+    let n = 2;
+    let mut s = Scenario::new(n);
+    let far = id_on("farsub", 1, n);
+    let near = id_on("nearsub", 0, n);
+    let pub_far = id_on("farpub", 0, n);
+    s.connect(0, Hello::new(V311, &far));
+    connack(&s.received(0));
+    s.subscribe(0, "far", QoS::AtLeastOnce);
+    assert!(matches!(s.received(0).as_slice(), [Packet::SubAck(_)]));
+    s.connect(1, Hello::new(V311, &near));
+    connack(&s.received(1));
+    s.subscribe(1, "near", QoS::AtLeastOnce);
+    assert!(matches!(s.received(1).as_slice(), [Packet::SubAck(_)]));
+    s.connect(2, Hello::new(V311, &pub_far));
+    connack(&s.received(2));
+    s.set_peer_backlog(0, 1, 5_000);
+    s.publish_at(2, "far", b"1", QoS::AtLeastOnce, 1);
+    s.publish_at(2, "far", b"2", QoS::AtLeastOnce, 2);
+    s.publish_at(2, "near", b"3", QoS::AtLeastOnce, 3);
+    // The near subscriber publishes to itself: shard 0 only.
+    s.publish_at(1, "near", b"self", QoS::AtLeastOnce, 9);
+    s.advance(ms(100));
+    let take = |s: &mut Scenario, c: usize| -> (Vec<Bytes>, Vec<u16>) {
+        let (mut msgs, mut acks) = (Vec::new(), Vec::new());
+        for p in s.received(c) {
+            match p {
+                Packet::Publish(p) => {
+                    s.puback(c, p.packet_id.expect("QoS 1"));
+                    msgs.push(p.payload);
+                }
+                Packet::PubAck(r) => acks.push(r.packet_id.get()),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        (msgs, acks)
+    };
+    assert_eq!(
+        take(&mut s, 0).0,
+        [&b"1"[..]],
+        "the rest waits with its publisher"
+    );
+    assert_eq!(
+        take(&mut s, 1),
+        (vec![Bytes::from_static(b"self")], vec![9]),
+        "read on"
+    );
+    assert_eq!(
+        take(&mut s, 2).1,
+        [1],
+        "answered; its next PUBLISHes are not read"
+    );
+    s.set_peer_backlog(0, 1, 200);
+    s.advance(ms(100));
+    assert_eq!(take(&mut s, 0).0, [&b"2"[..]], "read again once it drained");
+    assert_eq!(take(&mut s, 1).0, [&b"3"[..]]);
+    assert_eq!(take(&mut s, 2).1, [2, 3]);
 }

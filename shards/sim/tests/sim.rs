@@ -78,6 +78,7 @@ fn seeds() {
     let mut failed = Vec::new();
     let mut steps = 0;
     let mut crashes = 0;
+    let mut refused = 0;
     let mut ran = 0;
     // Known findings: in how many seeds each showed up, and the first such seed.
     let mut known: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
@@ -86,6 +87,7 @@ fn seeds() {
         ran += 1;
         steps += out.stats.steps;
         crashes += out.stats.crashes;
+        refused += out.stats.refused;
         for kind in out.tolerated.keys() {
             known.entry(kind).or_insert((0, seed)).0 += 1;
         }
@@ -111,7 +113,7 @@ fn seeds() {
     }
     eprintln!(
         "ringmq-sim: {ran} seeds from {first} in {secs:.1} s ({:.1} seeds/s), {steps} steps, \
-         {crashes} crashes, {} failed {failed:?}",
+         {crashes} crashes, {refused} PUBLISHes refused (0x97), {} failed {failed:?}",
         ran as f64 / secs,
         failed.len()
     );

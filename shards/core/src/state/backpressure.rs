@@ -132,12 +132,17 @@ impl ShardState {
     /// and its own answers, or another paused publisher's, may wait for that queue (a client
     /// subscribed to what it publishes; two clients publishing to each other). So a session
     /// with anything inflight is read whatever it is owed.
+    ///
+    /// A publisher whose QoS 1/2 message went to a peer shard far behind waits too, until that
+    /// backlog drains (a credit per pair of shards): the mesh spill stays bounded, and
+    /// publishers whose messages do not go there are read on.
     pub(super) fn pace_reads(&mut self, sid: u64) {
         let owed = self.acks.get(&sid).map_or(0, VecDeque::len);
         // `--max-pending-acks`: an MQTT 5 client is held to the server's Receive Maximum by
         // the protocol, a 3.1.x client by nothing but this.
         let at = self.cfg.max_pending_acks.max(1);
-        if owed < at && !self.reads_paused(sid) {
+        let waits = !self.peer_waits.is_empty() && self.peer_waits.contains_key(&sid);
+        if owed < at && !waits && !self.reads_paused(sid) {
             return;
         }
         let Some(s) = self.sessions.get(&sid) else {
@@ -157,7 +162,7 @@ impl ShardState {
             return;
         };
         let paused = conn.reads_paused();
-        let pause = !awaited && if paused { owed > at / 4 } else { owed >= at };
+        let pause = !awaited && (waits || if paused { owed > at / 4 } else { owed >= at });
         if pause == paused {
             return;
         }
@@ -171,6 +176,34 @@ impl ShardState {
             conn.last_rx_ms = now;
         }
         self.fx.reads.push((key, !pause));
+    }
+
+    /// `sid`'s publish went to `peer`, which is far behind: it is not read until that drains.
+    pub(super) fn wait_for_peer(&mut self, sid: u64, peer: Option<u16>) {
+        if let Some(peer) = peer {
+            self.peer_waits.insert(sid, peer);
+            self.pace_reads(sid);
+        }
+    }
+
+    /// The driver's count of batches waiting for peer shard `peer` beyond its channel. Once it
+    /// is down to a quarter of [`PEER_BACKLOG_MAX`], the publishers waiting for it are read
+    /// again.
+    pub fn set_peer_backlog(&mut self, peer: usize, n: usize) {
+        self.peer_backlog[peer] = n;
+        if n > PEER_BACKLOG_MAX / 4 || self.peer_waits.is_empty() {
+            return;
+        }
+        let waiting: Vec<u64> = self
+            .peer_waits
+            .iter()
+            .filter(|(_, p)| usize::from(**p) == peer)
+            .map(|(sid, _)| *sid)
+            .collect();
+        for sid in waiting {
+            self.peer_waits.remove(&sid);
+            self.pace_reads(sid);
+        }
     }
 
     /// The driver reads connection `key` again (`Effects::reads`): first what was read but

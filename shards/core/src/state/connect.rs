@@ -568,8 +568,10 @@ impl ShardState {
         self.by_client.remove(&s.client_id, sid);
         // Answers it still owed have no connection to go to (`sid` is never reused).
         self.acks.remove(&sid);
+        self.peer_waits.remove(&sid);
         // Answers others' publishes deferred on its queue go: the queue is gone.
         self.release_deferred(sid);
+        self.unmark_if_drained(sid);
         if s.journaled {
             self.journal_removal(&ByteStr::from(s.client_id.as_str()));
         }

@@ -16,6 +16,8 @@ impl ShardState {
             m.sort_unstable_by_key(|x| x.0);
         }
         let mut delivered = false;
+        // Several sessions: their delivery records share one copy of the message (spill.rs).
+        self.shared_body = (m.len() > 1).then_some(None);
         let mut i = 0;
         while i < m.len() {
             let sid = m[i].0;
@@ -48,6 +50,7 @@ impl ShardState {
                 self.deliver_to_session(sid, msg, d);
             }
         }
+        self.shared_body = None;
         self.match_buf = m;
         delivered
     }
@@ -126,6 +129,7 @@ impl ShardState {
                 if let Some(a) = defer {
                     self.defer_answer(sid, a);
                 }
+                self.mark_if_full(sid);
                 return;
             }
             journal_it = false;
@@ -156,7 +160,10 @@ impl ShardState {
                     self.awaiting_from(sid, key);
                 }
             }
-            Offer::Queued => self.counters.queued += 1,
+            Offer::Queued => {
+                self.counters.queued += 1;
+                self.mark_if_full(sid);
+            }
         }
         if let Some(a) = defer {
             self.defer_answer(sid, a);
@@ -222,7 +229,7 @@ impl ShardState {
             sub_ids,
         );
         let d = self.durable.as_mut().expect("journaled");
-        if let Err(e) = d.write_msg(&view) {
+        if let Err(e) = d.write_delivery(&view, self.shared_body.as_mut()) {
             // Kept in memory and delivered, but the publisher must not be told it is stored.
             d.write_errors += 1;
             self.delivery_refused = true;
@@ -234,6 +241,7 @@ impl ShardState {
     /// queue go once it is under its limits.
     pub(super) fn refill(&mut self, sid: u64) {
         self.send_queued(sid);
+        self.unmark_if_drained(sid);
         self.release_deferred(sid);
     }
 

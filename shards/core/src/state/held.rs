@@ -80,10 +80,11 @@ impl ShardState {
         let msg_qos2 = msg.qos == QoS::ExactlyOnce;
         self.delivery_refused = false;
         let routed = self.route(msg, ack);
+        self.wait_for_peer(sid, routed.congested);
         let refused = std::mem::take(&mut self.delivery_refused);
         let Some(token) = ack else { return };
         let taken = Taken::new(routed.matched_here, refused);
-        if msg_qos2 && routed.routing_done() && taken != Taken::Refused {
+        if msg_qos2 && routed.routing_done() && !taken.is_refused() {
             if let Some(id) = self.slot_packet_id(sid, token) {
                 self.qos2_routed(sid, id);
             }

@@ -48,6 +48,7 @@ mod output;
 mod peers;
 mod persist;
 mod publish;
+mod quota;
 mod spill;
 mod subscribe;
 mod timers;
@@ -59,9 +60,9 @@ use persist::{msg_view, retain_record};
 use publish::{Body, Expiry};
 
 /// Batches waiting for a slow peer shard beyond its channel, above which QoS 0 publishes to it
-/// are dropped (and counted) instead of queued. QoS 1/2 need no such bound: their PUBACK waits
-/// for the peer, so each publisher's inflight window caps what it can have outstanding.
-const SPILL_MAX_BATCHES: usize = 1024;
+/// are dropped (and counted) instead of queued, and a publisher whose QoS 1/2 message goes to
+/// it is not read until the backlog is down to a quarter of this (backpressure.rs).
+pub const PEER_BACKLOG_MAX: usize = 1024;
 /// Spare room the read path offers before each `recv`.
 pub const READ_CHUNK: usize = 64 * 1024;
 /// Payloads up to this size are copied behind their header into one chunk: a copy of a few
@@ -326,6 +327,8 @@ struct Routed {
     /// full queues here (`deferred_here`).
     awaiting: usize,
     deferred_here: bool,
+    /// A peer shard it went to is far behind ([`PEER_BACKLOG_MAX`]): its publisher waits.
+    congested: Option<u16>,
 }
 
 impl Routed {
@@ -442,7 +445,7 @@ pub struct ShardState {
     /// CONNECTs waiting for [`ShardState::resume_connect`], by connection.
     deferred_connects: HashMap<usize, DeferredConnect>,
     /// Per peer shard: batches the driver could not yet hand to the mesh. Above
-    /// [`SPILL_MAX_BATCHES`], QoS 0 to that peer is dropped.
+    /// [`PEER_BACKLOG_MAX`], QoS 0 to that peer is dropped.
     pub peer_backlog: Vec<usize>,
     /// Shared read buffer: frames are split off it zero-copy; only partial tails are copied.
     scratch: BytesMut,
@@ -493,6 +496,13 @@ pub struct ShardState {
     deferred: HashMap<u64, Vec<(u16, AckToken)>>,
     /// Per publish with answers deferred here: how many are left, and what it became.
     deferred_tokens: HashMap<(u16, AckToken), (u32, Taken)>,
+    /// Sessions with full queues, here and on other shards, for refusing MQTT 5 publishes.
+    full: quota::FullMarks,
+    /// Publishing sessions not read until a peer shard's backlog drains, with that peer.
+    peer_waits: HashMap<u64, u16>,
+    /// While one message is delivered to several local sessions: the journal record that holds
+    /// it once written, which the other delivery records refer to (spill.rs).
+    shared_body: Option<Option<ringmq_journal::RecordLoc>>,
     /// Wills waiting for their Will Delay Interval or their session's end.
     delayed_wills: Vec<DelayedWill>,
     /// Connect timeouts, keep-alives, session expiry and will delays.
@@ -552,6 +562,9 @@ impl ShardState {
             new_deferrals: 0,
             deferred: HashMap::new(),
             deferred_tokens: HashMap::new(),
+            full: quota::FullMarks::default(),
+            peer_waits: HashMap::new(),
+            shared_body: None,
             delayed_wills: Vec::new(),
             timers: timers::Timers::default(),
             shared: SharedGroups::default(),
@@ -601,6 +614,7 @@ impl ShardState {
             sessions: self.sessions.len() as u64,
             subscriptions: self.subs.len() as u64,
             retained_messages: self.retained.len() as u64,
+            queues_full: self.full.len() as u64,
             ..Gauges::default()
         };
         for s in self.sessions.values() {

@@ -448,6 +448,7 @@ impl ShardState {
             failed: false,
             retained,
             end_seq: None,
+            bodies: HashMap::new(),
         });
     }
 
@@ -472,7 +473,10 @@ impl ShardState {
                 subscription_id: sub.subscription_id.unwrap_or(0),
             });
         }
-        for (pid, routing) in s.inbound_qos2.ids() {
+        // A refused id's flow is over (its `Qos2Done` is in the journal): copied, it would
+        // come back after a restart as a receipt that never ends, held against Receive Maximum.
+        let receipts = s.inbound_qos2.ids();
+        for (pid, routing) in receipts.filter(|(_, r)| *r != ringmq_session::Qos2Routing::Refused) {
             recs.push(Record::Qos2In {
                 client_id: cid.clone(),
                 packet_id: pid,

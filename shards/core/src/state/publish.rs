@@ -43,8 +43,9 @@ impl ShardState {
                     return self.queue_ack(key, sid, id, p.qos, None, Taken::Delivered, need);
                 }
                 Qos2In::Refused => {
+                    // Refused again (0x97), but counted once, when it was first refused.
                     let need = self.sync_needed_since(JournalSeq::NONE);
-                    return self.queue_ack(key, sid, id, p.qos, None, Taken::Refused, need);
+                    return self.queue_ack(key, sid, id, p.qos, None, Taken::QueueFull, need);
                 }
                 Qos2In::TooMany => {
                     // [MQTT-3.3.4-9] more unacknowledged QoS 2 PUBLISHes than Receive Maximum.
@@ -52,6 +53,16 @@ impl ShardState {
                     return self.close_conn(key, Close::Error(reason));
                 }
             }
+        }
+        // A session it would reach has a full queue: an MQTT 5 publisher hears 0x97, and
+        // nobody gets the message (quota.rs).
+        if self.conns[key].version.is_v5() && self.refuse_for_full_queue(sid, &msg) {
+            if p.qos == QoS::ExactlyOnce {
+                // At once: a retransmission read before the answer goes is refused too.
+                self.settle_refused_qos2(sid, id);
+            }
+            let need = self.sync_needed_since(before);
+            return self.queue_ack(key, sid, id, p.qos, None, Taken::QueueFull, need);
         }
         // A QoS 2 receipt just journaled (a persistent session), or earlier PUBLISHes of the
         // session still held: see `held.rs`.
@@ -63,10 +74,11 @@ impl ShardState {
         let token = AckToken(self.new_token());
         self.delivery_refused = false;
         let routed = self.route(msg, Some(token));
+        self.wait_for_peer(sid, routed.congested);
         let refused = std::mem::take(&mut self.delivery_refused);
         let pending = (routed.awaiting > 0).then_some((token, routed.awaiting));
         let taken = Taken::new(routed.matched_here, refused);
-        if p.qos == QoS::ExactlyOnce && routed.routing_done() && taken != Taken::Refused {
+        if p.qos == QoS::ExactlyOnce && routed.routing_done() && !taken.is_refused() {
             self.qos2_routed(sid, id);
         }
         let need = self.sync_needed_since(before);
@@ -258,7 +270,7 @@ impl ShardState {
                 if a.remaining > 0 || !durable.is_none_or(|d| d.is_synced(a.sync_before)) {
                     break;
                 }
-                if a.qos == QoS::ExactlyOnce && a.taken != Taken::Refused && !a.marked {
+                if a.qos == QoS::ExactlyOnce && !a.taken.is_refused() && !a.marked {
                     mark = Some(a.packet_id);
                     break;
                 }
@@ -291,7 +303,7 @@ impl ShardState {
             .map_or((0, None), |s| (s.attachment, s.connection()));
         for a in ready
             .iter()
-            .filter(|a| a.qos == QoS::ExactlyOnce && a.taken == Taken::Refused)
+            .filter(|a| a.qos == QoS::ExactlyOnce && a.taken.is_refused())
         {
             if key.is_none() || a.attachment != attachment {
                 self.settle_refused_qos2(sid, a.packet_id);
@@ -353,11 +365,13 @@ impl ShardState {
 
     /// Sends the PUBACK/PUBREC of a PUBLISH; false if that closed the connection instead.
     fn answer_publish(&mut self, key: usize, sid: u64, a: &AckSlot) -> bool {
-        let r = if a.taken == Taken::Refused {
+        let r = if a.taken.is_refused() {
             // Not stored everywhere it had to be: never acknowledged as a success. MQTT 5
             // says why; 3.1.x has no negative PUBACK, so the connection closes unacknowledged
             // and the client sends the message again later.
-            self.counters.journal_refused_acks += 1;
+            if a.taken == Taken::Refused {
+                self.counters.journal_refused_acks += 1;
+            }
             if a.qos == QoS::ExactlyOnce {
                 self.settle_refused_qos2(sid, a.packet_id);
             }
@@ -419,6 +433,7 @@ impl ShardState {
             matched_here: false,
             awaiting: 0,
             deferred_here: false,
+            congested: None,
         };
         if msg.retain {
             let owner = home_shard(msg.topic.as_bytes(), self.nshards);
@@ -437,9 +452,12 @@ impl ShardState {
         routed.matched_here = self.deliver_local(&msg);
         let shards = self.routes.shards_for(&msg.topic);
         for s in shards.iter() {
-            if msg.qos == QoS::AtMostOnce && self.peer_backlog[s as usize] > SPILL_MAX_BATCHES {
-                self.counters.dropped_mesh_backlog += 1;
-                continue;
+            if self.peer_backlog[s as usize] > PEER_BACKLOG_MAX {
+                if msg.qos == QoS::AtMostOnce {
+                    self.counters.dropped_mesh_backlog += 1;
+                    continue;
+                }
+                routed.congested = Some(s);
             }
             let sent_at = self.clock.now();
             self.fx.batches[s as usize].push(ShardMsg::Publish {
@@ -610,6 +628,7 @@ impl ShardState {
         }
         self.subs.remove(filter, sid);
         self.drop_interest(filter);
+        self.unmark_filter(sid, filter);
     }
 
     /// Publishes broker statistics as retained QoS 0 messages, like any publish but not

@@ -4,10 +4,17 @@
 //! session keeps the record's location (8 bytes). It is read back from the segment mapping
 //! when the inflight window has room. Compaction copies such records forward before it removes
 //! their segments, a bounded number per step, so a session offline for days pins nothing.
+//!
+//! A message one publish delivers to several persistent sessions of a shard is written once:
+//! the first delivery record holds it, the others refer to that record ([`records::MSG_REF`]),
+//! as long as they land in the same segment (else a delivery is written in full and becomes
+//! the record later ones refer to). Compaction therefore keeps or copies a reference and its
+//! message together: a reference copied forward refers to the copy of its message made in this
+//! compaction, or is written in full.
 
 use super::*;
-use crate::records::MsgRecord;
-use ringmq_journal::RecordLoc;
+use crate::records::{MsgRecord, MsgRefRecord, RefView};
+use ringmq_journal::{Appended, JournalError, RecordLoc};
 
 /// Reads a queued delivery back from its journal record. `None` (logged) if the record is
 /// missing or not a delivery: the caller counts it as lost.
@@ -32,24 +39,112 @@ pub(super) fn load_spilled(d: Option<&Durable>, clock: &dyn Clock, at: u64) -> O
     })
 }
 
-/// The delivery record at `at`, decoded; `None` (logged) if there is none.
+/// The delivery record at `at`, decoded, with its message read from its body record if it
+/// refers to one; `None` (logged) if there is none.
 pub(super) fn read_delivery(d: &Durable, at: RecordLoc) -> Option<Box<MsgRecord>> {
-    let rec = match d.journal.read(at) {
+    match read_record(d, at)? {
+        Record::Msg(m) => Some(m),
+        Record::MsgRef(r) => {
+            let body = RecordLoc::from_bits(r.body);
+            let Some(Record::Msg(b)) = read_record(d, body) else {
+                tracing::error!(
+                    segment = body.segment(),
+                    offset = body.offset(),
+                    "a delivery's message record is missing"
+                );
+                return None;
+            };
+            Some(Box::new(r.with_body(*b)))
+        }
+        _ => {
+            tracing::error!(
+                segment = at.segment(),
+                offset = at.offset(),
+                "a delivery's journal location holds no delivery record"
+            );
+            None
+        }
+    }
+}
+
+fn read_record(d: &Durable, at: RecordLoc) -> Option<Record> {
+    match d.journal.read(at) {
         Ok(r) => Record::decode(r.kind, r.payload),
         Err(e) => {
             tracing::error!(error = %e, "a delivery's journal record is unreadable");
-            return None;
+            None
         }
-    };
-    let Some(Record::Msg(m)) = rec else {
-        tracing::error!(
-            segment = at.segment(),
-            offset = at.offset(),
-            "a delivery's journal location holds no delivery record"
-        );
-        return None;
-    };
-    Some(m)
+    }
+}
+
+impl Durable {
+    /// Journals a delivery: as a reference to `shared`, the record of an earlier delivery of
+    /// the same message, when it can; else in full, and then it becomes `shared`.
+    pub(super) fn write_delivery(
+        &mut self,
+        view: &MsgView<'_>,
+        shared: Option<&mut Option<RecordLoc>>,
+    ) -> Result<Appended, JournalError> {
+        let Some(shared) = shared else {
+            return self.write_msg(view);
+        };
+        if let Some(body) = *shared {
+            let r = RefView {
+                client_id: view.client_id,
+                id: view.id,
+                qos: view.qos,
+                retain: view.retain,
+                packet_id: view.packet_id,
+                state: view.state,
+                subscription_ids: view.subscription_ids,
+                body: body.to_bits(),
+                weight: (view.topic.len() + view.payload.len()) as u32,
+            };
+            if let Some(a) = self.write_ref(&r, body)? {
+                return Ok(a);
+            }
+        }
+        let a = self.write_msg(view)?;
+        *shared = a.at;
+        Ok(a)
+    }
+
+    /// Copies a journal-only delivery forward for compaction; `bodies` maps the messages
+    /// copied so far in this compaction (old location -> new), so references stay shared.
+    fn copy_delivery(
+        &mut self,
+        at: RecordLoc,
+        bodies: &mut HashMap<u64, RecordLoc>,
+    ) -> Result<RecordLoc, JournalError> {
+        let r = match self.journal.read(at) {
+            Ok(x) if x.kind == records::MSG_REF => Record::decode(x.kind, x.payload),
+            _ => return self.copy_record(at),
+        };
+        let Some(Record::MsgRef(r)) = r else {
+            return self.copy_record(at);
+        };
+        let r: Box<MsgRefRecord> = r;
+        if let Some(&body) = bodies.get(&r.body) {
+            let mut view = r.view();
+            view.body = body.to_bits();
+            if let Some(a) = self.write_ref(&view, body)? {
+                return a.at.ok_or(out_of_range());
+            }
+        }
+        let old_body = r.body;
+        let Some(m) = read_delivery(self, at) else {
+            return Err(JournalError::Config(
+                "a queued delivery's message record is unreadable".into(),
+            ));
+        };
+        let new = self.write_msg(&m.view())?.at.ok_or(out_of_range())?;
+        bodies.insert(old_body, new);
+        Ok(new)
+    }
+}
+
+fn out_of_range() -> JournalError {
+    JournalError::Config("journal location out of range (2^32 segments)".into())
 }
 
 impl ShardState {
@@ -78,7 +173,7 @@ impl ShardState {
             &d.subscription_ids,
         );
         let durable = self.durable.as_mut().expect("journaled");
-        match durable.write_msg(&view) {
+        match durable.write_delivery(&view, self.shared_body.as_mut()) {
             Ok(a) => match a.at {
                 Some(at) => {
                     let weight = (msg.topic.len() + msg.payload.len()) as u64;
@@ -120,7 +215,11 @@ impl ShardState {
                 return (n, false);
             }
             n += 1;
-            match d.copy_record(loc) {
+            let bodies = &mut d.checkpoint.as_mut().expect("compacting").bodies;
+            let mut moved = std::mem::take(bodies);
+            let copied = d.copy_delivery(loc, &mut moved);
+            d.checkpoint.as_mut().expect("compacting").bodies = moved;
+            match copied {
                 Ok(new) => *at = new.to_bits(),
                 Err(e) => {
                     d.write_errors += 1;
@@ -147,5 +246,74 @@ impl ShardState {
                 .spilled()
                 .any(|at| RecordLoc::from_bits(at).segment() < start)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Fsync;
+    use ringmq_journal::fuzzing::{config, TempDir};
+    use ringmq_journal::Journal;
+
+    fn view<'a>(client: &'a str, id: u64, payload: &'a [u8]) -> MsgView<'a> {
+        MsgView {
+            client_id: client,
+            id,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            packet_id: 0,
+            state: records::STATE_QUEUED,
+            topic: "t/1",
+            payload,
+            properties: None,
+            expires_unix_ms: 0,
+            subscription_ids: &[],
+        }
+    }
+
+    #[test]
+    fn deliveries_of_one_message_share_its_record_within_a_segment() {
+        let dir = TempDir::new("shared-body");
+        let seg = 8 * 1024;
+        let (j, _) = Journal::open(config(dir.path(), seg, false), |_| {}).expect("open");
+        let mut d = Durable::new(j, Fsync::Never, seg, 0);
+        let payload = vec![7u8; 100];
+        let mut shared = None;
+        let (mut full, mut refs) = (0, 0);
+        for id in 0..400u64 {
+            let client = format!("c{id}");
+            let a = d
+                .write_delivery(&view(&client, id, &payload), Some(&mut shared))
+                .expect("append");
+            let at = a.at.expect("in range");
+            match d.journal.read(at).expect("readable").kind {
+                records::MSG => {
+                    full += 1;
+                    assert_eq!(shared, Some(at), "a full record is what later ones share");
+                }
+                records::MSG_REF => {
+                    refs += 1;
+                    let body = shared.expect("a reference has a body");
+                    assert_eq!(body.segment(), at.segment(), "never across segments");
+                }
+                k => panic!("kind {k}"),
+            }
+            let m = read_delivery(&d, at).expect("reads back");
+            assert_eq!((m.client_id.as_str(), m.id), (client.as_str(), id));
+            assert_eq!((m.topic.as_str(), &m.payload[..]), ("t/1", &payload[..]));
+        }
+        // A reference takes about 64 bytes: one full record per 8 KiB segment, not per delivery.
+        assert!((3..=6).contains(&full), "{full} full records");
+        assert_eq!(full + refs, 400);
+        let without = d
+            .write_delivery(&view("x", 999, &payload), None)
+            .expect("append");
+        let kind = d
+            .journal
+            .read(without.at.expect("in range"))
+            .expect("readable")
+            .kind;
+        assert_eq!(kind, records::MSG, "one delivery alone is written in full");
     }
 }

@@ -19,9 +19,12 @@ impl Sim {
         match p {
             Packet::Publish(p) if p.qos != QoS::AtMostOnce => {
                 let pid = p.packet_id.expect("qos > 0").get();
-                if let Some(m) = model::msg_id(&p.payload) {
-                    sc.pubs.insert(pid, m);
-                }
+                // An empty payload (clearing a retained message) names no message: the id
+                // no longer names the one sent under it before.
+                match model::msg_id(&p.payload) {
+                    Some(m) => sc.pubs.insert(pid, m),
+                    None => sc.pubs.remove(&pid),
+                };
                 sc.ack_order.push_back((pid, end));
             }
             Packet::Disconnect(_) => sc.disconnect_end = Some(end),

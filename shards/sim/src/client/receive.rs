@@ -70,6 +70,9 @@ impl Sim {
                     return;
                 };
                 let o = cl.out.remove(i);
+                if self.refused_for_full_queue(c, r.reason, o.msg) {
+                    return;
+                }
                 if r.reason.is_error() {
                     self.fail(
                         "protocol",
@@ -97,6 +100,9 @@ impl Sim {
                 };
                 if r.reason.is_error() {
                     let o = cl.out.remove(i);
+                    if self.refused_for_full_queue(c, r.reason, o.msg) {
+                        return;
+                    }
                     self.fail(
                         "protocol",
                         format!("client {c}: PUBREC {:?} for message {}", r.reason, o.msg),
@@ -352,6 +358,15 @@ impl Sim {
                     }
                 })
                 .collect();
+            let again: Vec<u64> = cl
+                .out
+                .iter()
+                .filter(|o| !o.released)
+                .map(|o| o.msg)
+                .collect();
+            for m in again {
+                self.model.msgs[m as usize].resent = true;
+            }
             if !resend.is_empty() {
                 self.log(format!("client {c}: retransmits {} packets", resend.len()));
             }
@@ -475,6 +490,18 @@ impl Sim {
 
     /// The publisher saw a successful PUBACK / PUBREC: from now on every subscription that
     /// was established before the message was first sent, and stays, must get it.
+    /// A PUBACK/PUBREC 0x97 (Quota exceeded) for a session queue at its limit, which runs with
+    /// a queue limit may answer an MQTT 5 publisher: the flow is over and the message not
+    /// taken (the client gives it up; nobody may get it, see `check_quiesced`).
+    fn refused_for_full_queue(&mut self, c: usize, reason: ReasonCode, msg: u64) -> bool {
+        if reason != ReasonCode::QUOTA_EXCEEDED || self.p.queue_limit == 0 {
+            return false;
+        }
+        self.stats.refused += 1;
+        self.log(format!("client {c}: m{msg} refused 0x97 (a full queue)"));
+        true
+    }
+
     fn on_acked(&mut self, c: usize, msg: u64) {
         let ev = self.next_ev();
         self.stats.acked += 1;
