@@ -35,8 +35,8 @@ pub struct Counters {
     /// QoS 1/2 deliveries queued beyond a full session queue whose publisher's acknowledgement
     /// waits until the queue is under its limits again (`--queue-full backpressure`).
     pub acks_deferred: u64,
-    /// MQTT 5 QoS 1/2 PUBLISHes answered 0x97 because a session they would reach has a full
-    /// queue (nothing delivered anywhere).
+    /// MQTT 5 QoS 1/2 PUBLISHes answered 0x97 because an offline session they would reach has
+    /// a full queue (nothing delivered anywhere).
     pub refused_queue_full: u64,
     /// Times a connection stopped being read because its session owed many answers.
     pub reads_paused: u64,
@@ -229,7 +229,7 @@ pub struct Gauges {
     pub queued_messages: u64,
     /// Of `queued_messages`, those whose only copy is their journal record.
     pub queued_in_journal: u64,
-    /// Sessions whose full queue makes MQTT 5 publishes to them refused.
+    /// Offline sessions whose full queue makes MQTT 5 publishes to them refused.
     pub queues_full: u64,
     pub inflight_messages: u64,
     pub journal_bytes: u64,
@@ -392,8 +392,8 @@ fn counter_rows(c: &Counters, codes: &[u8]) -> Vec<CounterRow> {
         ),
         (
             "refused_queue_full",
-            "MQTT 5 QoS 1/2 PUBLISHes answered 0x97 (Quota exceeded) because a session they \
-             would reach has a full queue; delivered nowhere.",
+            "MQTT 5 QoS 1/2 PUBLISHes answered 0x97 (Quota exceeded) because an offline \
+             session they would reach has a full queue; delivered nowhere.",
             None,
             c.refused_queue_full,
         ),
@@ -563,8 +563,9 @@ fn gauge_rows(g: &Gauges) -> [(&'static str, &'static str, u64); 10] {
         ),
         (
             "queues_full",
-            "Sessions whose queue reached --max-queued-messages or --max-queued-bytes and is \
-             not yet down to three quarters of it: MQTT 5 publishes to them are refused (0x97).",
+            "Offline sessions whose queue reached --max-queued-messages or --max-queued-bytes \
+             and is not yet down to three quarters of it: MQTT 5 publishes to them are refused \
+             (0x97).",
             g.queues_full,
         ),
         (

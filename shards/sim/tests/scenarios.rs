@@ -290,11 +290,12 @@ fn a_full_queue_holds_back_the_publishers_acknowledgements_until_it_drains() {
 fn an_mqtt5_publisher_is_refused_0x97_while_a_queue_it_would_reach_is_full() {
     // Issue 12, item 2: a persistent subscriber is offline with a queue of 3. An MQTT 5
     // publisher's first 3 QoS 1 messages are queued and acknowledged; the queue is then full,
-    // and its next ones, QoS 1 and 2, are answered 0x97 (Quota exceeded) and go nowhere, so
-    // the subscriber gets exactly the 3. A refused QoS 2 packet id sent again (DUP) is refused
-    // again (MQTT 5 section 4.3.3: after a PUBREC of 0x80 or more the flow is over; the broker
-    // keeps refusing a DUP of it, as its answer may have been lost). Once the queue has
-    // drained, the publisher's next message is taken and delivered.
+    // and its next one (QoS 2) is answered PUBREC 0x97 (Quota exceeded) and goes nowhere. The
+    // publisher is then not read until the queue drains: its DUP of the refused id waits in
+    // TCP. Once the subscriber has taken its 3, it is read and refused again (MQTT 5 section
+    // 4.3.3: after a PUBREC of 0x80 or more the flow is over; the broker keeps refusing a DUP
+    // of it, as its answer may have been lost); a new message after that is taken and
+    // delivered. The refused one never reaches anybody.
     each_shard_count(|n| {
         let mut s = Scenario::with(n, |c| c.max_queued_messages = 3);
         let sub = id_on("qsub", 0, n);
@@ -330,18 +331,16 @@ fn an_mqtt5_publisher_is_refused_0x97_while_a_queue_it_would_reach_is_full() {
             [(1, 0), (2, 0), (3, 0)],
             "{n} shards"
         );
-        s.publish_at(1, "q", b"3", QoS::AtLeastOnce, 4);
-        s.publish_at(1, "q", b"4", QoS::AtLeastOnce, 5);
-        s.publish_at(1, "q", b"5", QoS::ExactlyOnce, 6);
+        s.publish_at(1, "q", b"3", QoS::ExactlyOnce, 4);
+        s.advance(ms(100));
+        assert_eq!(answers(s.received(1)), [(4, 0x97)], "{n} shards");
+        s.publish_dup(1, "q", b"3", QoS::ExactlyOnce, 4, true);
         s.advance(ms(100));
         assert_eq!(
             answers(s.received(1)),
-            [(4, 0x97), (5, 0x97), (6, 0x97)],
-            "{n} shards"
+            [],
+            "{n} shards: not read while full"
         );
-        s.publish_dup(1, "q", b"5", QoS::ExactlyOnce, 6, true);
-        s.advance(ms(100));
-        assert_eq!(answers(s.received(1)), [(6, 0x97)], "{n} shards: DUP");
         s.connect(2, hello(&sub));
         let mut got = Vec::new();
         for _ in 0..20 {
@@ -356,11 +355,16 @@ fn an_mqtt5_publisher_is_refused_0x97_while_a_queue_it_would_reach_is_full() {
         assert_eq!(
             got,
             [&b"0"[..], b"1", b"2"],
-            "{n} shards: refused ones never delivered"
+            "{n} shards: the refused one never delivered"
         );
-        s.publish_at(1, "q", b"6", QoS::AtLeastOnce, 7);
+        assert_eq!(
+            answers(s.received(1)),
+            [(4, 0x97)],
+            "{n} shards: read again once drained"
+        );
+        s.publish_at(1, "q", b"4", QoS::AtLeastOnce, 5);
         s.advance(ms(100));
-        assert_eq!(answers(s.received(1)), [(7, 0)], "{n} shards: drained");
+        assert_eq!(answers(s.received(1)), [(5, 0)], "{n} shards: taken");
         let again: Vec<Bytes> = s
             .received(2)
             .into_iter()
@@ -369,7 +373,7 @@ fn an_mqtt5_publisher_is_refused_0x97_while_a_queue_it_would_reach_is_full() {
                 _ => None,
             })
             .collect();
-        assert_eq!(again, [&b"6"[..]], "{n} shards");
+        assert_eq!(again, [&b"4"[..]], "{n} shards");
     });
 }
 
@@ -481,4 +485,59 @@ fn a_publisher_to_a_shard_far_behind_waits_and_others_go_on() {
     assert_eq!(take(&mut s, 0).0, [&b"2"[..]], "read again once it drained");
     assert_eq!(take(&mut s, 1).0, [&b"3"[..]]);
     assert_eq!(take(&mut s, 2).1, [2, 3]);
+}
+
+#[test]
+fn an_mqtt5_publisher_to_a_connected_slow_subscriber_waits_rather_than_being_refused() {
+    // Issue 12: a connected subscriber that does not acknowledge (inflight window of 4 full,
+    // queue of 3 full) slows an MQTT 5 publisher down, as a 3.1.1 one: its PUBACKs wait
+    // [MQTT-4.6.0-2: in order] instead of 0x97, which would only make a closed-loop publisher
+    // send again at once. Once the subscriber acknowledges, every message arrives in order
+    // [MQTT-4.6.0-6] and every answer is a success.
+    each_shard_count(|n| {
+        let mut s = Scenario::with(n, |c| c.max_queued_messages = 3);
+        let sub = id_on("csub", 0, n);
+        let publisher = id_on("cpub", 1, n);
+        s.connect(0, Hello::new(V5, &sub));
+        connack(&s.received(0));
+        s.subscribe(0, "q", QoS::AtLeastOnce);
+        assert!(matches!(s.received(0).as_slice(), [Packet::SubAck(_)]));
+        s.connect(1, Hello::new(V5, &publisher));
+        connack(&s.received(1));
+        const PAYLOADS: [&[u8]; 10] = [b"0", b"1", b"2", b"3", b"4", b"5", b"6", b"7", b"8", b"9"];
+        for (i, p) in PAYLOADS.iter().enumerate() {
+            s.publish_at(1, "q", p, QoS::AtLeastOnce, i as u16 + 1);
+            s.advance(ms(10));
+        }
+        let take_answers = |s: &mut Scenario, answers: &mut Vec<(u16, u8)>| {
+            for p in s.received(1) {
+                match p {
+                    Packet::PubAck(r) => answers.push((r.packet_id.get(), r.reason.0)),
+                    other => panic!("expected PUBACK, got {other:?}"),
+                }
+            }
+        };
+        let mut answers = Vec::new();
+        take_answers(&mut s, &mut answers);
+        assert!(answers.iter().all(|a| a.1 == 0), "{n} shards: {answers:?}");
+        assert!(
+            answers.len() < 10,
+            "{n} shards: answers beyond the queue wait"
+        );
+        let mut got = Vec::new();
+        for _ in 0..20 {
+            for p in s.received(0) {
+                if let Packet::Publish(p) = p {
+                    got.push(p.payload.clone());
+                    s.puback(0, p.packet_id.expect("QoS 1"));
+                }
+            }
+            s.advance(ms(10));
+            take_answers(&mut s, &mut answers);
+        }
+        assert_eq!(got, PAYLOADS, "{n} shards");
+        let ids: Vec<u16> = (1..=10).collect();
+        assert_eq!(answers.iter().map(|a| a.0).collect::<Vec<_>>(), ids);
+        assert!(answers.iter().all(|a| a.1 == 0), "{n} shards: {answers:?}");
+    });
 }

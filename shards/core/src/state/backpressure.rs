@@ -141,7 +141,8 @@ impl ShardState {
         // `--max-pending-acks`: an MQTT 5 client is held to the server's Receive Maximum by
         // the protocol, a 3.1.x client by nothing but this.
         let at = self.cfg.max_pending_acks.max(1);
-        let waits = !self.peer_waits.is_empty() && self.peer_waits.contains_key(&sid);
+        let waits = (!self.peer_waits.is_empty() && self.peer_waits.contains_key(&sid))
+            || (!self.full.waiting.is_empty() && self.full.waiting.contains_key(&sid));
         if owed < at && !waits && !self.reads_paused(sid) {
             return;
         }

@@ -195,6 +195,9 @@ struct ConnExtra {
     /// Not read from while its session owes many answers (`backpressure.rs`, `pace_reads`):
     /// here rather than in `Conn`, which every idle connection pays for.
     reads_paused: bool,
+    /// A refusal (0x97) is in the output and not yet written: until it is, later PUBLISHes
+    /// of the session are refused too (`quota.rs`).
+    refusal_unsent: bool,
 }
 
 /// An enhanced authentication exchange waiting for the client's next AUTH.

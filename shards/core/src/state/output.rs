@@ -254,7 +254,10 @@ impl ShardState {
         };
         self.counters.bytes_out += n as u64;
         conn.out.wrote(n);
-        if conn.extra.is_some() {
+        if let Some(x) = conn.extra.as_mut() {
+            if conn.out.bytes() == 0 {
+                x.refusal_unsent = false;
+            }
             self.pace_retained(key);
         }
     }

@@ -25,7 +25,7 @@ impl ShardState {
             }
             ShardMsg::RouteAck { token } => self.on_route_ack(token),
             ShardMsg::RouteRemove { filter, from } => self.routes.remove(&filter, from),
-            ShardMsg::FullRoute { filter, from, full } => self.full.route(&filter, from, full),
+            ShardMsg::FullRoute { filter, from, full } => self.on_full_route(&filter, from, full),
             ShardMsg::ShareJoin { key, member, token } => self.on_share_join(key, member, token),
             ShardMsg::ShareLeave {
                 key,

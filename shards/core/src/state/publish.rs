@@ -43,9 +43,10 @@ impl ShardState {
                     return self.queue_ack(key, sid, id, p.qos, None, Taken::Delivered, need);
                 }
                 Qos2In::Refused => {
-                    // Refused again (0x97), but counted once, when it was first refused.
-                    let need = self.sync_needed_since(JournalSeq::NONE);
-                    return self.queue_ack(key, sid, id, p.qos, None, Taken::QueueFull, need);
+                    // Refused again (0x97), but counted once, when it was first refused. Its
+                    // records were made durable for the first answer, which this one follows.
+                    let none = JournalSeq::NONE;
+                    return self.queue_ack(key, sid, id, p.qos, None, Taken::QueueFull, none);
                 }
                 Qos2In::TooMany => {
                     // [MQTT-3.3.4-9] more unacknowledged QoS 2 PUBLISHes than Receive Maximum.
@@ -54,15 +55,16 @@ impl ShardState {
                 }
             }
         }
-        // A session it would reach has a full queue: an MQTT 5 publisher hears 0x97, and
-        // nobody gets the message (quota.rs).
-        if self.conns[key].version.is_v5() && self.refuse_for_full_queue(sid, &msg) {
+        // An offline session it would reach has a full queue: an MQTT 5 publisher hears 0x97,
+        // nobody gets the message, and the publisher is not read until there is room (quota.rs).
+        if self.conns[key].version.is_v5() && self.refuse_for_full_queue(sid, key, &msg) {
             if p.qos == QoS::ExactlyOnce {
                 // At once: a retransmission read before the answer goes is refused too.
                 self.settle_refused_qos2(sid, id);
             }
             let need = self.sync_needed_since(before);
-            return self.queue_ack(key, sid, id, p.qos, None, Taken::QueueFull, need);
+            self.queue_ack(key, sid, id, p.qos, None, Taken::QueueFull, need);
+            return self.wait_for_room(sid, &msg.topic);
         }
         // A QoS 2 receipt just journaled (a persistent session), or earlier PUBLISHes of the
         // session still held: see `held.rs`.
@@ -401,6 +403,11 @@ impl ShardState {
             Packet::PubAck(r)
         };
         self.send(key, &packet);
+        if a.taken.is_refused() {
+            if let Some(c) = self.conns.get_mut(key) {
+                c.extra.get_or_insert_with(Box::default).refusal_unsent = true;
+            }
+        }
         true
     }
 
