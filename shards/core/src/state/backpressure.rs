@@ -17,6 +17,14 @@
 use super::*;
 use crate::config::QueueFull;
 
+/// What a publishing session is not read until.
+pub(super) enum ReadWait {
+    /// Peer shard's backlog is down to a quarter of [`PEER_BACKLOG_MAX`].
+    Peer(u16),
+    /// No full queue of an offline session blocks this topic any more (quota.rs).
+    Room(ByteStr),
+}
+
 /// What a full queue lets a delivery do.
 pub(super) enum Admit {
     /// Queue it (the policy made room, or nobody waits for an answer).
@@ -141,8 +149,7 @@ impl ShardState {
         // `--max-pending-acks`: an MQTT 5 client is held to the server's Receive Maximum by
         // the protocol, a 3.1.x client by nothing but this.
         let at = self.cfg.max_pending_acks.max(1);
-        let waits = (!self.peer_waits.is_empty() && self.peer_waits.contains_key(&sid))
-            || (!self.full.waiting.is_empty() && self.full.waiting.contains_key(&sid));
+        let waits = !self.read_waits.is_empty() && self.read_waits.contains_key(&sid);
         if owed < at && !waits && !self.reads_paused(sid) {
             return;
         }
@@ -182,7 +189,27 @@ impl ShardState {
     /// `sid`'s publish went to `peer`, which is far behind: it is not read until that drains.
     pub(super) fn wait_for_peer(&mut self, sid: u64, peer: Option<u16>) {
         if let Some(peer) = peer {
-            self.peer_waits.insert(sid, peer);
+            self.wait_for(sid, ReadWait::Peer(peer));
+        }
+    }
+
+    /// `sid` is not read until `w` is over ([`ShardState::end_waits`]).
+    pub(super) fn wait_for(&mut self, sid: u64, w: ReadWait) {
+        self.read_waits.insert(sid, w);
+        self.pace_reads(sid);
+    }
+
+    /// The sessions whose wait `over` says is over are read again.
+    pub(super) fn end_waits(&mut self, over: impl Fn(&Self, &ReadWait) -> bool) {
+        if self.read_waits.is_empty() {
+            return;
+        }
+        let ended: Vec<u64> = (self.read_waits.iter())
+            .filter(|(_, w)| over(self, w))
+            .map(|(sid, _)| *sid)
+            .collect();
+        for sid in ended {
+            self.read_waits.remove(&sid);
             self.pace_reads(sid);
         }
     }
@@ -192,18 +219,8 @@ impl ShardState {
     /// again.
     pub fn set_peer_backlog(&mut self, peer: usize, n: usize) {
         self.peer_backlog[peer] = n;
-        if n > PEER_BACKLOG_MAX / 4 || self.peer_waits.is_empty() {
-            return;
-        }
-        let waiting: Vec<u64> = self
-            .peer_waits
-            .iter()
-            .filter(|(_, p)| usize::from(**p) == peer)
-            .map(|(sid, _)| *sid)
-            .collect();
-        for sid in waiting {
-            self.peer_waits.remove(&sid);
-            self.pace_reads(sid);
+        if n <= PEER_BACKLOG_MAX / 4 {
+            self.end_waits(|_, w| matches!(w, ReadWait::Peer(p) if usize::from(*p) == peer));
         }
     }
 

@@ -454,8 +454,7 @@ impl ShardState {
         s.attachment = s.attachment.wrapping_add(1);
         s.set_disconnected_at(None);
         // What held the old connection back is not the new one's (it is read from the start).
-        self.peer_waits.remove(&sid);
-        self.full.waiting.remove(&sid);
+        self.read_waits.remove(&sid);
         self.journal_session_change(sid, session_present);
         (sid, session_present)
     }
@@ -571,8 +570,7 @@ impl ShardState {
         self.by_client.remove(&s.client_id, sid);
         // Answers it still owed have no connection to go to (`sid` is never reused).
         self.acks.remove(&sid);
-        self.peer_waits.remove(&sid);
-        self.full.waiting.remove(&sid);
+        self.read_waits.remove(&sid);
         // Answers others' publishes deferred on its queue go: the queue is gone.
         self.release_deferred(sid);
         self.unmark_if_drained(sid);

@@ -501,8 +501,8 @@ pub struct ShardState {
     deferred_tokens: HashMap<(u16, AckToken), (u32, Taken)>,
     /// Sessions with full queues, here and on other shards, for refusing MQTT 5 publishes.
     full: quota::FullMarks,
-    /// Publishing sessions not read until a peer shard's backlog drains, with that peer.
-    peer_waits: HashMap<u64, u16>,
+    /// Publishing sessions not read until something outside them changes (backpressure.rs).
+    read_waits: HashMap<u64, backpressure::ReadWait>,
     /// While one message is delivered to several local sessions: the journal record that holds
     /// it once written, which the other delivery records refer to (spill.rs).
     shared_body: Option<Option<ringmq_journal::RecordLoc>>,
@@ -566,7 +566,7 @@ impl ShardState {
             deferred: HashMap::new(),
             deferred_tokens: HashMap::new(),
             full: quota::FullMarks::default(),
-            peer_waits: HashMap::new(),
+            read_waits: HashMap::new(),
             shared_body: None,
             delayed_wills: Vec::new(),
             timers: timers::Timers::default(),

@@ -23,6 +23,7 @@
 //! once its queue is down to three quarters of its limits, so that a queue at its limit does
 //! not mark and unmark per message.
 
+use super::backpressure::ReadWait;
 use super::*;
 use crate::config::QueueFull;
 use ringmq_router::LocalInterest;
@@ -36,9 +37,6 @@ pub(super) struct FullMarks {
     local: LocalInterest,
     /// Filter -> shards (this one included) with a marked session subscribed to it.
     routes: RouteTable,
-    /// Publishing sessions of this shard just refused, each with the topic refused: not read
-    /// until no full queue blocks that topic any more.
-    pub(super) waiting: HashMap<u64, ByteStr>,
 }
 
 impl FullMarks {
@@ -67,19 +65,8 @@ impl ShardState {
     /// again once nothing blocks their topic.
     pub(super) fn on_full_route(&mut self, filter: &str, shard: u16, full: bool) {
         self.full.route(filter, shard, full);
-        if full || self.full.waiting.is_empty() {
-            return;
-        }
-        let free: Vec<u64> = self
-            .full
-            .waiting
-            .iter()
-            .filter(|(_, topic)| !self.full.blocks(topic))
-            .map(|(sid, _)| *sid)
-            .collect();
-        for sid in free {
-            self.full.waiting.remove(&sid);
-            self.pace_reads(sid);
+        if !full {
+            self.end_waits(|st, w| matches!(w, ReadWait::Room(t) if !st.full.blocks(t)));
         }
     }
 
@@ -89,8 +76,7 @@ impl ShardState {
     /// subscriber needs to drain it.
     pub(super) fn wait_for_room(&mut self, sid: u64, topic: &ByteStr) {
         if self.full.blocks(topic) {
-            self.full.waiting.insert(sid, topic.clone());
-            self.pace_reads(sid);
+            self.wait_for(sid, ReadWait::Room(topic.clone()));
         }
     }
 
