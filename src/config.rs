@@ -115,13 +115,16 @@ pub fn flag_layer<'a>(given: impl IntoIterator<Item = (&'a str, Vec<String>)>) -
     let mut layer = Layer::new();
     for (key, values) in given {
         let Some(spec) = spec(key) else { continue };
-        let shown = match spec.kind {
-            Kind::Addrs => quoted(&values.join(",")),
-            _ => quoted(values.last().map_or("", String::as_str)),
+        let list = spec.kind.is_list();
+        let shown = if list {
+            quoted(&values.join(","))
+        } else {
+            quoted(values.last().map_or("", String::as_str))
         };
-        let values = match spec.kind {
-            Kind::Addrs => values,
-            _ => values.last().cloned().into_iter().collect(),
+        let values = if list {
+            values
+        } else {
+            values.last().cloned().into_iter().collect()
         };
         let source = Source::Flag(flag_name(spec.key));
         layer.insert(
@@ -142,13 +145,13 @@ pub fn env_layer(lookup: impl Fn(&str) -> Option<String>) -> Layer {
     for spec in SPECS {
         let name = env_name(spec.key);
         let Some(text) = lookup(&name) else { continue };
-        let values = match spec.kind {
-            Kind::Addrs => text
-                .split(',')
+        let values = if spec.kind.is_list() {
+            text.split(',')
                 .map(|s| s.trim().to_owned())
                 .filter(|s| !s.is_empty())
-                .collect(),
-            _ => vec![text.clone()],
+                .collect()
+        } else {
+            vec![text.clone()]
         };
         let shown = quoted(&text);
         layer.insert(
@@ -184,7 +187,7 @@ pub fn file_layer(text: &str, path: &Path) -> Result<Layer, ConfigError> {
         let values = match (spec.kind, value) {
             (Kind::Int { .. } | Kind::Pow2 { .. }, toml::Value::Integer(n)) => vec![n.to_string()],
             (Kind::Bool, toml::Value::Boolean(b)) => vec![b.to_string()],
-            (Kind::Addrs, toml::Value::Array(items)) => {
+            (Kind::Addrs | Kind::Listeners, toml::Value::Array(items)) => {
                 let mut v = Vec::new();
                 for item in items {
                     match item.as_str() {
@@ -256,7 +259,38 @@ pub fn resolve(layers: &[&Layer]) -> Result<Settings, ConfigError> {
     }
     let mut s = Settings::from_checked(vals);
     fit_journal_segments(&mut s, given.contains("journal_segment_bytes"))?;
+    choose_listeners(&mut s, given.contains("listen"))?;
     Ok(s)
+}
+
+/// `listen`'s default address is for a broker started with no listener at all: URLs given
+/// with `listener` replace it unless `listen` was given too. TLS listeners need their files.
+fn choose_listeners(s: &mut Settings, listen_given: bool) -> Result<(), ConfigError> {
+    if !s.listener.is_empty() && !listen_given {
+        s.listen.clear();
+    }
+    if s.listen.is_empty() && s.listener.is_empty() {
+        return Err(ConfigError(
+            "no listener: give listen (ADDR:PORT) or listener (mqtt://ADDR:PORT, \
+             mqtts://ADDR:PORT)"
+                .into(),
+        ));
+    }
+    if let Some(l) = s.listener.iter().find(|l| l.is_tls()) {
+        if s.tls_cert.is_empty() || s.tls_key.is_empty() {
+            return Err(ConfigError(format!(
+                "listener {l} needs tls_cert and tls_key (--tls-cert FILE --tls-key FILE)"
+            )));
+        }
+    }
+    if (s.require_certificate || !s.tls_crl.is_empty()) && s.tls_ca.is_empty() {
+        return Err(ConfigError(
+            "require_certificate and tls_crl need tls_ca, the CA file client certificates \
+             are verified against"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A journal record never spans segments; the largest is a delivery of the largest packet. The

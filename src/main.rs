@@ -115,12 +115,16 @@ fn main() {
     fix_mmap_threshold();
     tracing::info!(
         shards = cfg.shards,
-        listen = ?cfg.listen,
+        listeners = ?cfg.all_listeners().iter().map(|l| l.to_string()).collect::<Vec<_>>(),
         data_dir = %cfg.data_dir.display(),
         "ringmq {} starting",
         env!("CARGO_PKG_VERSION")
     );
-    if let Err(e) = ringmq_shard::run(cfg) {
+    let tls = ringmq_shard::tls::context(&cfg).unwrap_or_else(|e| {
+        eprintln!("ringmq: {e}");
+        std::process::exit(2);
+    });
+    if let Err(e) = ringmq_shard::run(cfg, tls) {
         eprintln!("ringmq: {e}");
         std::process::exit(1);
     }

@@ -6,6 +6,7 @@
 use super::kind::{Kind, Val};
 use super::Fsync;
 use clap::ArgAction;
+use ringmq_shard::config::Listener;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -49,9 +50,10 @@ impl Spec {
 
     /// The command-line flag. Values stay strings: they are checked with the other layers.
     pub fn arg(&self) -> clap::Arg {
-        let action = match self.kind {
-            Kind::Addrs => ArgAction::Append,
-            _ => ArgAction::Set,
+        let action = if self.kind.is_list() {
+            ArgAction::Append
+        } else {
+            ArgAction::Set
         };
         clap::Arg::new(self.key)
             .long(self.long)
@@ -134,6 +136,8 @@ plain_value!(Option<SocketAddr>, Addr(a) => a,
     this => String(this.map_or_else(|| "none".to_owned(), |a| a.to_string())));
 plain_value!(Vec<SocketAddr>, Addrs(a) => a,
     this => Array(this.iter().map(|a| toml::Value::String(a.to_string())).collect()));
+plain_value!(Vec<Listener>, Listeners(l) => l,
+    this => Array(this.iter().map(|l| toml::Value::String(l.to_string())).collect()));
 plain_value!(Fsync, Fsync(f) => f, this => String(match this {
     Fsync::Always => "always".to_owned(),
     Fsync::Never => "never".to_owned(),

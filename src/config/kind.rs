@@ -3,6 +3,7 @@
 
 use super::{invalid, Raw, Spec};
 use super::{ConfigError, Fsync};
+use ringmq_shard::config::Listener;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -13,8 +14,10 @@ pub enum Kind {
     Int { min: u64, max: u64 },
     /// Power of two in `min..=max`.
     Pow2 { min: u64, max: u64 },
-    /// Non-empty list of socket addresses.
+    /// List of socket addresses (a command line gives at least one).
     Addrs,
+    /// List of listener URLs (`mqtt://ADDR:PORT`, `mqtts://ADDR:PORT`), possibly empty.
+    Listeners,
     /// One socket address, or `none`.
     AddrOrNone,
     /// Any non-empty string (a path).
@@ -43,6 +46,11 @@ pub const fn pow2(min: u64, max: u64) -> Kind {
 pub const ANY: Kind = int(0, u64::MAX);
 
 impl Kind {
+    /// Whether the key takes a list (repeatable flag, comma-separated variable, TOML array).
+    pub fn is_list(self) -> bool {
+        matches!(self, Kind::Addrs | Kind::Listeners)
+    }
+
     /// What the key accepts, as said in error messages.
     pub fn accepted(self) -> String {
         match self {
@@ -52,9 +60,10 @@ impl Kind {
             } => "a non-negative integer".into(),
             Kind::Int { min, max } => format!("an integer from {min} to {max}"),
             Kind::Pow2 { min, max } => format!("a power of two from {min} to {max}"),
-            Kind::Addrs => {
-                "a non-empty list of ADDR:PORT socket addresses (e.g. 127.0.0.1:1883)".into()
-            }
+            Kind::Addrs => "a list of ADDR:PORT socket addresses (e.g. 127.0.0.1:1883)".into(),
+            Kind::Listeners => "a list of listener URLs: mqtt://ADDR:PORT or mqtts://ADDR:PORT \
+                 (e.g. mqtts://0.0.0.0:8883)"
+                .into(),
             Kind::AddrOrNone => "an ADDR:PORT socket address (e.g. 127.0.0.1:9883) or none".into(),
             Kind::Path => "a path".into(),
             Kind::Choice(words) => format!("one of {}", words.join(", ")),
@@ -74,6 +83,7 @@ pub enum Val {
     Bool(bool),
     Text(String),
     Addrs(Vec<SocketAddr>),
+    Listeners(Vec<Listener>),
     Addr(Option<SocketAddr>),
     Fsync(Fsync),
 }
@@ -94,10 +104,12 @@ pub fn check(spec: &Spec, raw: &Raw) -> Result<Val, ConfigError> {
     match spec.kind {
         Kind::Int { min, max } => in_range(min, max, false),
         Kind::Pow2 { min, max } => in_range(min, max, true),
+        Kind::Listeners => {
+            let urls = raw.values.iter().filter(|s| !s.trim().is_empty());
+            let parsed = urls.map(|s| Listener::parse(s).ok_or_else(bad));
+            Ok(Val::Listeners(parsed.collect::<Result<_, _>>()?))
+        }
         Kind::Addrs => {
-            if raw.values.is_empty() {
-                return Err(bad());
-            }
             let addrs = raw.values.iter().map(|s| s.trim().parse::<SocketAddr>());
             Ok(Val::Addrs(
                 addrs.collect::<Result<_, _>>().map_err(|_| bad())?,

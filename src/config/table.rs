@@ -13,6 +13,7 @@
 use super::declare::{choice, settings};
 use super::kind::{int, pow2, Kind, ANY};
 use ringmq_shard::auth::{AuthMethods, ChallengeSha256};
+use ringmq_shard::config::Listener;
 use ringmq_shard::config::{Fsync, QueueFull};
 use ringmq_shard::Config;
 use std::net::SocketAddr;
@@ -40,6 +41,35 @@ settings! {
         /// Address to accept MQTT connections on (repeatable). Every shard listens on each with
         /// SO_REUSEPORT.
         listen: Vec<SocketAddr> = "0.0.0.0:1883", Kind::Addrs, "ADDR:PORT" => listen;
+
+        /// Listener by URL (repeatable): mqtt://ADDR:PORT (plain MQTT) or mqtts://ADDR:PORT
+        /// (MQTT over TLS, with tls_cert and tls_key). When any is given, listen's default is
+        /// not used (give listen too to keep a plain address).
+        listener: Vec<Listener> = "", Kind::Listeners, "URL" => listeners;
+
+        /// PEM file with the certificate chain of the TLS listeners (leaf first; RSA, ECDSA or
+        /// Ed25519).
+        tls_cert: String = "", Kind::Text, "FILE" => tls_cert: |v| optional_path(v);
+
+        /// PEM file with the private key of tls_cert (PKCS#8, PKCS#1 or SEC1).
+        tls_key: String = "", Kind::Text, "FILE" => tls_key: |v| optional_path(v);
+
+        /// PEM file of CA certificates that client certificates are verified against; with it,
+        /// TLS listeners ask clients for a certificate (required with require_certificate).
+        tls_ca: String = "", Kind::Text, "FILE" => tls_ca: |v| optional_path(v);
+
+        /// PEM file of certificate revocation lists (with tls_ca): a client certificate they
+        /// revoke is refused, and so is one whose issuer has no CRL in the file.
+        tls_crl: String = "", Kind::Text, "FILE" => tls_crl: |v| optional_path(v);
+
+        /// Refuse TLS clients without a certificate that tls_ca verifies.
+        require_certificate: bool = "false", Kind::Bool, "true|false" => require_certificate;
+
+        /// Use the client certificate's identity as the username: its subject CN, else its
+        /// first DNS or email subject alternative name. A TLS client without a certificate is
+        /// then refused (CONNACK 0x87 / return code 5).
+        use_identity_as_username: bool = "false", Kind::Bool, "true|false"
+            => use_identity_as_username;
 
         /// Number of shards (1 to 256): one pinned executor thread each
         shards: usize = "number of cores" by default_shards, int(1, 256), "N" => shards;
@@ -227,6 +257,11 @@ settings! {
 pub fn default_shards() -> String {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     cores.clamp(1, 256).to_string()
+}
+
+/// An empty path setting is no file.
+fn optional_path(v: String) -> Option<PathBuf> {
+    (!v.is_empty()).then(|| PathBuf::from(v))
 }
 
 /// The enhanced authentication methods offered: the challenge method when it has a secret.

@@ -291,12 +291,21 @@ fn other_value(spec: &Spec) -> String {
         Kind::Bool => (default != "true").to_string(),
         Kind::Choice(words) => words.iter().find(|w| **w != default).unwrap().to_string(),
         Kind::Addrs => "127.0.0.1:1".into(),
+        Kind::Listeners => "mqtt://127.0.0.1:1".into(),
         Kind::AddrOrNone if default == "none" => "127.0.0.1:1".into(),
         Kind::AddrOrNone => "none".into(),
         Kind::Path | Kind::Text => format!("{default}-other"),
         Kind::Fsync if default == "always" => "never".into(),
         Kind::Fsync => "always".into(),
         Kind::Filter => format!("{default},other=trace"),
+    }
+}
+
+/// What a setting cannot be given without.
+fn companions(key: &str) -> &'static [(&'static str, &'static str)] {
+    match key {
+        "require_certificate" | "tls_crl" => &[("tls_ca", "ca.pem")],
+        _ => &[],
     }
 }
 
@@ -324,13 +333,24 @@ fn config_fields(c: &Config) -> BTreeMap<String, String> {
 #[test]
 fn every_setting_is_wired_into_config_and_print_config() {
     let defaults = resolve(&[]).unwrap();
-    let default_toml = defaults.to_toml();
     let default_fields = config_fields(&defaults.clone().into_config());
     assert!(default_fields.len() > 30, "{default_fields:?}");
     for spec in SPECS {
         let value = other_value(spec);
-        let s = resolve(&[&flags(&[(spec.key, &value)])]).unwrap();
+        // A setting that needs another is given with it, and compared to that one alone.
+        let needs = companions(spec.key);
+        let defaults = resolve(&[&flags(needs)]).unwrap();
+        let default_toml = defaults.to_toml();
+        let default_fields = config_fields(&defaults.clone().into_config());
+        let mut given = needs.to_vec();
+        given.push((spec.key, &value));
+        let s = resolve(&[&flags(&given)]).unwrap();
         assert_ne!(s, defaults, "{} = {value}", spec.key);
+        // Listeners by URL replace listen's default address.
+        let (also_key, also_field) = match spec.key {
+            "listener" => (Some("listen"), Some("listen")),
+            _ => (None, None),
+        };
         // --print-config: this key's line changes, no other; the output reads back the same.
         let text = s.to_toml();
         let changed: Vec<&str> = text
@@ -338,7 +358,9 @@ fn every_setting_is_wired_into_config_and_print_config() {
             .filter(|l| !default_toml.lines().any(|d| d == *l))
             .map(|l| l.split(" = ").next().unwrap())
             .collect();
-        assert_eq!(changed, [spec.key], "{text}");
+        let mut expected_keys: Vec<&str> = also_key.into_iter().collect();
+        expected_keys.push(spec.key);
+        assert_eq!(changed, expected_keys, "{text}");
         assert_eq!(resolve(&[&file(&text).unwrap()]).unwrap(), s, "{text}");
         // Config: the declared field changes, no other (none for the process settings).
         let fields = config_fields(&s.into_config());
@@ -347,7 +369,8 @@ fn every_setting_is_wired_into_config_and_print_config() {
             .filter(|(k, v)| default_fields.get(*k) != Some(*v))
             .map(|(k, _)| k.as_str())
             .collect();
-        let expected: Vec<&str> = spec.target.into_iter().collect();
+        let mut expected: Vec<&str> = also_field.into_iter().chain(spec.target).collect();
+        expected.sort();
         assert_eq!(differ, expected, "{} = {value}", spec.key);
     }
     let process: Vec<&str> = SPECS

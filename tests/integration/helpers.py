@@ -102,6 +102,15 @@ class SyncClient:
         self._thread = None
         self._stop = False
 
+    def tls(self, ca, cert=None, key=None):
+        """Speak TLS. paho writes from the calling thread unless an external loop is
+        registered, and an SSL socket written from one thread while another reads it corrupts
+        its records (the broker then sees records it cannot decrypt): every write goes through
+        the network thread instead."""
+        self.c.tls_set(ca_certs=str(ca), certfile=cert and str(cert), keyfile=key and str(key))
+        self.c.on_socket_register_write = lambda client, userdata, sock: None
+        return self
+
     # callbacks
     def _on_connect(self, c, u, flags, rc, props):
         self.connack = (bool(flags.session_present), rc, props)

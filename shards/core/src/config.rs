@@ -5,10 +5,76 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The protocol a listener speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    /// MQTT over TCP.
+    Mqtt,
+    /// MQTT over TLS over TCP.
+    Mqtts,
+}
+
+/// A listener as `--listener` gives it: `mqtt://ADDR:PORT` or `mqtts://ADDR:PORT`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listener {
+    pub scheme: Scheme,
+    pub addr: SocketAddr,
+}
+
+impl Listener {
+    pub fn plain(addr: SocketAddr) -> Listener {
+        Listener {
+            scheme: Scheme::Mqtt,
+            addr,
+        }
+    }
+
+    /// Parses `scheme://ADDR:PORT` (a trailing `/` allowed); `None` for anything else.
+    pub fn parse(url: &str) -> Option<Listener> {
+        let (scheme, rest) = url.trim().split_once("://")?;
+        let scheme = match scheme.to_ascii_lowercase().as_str() {
+            "mqtt" | "tcp" => Scheme::Mqtt,
+            "mqtts" | "ssl" | "tls" => Scheme::Mqtts,
+            _ => return None,
+        };
+        let addr = rest.strip_suffix('/').unwrap_or(rest).parse().ok()?;
+        Some(Listener { scheme, addr })
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.scheme == Scheme::Mqtts
+    }
+}
+
+impl std::fmt::Display for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = match self.scheme {
+            Scheme::Mqtt => "mqtt",
+            Scheme::Mqtts => "mqtts",
+        };
+        write!(f, "{scheme}://{}", self.addr)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Every shard accepts on each of these with SO_REUSEPORT.
+    /// Plain MQTT addresses (`--listen`); every shard accepts on each with SO_REUSEPORT.
     pub listen: Vec<SocketAddr>,
+    /// Listeners given by URL (`--listener`), with their protocol; accepted like `listen`.
+    pub listeners: Vec<Listener>,
+    /// PEM certificate chain and private key of every TLS listener.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates client certificates are verified against; with it, TLS listeners
+    /// ask clients for a certificate.
+    pub tls_ca: Option<PathBuf>,
+    /// PEM certificate revocation lists: a client certificate they revoke is refused.
+    pub tls_crl: Option<PathBuf>,
+    /// A client without a valid certificate is refused during the handshake.
+    pub require_certificate: bool,
+    /// The client certificate's subject CN (else its first DNS or email SAN) replaces the
+    /// CONNECT's username.
+    pub use_identity_as_username: bool,
     pub shards: usize,
     pub data_dir: PathBuf,
     /// Connections held by the whole process; more are refused at accept.
@@ -108,10 +174,25 @@ pub enum Fsync {
 /// here are declared once in the binary (src/config/table.rs, see docs/configuration.md); these
 /// values follow them (a test there compares the two) except where a test must not get what the
 /// binary starts: one shard, no metrics endpoint, no $SYS publications.
+impl Config {
+    /// Every listener: the URLs of `listeners`, then `listen` as plain MQTT.
+    pub fn all_listeners(&self) -> Vec<Listener> {
+        let plain = self.listen.iter().map(|&a| Listener::plain(a));
+        self.listeners.iter().copied().chain(plain).collect()
+    }
+}
+
 impl Default for Config {
     fn default() -> Config {
         Config {
             listen: vec!["0.0.0.0:1883".parse().expect("valid literal")],
+            listeners: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+            tls_crl: None,
+            require_certificate: false,
+            use_identity_as_username: false,
             shards: 1,
             data_dir: PathBuf::from("./data"),
             max_connections: 1_000_000,

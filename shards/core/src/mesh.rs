@@ -105,6 +105,8 @@ pub struct Handoff {
     pub leftover: Bytes,
     /// When the connection was accepted, for the connect-to-CONNACK histogram.
     pub opened_at: std::time::Instant,
+    /// The driver's transport state (a TLS session), attached by the handing driver.
+    pub transport: Option<crate::state::Transport>,
 }
 
 #[derive(Debug, Clone)]

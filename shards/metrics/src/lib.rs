@@ -12,6 +12,9 @@ pub struct Counters {
     /// Receives the kernel ended because every receive buffer of the shard was in use (armed
     /// again at once, after the batch gave its buffers back).
     pub receive_buffers_exhausted: u64,
+    /// TLS handshakes completed, and those that failed (an alert sent, or the peer gone).
+    pub tls_handshakes: u64,
+    pub tls_handshake_failures: u64,
     pub connections_closed: u64,
     pub connections_rejected: u64,
     pub connects: u64,
@@ -71,7 +74,7 @@ pub struct Counters {
 }
 
 /// Why connections close, as the `reason` label of `ringmq_connections_closed_by_reason_total`.
-pub const CLOSE_REASONS: [&str; 10] = [
+pub const CLOSE_REASONS: [&str; 11] = [
     "normal",
     "normal_with_will",
     "eof",
@@ -82,6 +85,7 @@ pub const CLOSE_REASONS: [&str; 10] = [
     "rejected",
     "handoff",
     "shutdown",
+    "transport",
 ];
 
 /// A counter per MQTT reason code.
@@ -116,6 +120,8 @@ impl Counters {
             connections_accepted,
             connections_refused,
             receive_buffers_exhausted,
+            tls_handshakes,
+            tls_handshake_failures,
             connections_closed,
             connections_rejected,
             connects,
@@ -293,6 +299,18 @@ fn counter_rows(c: &Counters, codes: &[u8]) -> Vec<CounterRow> {
             "Receives ended because all of the shard's receive buffers were in use; re-armed.",
             None,
             c.receive_buffers_exhausted,
+        ),
+        (
+            "tls_handshakes",
+            "TLS handshakes completed.",
+            None,
+            c.tls_handshakes,
+        ),
+        (
+            "tls_handshake_failures",
+            "TLS handshakes that failed: refused (an alert was sent) or abandoned by the peer.",
+            None,
+            c.tls_handshake_failures,
         ),
         (
             "connections_closed",

@@ -12,6 +12,8 @@ use crate::io;
 use crate::mesh::Mesh;
 use crate::net::{Armed, Net};
 use crate::ring::{Cqe, Op};
+use crate::secure::Tls;
+use crate::tls::TlsContext;
 use glommio::channels::local_channel::LocalSender;
 use ringmq_core::env::{Clock, Entropy};
 use ringmq_core::mesh::{ScrapeToken, ShardMsg};
@@ -54,7 +56,9 @@ impl Entropy for OsEntropy {
 pub struct Shard {
     pub state: RefCell<ShardState>,
     /// Never borrowed across a call into the core that could apply effects.
-    net: RefCell<Net>,
+    pub(crate) net: RefCell<Net>,
+    /// The TLS sessions of the shard's `mqtts://` connections; borrowed like `net`.
+    pub(crate) tls: RefCell<Tls>,
     pub mesh: Mesh,
     /// Scrapes waiting for other shards' metrics, by token.
     pub metrics_pending: RefCell<HashMap<ScrapeToken, LocalSender<Box<ShardMetrics>>>>,
@@ -68,10 +72,17 @@ pub struct Shard {
 }
 
 impl Shard {
-    pub fn new(state: ShardState, net: Net, mesh: Mesh, conn_count: Arc<AtomicUsize>) -> Shard {
+    pub fn new(
+        state: ShardState,
+        net: Net,
+        tls: Option<TlsContext>,
+        mesh: Mesh,
+        conn_count: Arc<AtomicUsize>,
+    ) -> Shard {
         let spare = RefCell::new(Effects::new(state.nshards));
         Shard {
             spare,
+            tls: RefCell::new(Tls::new(tls)),
             state: RefCell::new(state),
             net: RefCell::new(net),
             mesh,
@@ -100,9 +111,10 @@ impl Shard {
             st.swap_effects(&mut fx);
             // Before the closes below close this shard's descriptor of a handed-over socket.
             if fx.handoffs {
-                pass_sockets(&mut fx);
+                self.pass_sockets(&mut fx);
             }
-            for a in fx.adopted.drain(..) {
+            for mut a in fx.adopted.drain(..) {
+                self.tls_adopt(&mut a);
                 self.adopt(st, a);
             }
             for i in 0..fx.drains.len() {
@@ -157,10 +169,16 @@ impl Shard {
         let Some(conn) = st.conns.get_mut(key) else {
             return;
         };
+        let fd = conn.socket.0;
+        if self.tls.borrow().is_tls(fd) {
+            if !conn.write_blocked {
+                self.tls_write(st, key, fd);
+            }
+            return;
+        }
         if conn.write_blocked || conn.out.is_empty() {
             return;
         }
-        let fd = conn.socket.0;
         let Some(chunks) = conn.out.chunks_mut() else {
             return;
         };
@@ -185,14 +203,16 @@ impl Shard {
     /// CONNACK), the core's bookkeeping (will, session), the process-wide count, and the
     /// socket closed, or shut and closed a moment later if the client was told why.
     fn finish(&self, st: &mut ShardState, key: usize) {
-        let Some(conn) = st.conns.get_mut(key) else {
+        let Some(fd) = st.conns.get(key).map(|c| c.socket.0) else {
             return;
         };
-        if let Some(chunks) = conn.out.chunks_mut().filter(|_| !conn.write_blocked) {
-            let _ = io::send_chunks(conn.socket.0, chunks);
+        if !self.tls_finish(st, key, fd) {
+            let conn = &mut st.conns[key];
+            if let Some(chunks) = conn.out.chunks_mut().filter(|_| !conn.write_blocked) {
+                let _ = io::send_chunks(fd, chunks);
+            }
         }
-        let fd = conn.socket.0;
-        let close = conn.close;
+        let close = st.conns[key].close;
         st.finish_conn(key);
         if close != Some(Close::Handoff) {
             self.conn_count.fetch_sub(1, Ordering::Relaxed);
@@ -237,7 +257,13 @@ impl Shard {
         // What it read but left unhandled while paused comes first.
         st.resume_reading(key);
         while st.conns.get(key).is_some_and(|c| c.close.is_none()) {
-            if read_socket(st, key) != Read::Full {
+            let fd = st.conns[key].socket.0;
+            let read = if self.tls.borrow().is_tls(fd) {
+                self.tls_read_socket(st, key, fd)
+            } else {
+                read_socket(st, key)
+            };
+            if read != Read::Full {
                 break;
             }
         }
@@ -329,7 +355,12 @@ impl Shard {
                 drop(net);
                 if let Some(conn) = st.conns.get_mut(index) {
                     conn.write_blocked = false;
+                    let fd = conn.socket.0;
                     st.want_write(index);
+                    // A handshake's output is the session's, not the core's.
+                    if self.tls.borrow().is_tls(fd) {
+                        self.tls_write(st, index, fd);
+                    }
                 }
             }
             Some(Op::Accept) => self.on_accept(st, index, c),
@@ -345,7 +376,19 @@ impl Shard {
             net.slots[key].recv = Armed::Nothing;
         }
         if let (true, Some(bid)) = (c.res > 0, c.buffer()) {
-            if current {
+            let fd = st.conns.get(key).map_or(-1, |c| c.socket.0);
+            if current && self.tls.borrow().is_tls(fd) {
+                let n = c.res as usize;
+                {
+                    let mut tls = self.tls.borrow_mut();
+                    tls.work.clear();
+                    tls.work.extend_from_slice(net.ring.buffer(bid, n));
+                }
+                net.ring.give_back(bid);
+                drop(net);
+                self.tls_read(st, key, fd, false);
+                net = self.net.borrow_mut();
+            } else if current {
                 let n = c.res as usize;
                 let mut buf = st.read_buffer(key);
                 let room = buf.capacity() - buf.len();
@@ -395,6 +438,11 @@ impl Shard {
                 tracing::debug!("connection refused: --max-connections reached");
                 io::close_fd(fd);
             } else {
+                if !self.tls_accept(index, fd) {
+                    self.conn_count.fetch_sub(1, Ordering::Relaxed);
+                    io::close_fd(fd);
+                    return self.rearm_accept(index, c);
+                }
                 // TCP_NODELAY is inherited from the listening socket.
                 let key = st.add_conn(SocketId(fd));
                 let mut net = self.net.borrow_mut();
@@ -402,6 +450,11 @@ impl Shard {
                 net.arm_recv(key, fd, false);
             }
         }
+        self.rearm_accept(index, c);
+    }
+
+    /// Arms a listener's accept again if the kernel ended it.
+    fn rearm_accept(&self, index: usize, c: Cqe) {
         if c.more() {
             return;
         }
@@ -432,8 +485,9 @@ impl Shard {
         while self.turn().1 {}
     }
 
-    /// Starts accepting on a listening socket.
-    pub fn listen(&self, fd: std::os::fd::RawFd) {
+    /// Starts accepting on a listening socket; `tls`: its connections speak TLS.
+    pub fn listen(&self, fd: std::os::fd::RawFd, tls: bool) {
+        self.tls.borrow_mut().listeners.push(tls);
         let mut net = self.net.borrow_mut();
         net.listeners.push(fd);
         let index = net.listeners.len() - 1;
@@ -477,26 +531,30 @@ fn read_socket(st: &mut ShardState, key: usize) -> Read {
     st.on_read(key, buf, got, room, eof)
 }
 
-/// A handed-over connection travels as a duplicate descriptor: this shard closes its own
-/// when the connection ends here, and the home shard owns the duplicate.
-fn pass_sockets(fx: &mut Effects) {
-    for batch in &mut fx.batches {
-        batch.retain_mut(|m| {
-            let ShardMsg::Handoff(h) = m else {
-                return true;
-            };
-            match io::dup_fd(h.socket.0) {
-                Ok(dup) => {
-                    h.socket.0 = dup;
-                    true
+impl Shard {
+    /// A handed-over connection travels as a duplicate descriptor (with its TLS session):
+    /// this shard closes its own when the connection ends here, and the home shard owns the
+    /// duplicate.
+    fn pass_sockets(&self, fx: &mut Effects) {
+        for batch in &mut fx.batches {
+            batch.retain_mut(|m| {
+                let ShardMsg::Handoff(h) = m else {
+                    return true;
+                };
+                h.transport = self.tls_detach(h.socket.0);
+                match io::dup_fd(h.socket.0) {
+                    Ok(dup) => {
+                        h.socket.0 = dup;
+                        true
+                    }
+                    Err(e) => {
+                        // Out of descriptors: the connection closes without CONNACK.
+                        tracing::warn!(error = %e, "cannot pass a connection to its home shard");
+                        false
+                    }
                 }
-                Err(e) => {
-                    // Out of descriptors: the connection closes without CONNACK.
-                    tracing::warn!(error = %e, "cannot pass a connection to its home shard");
-                    false
-                }
-            }
-        });
+            });
+        }
     }
 }
 

@@ -73,6 +73,23 @@ pub fn send_chunks(fd: RawFd, out: &mut VecDeque<Bytes>) -> io::Result<usize> {
     Ok(total)
 }
 
+/// Writes as much of `buf` as the socket takes now. WouldBlock when it takes nothing.
+pub fn send_bytes(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: send reads at most `buf.len()` bytes of `buf`.
+    let n = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast::<libc::c_void>(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
 /// Drops `n` written bytes from the front of the queue.
 pub fn consume(out: &mut VecDeque<Bytes>, mut n: usize) {
     while n > 0 {

@@ -23,6 +23,8 @@ pub mod mesh;
 pub mod net;
 pub mod ring;
 pub mod runtime;
+mod secure;
+pub mod tls;
 
 pub use ringmq_core::{auth, config, Config};
 pub use runtime::{check_fd_limit, run};

@@ -7,6 +7,7 @@ use crate::io;
 use crate::mesh::{self, Mesh};
 use crate::net::Net;
 use crate::ring::NetRing;
+use crate::tls::TlsContext;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
@@ -50,7 +51,7 @@ pub fn current() -> Rc<Shard> {
 }
 
 /// Starts every shard and blocks until they all end.
-pub fn run(cfg: Config) -> std::io::Result<()> {
+pub fn run(cfg: Config, tls: Option<TlsContext>) -> std::io::Result<()> {
     assert!(cfg.shards >= 1 && cfg.shards <= 256, "1..=256 shards");
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let _ = STARTED.set(std::time::Instant::now());
@@ -80,6 +81,7 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
         let cfg = cfg.clone();
         let mesh = mesh.clone();
         let conn_count = conn_count.clone();
+        let tls = tls.clone();
         let mut b = LocalExecutorBuilder::new(Placement::Fixed(i % cpus))
             .name(&format!("ringmq-shard-{i}"))
             .io_memory(cfg.io_memory)
@@ -89,7 +91,7 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
         }
         let h = b
             .spawn(move || async move {
-                let r = shard_main(cfg, mesh, conn_count, metrics_fd).await;
+                let r = shard_main(cfg, mesh, conn_count, metrics_fd, tls).await;
                 if let Err(e) = &r {
                     // One shard missing would leave its clients' sessions unreachable: the
                     // whole process stops.
@@ -144,6 +146,7 @@ async fn shard_main(
     mesh: Option<MeshBuilder<Batch, glommio::channels::channel_mesh::Full>>,
     conn_count: Arc<AtomicUsize>,
     metrics_fd: Option<RawFd>,
+    tls: Option<TlsContext>,
 ) -> std::io::Result<()> {
     let (id, mut mesh, receivers) = Mesh::join(mesh, cfg.shards).await?;
     let mut state = ShardState::new(
@@ -178,7 +181,7 @@ async fn shard_main(
     let ring = NetRing::new(buffers)
         .map_err(|e| std::io::Error::other(format!("cannot set up the network ring: {e}")))?;
     let eventfd = io::dup_fd(ring.eventfd())?;
-    let shard = Rc::new(Shard::new(state, Net::new(ring), mesh, conn_count));
+    let shard = Rc::new(Shard::new(state, Net::new(ring), tls, mesh, conn_count));
     *shard.bell.borrow_mut() = Some(bell_tx);
     SHARD.with(|s| *s.borrow_mut() = Some(shard.clone()));
     shard.with_state(|st| st.restore(recovered));
@@ -233,12 +236,12 @@ async fn shard_main(
         glommio::spawn_local(sys_loop(cfg.sys_interval)).detach();
     }
 
-    for addr in &cfg.listen {
-        let fd = io::listen_socket(*addr, LISTEN_BACKLOG)
-            .map_err(|e| std::io::Error::other(format!("cannot listen on {addr}: {e}")))?;
+    for l in cfg.all_listeners() {
+        let fd = io::listen_socket(l.addr, LISTEN_BACKLOG)
+            .map_err(|e| std::io::Error::other(format!("cannot listen on {l}: {e}")))?;
         listen_fds.push(fd);
-        tracing::info!(shard = id, %addr, "listening");
-        shard.listen(fd);
+        tracing::info!(shard = id, listener = %l, "listening");
+        shard.listen(fd, l.is_tls());
     }
 
     loop {

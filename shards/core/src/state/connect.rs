@@ -43,9 +43,30 @@ impl ShardState {
         }
     }
 
+    /// The transport verified who the client is (`use_identity_as_username`): that name
+    /// replaces the username of its CONNECT, and `None` refuses the CONNECT.
+    pub fn set_identity(&mut self, key: usize, name: Option<String>) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.extra.get_or_insert_with(Box::default).identity = Some(name.map(ByteStr::from));
+        }
+    }
+
     pub(super) fn on_connect(&mut self, key: usize, mut c: Box<Connect>) {
         self.note_connect(key, &c);
         let v5 = c.protocol.is_v5();
+        if let Some(id) = self.conns[key]
+            .extra
+            .as_mut()
+            .and_then(|x| x.identity.take())
+        {
+            match id {
+                Some(name) => {
+                    c.username = Some(name);
+                    c.password = None;
+                }
+                None => return self.reject(key, ReasonCode::NOT_AUTHORIZED),
+            }
+        }
         if let Some(m) = c.properties.authentication_method.as_ref().filter(|_| v5) {
             if self.cfg.auth.find(m).is_none() {
                 // Not a configured method [MQTT-4.12.0-1].
@@ -240,6 +261,7 @@ impl ShardState {
             connect,
             leftover,
             opened_at: self.start + std::time::Duration::from_micros(self.conns[key].opened_us),
+            transport: None,
         })));
         self.fx.handoffs = true;
         self.counters.handoffs += 1;
@@ -259,6 +281,7 @@ impl ShardState {
         self.fx.adopted.push(Adopted {
             key,
             socket: h.socket,
+            transport: h.transport,
         });
         self.note_connect(key, &h.connect);
         self.begin_connect(key, h.connect, None);
@@ -378,7 +401,15 @@ impl ShardState {
         if session_present {
             self.delayed_wills.retain(|w| w.session != sid);
         }
-        tracing::debug!(shard = self.id, conn = key, client = %c.client_id, session_present, "connected");
+        let user = c.username.as_ref().map_or("", |u| u.as_str());
+        tracing::debug!(
+            shard = self.id,
+            conn = key,
+            client = %c.client_id,
+            user,
+            session_present,
+            "connected"
+        );
         let ack = Packet::ConnAck(Box::new(ConnAck {
             session_present,
             reason: ReasonCode::SUCCESS,

@@ -107,6 +107,9 @@ pub enum Close {
     Handoff,
     /// The server is shutting down (MQTT 5: DISCONNECT 0x8B).
     Shutdown,
+    /// The transport under MQTT failed: a TLS handshake, certificate or record the driver
+    /// refused (it sent the TLS alert itself).
+    Transport,
 }
 
 impl Close {
@@ -123,13 +126,18 @@ impl Close {
             Close::Rejected => 7,
             Close::Handoff => 8,
             Close::Shutdown => 9,
+            Close::Transport => 10,
         }
     }
 
     fn publishes_will(self) -> bool {
         matches!(
             self,
-            Close::NormalWithWill | Close::Eof | Close::Error(_) | Close::KeepAlive
+            Close::NormalWithWill
+                | Close::Eof
+                | Close::Error(_)
+                | Close::KeepAlive
+                | Close::Transport
         )
     }
 }
@@ -198,6 +206,9 @@ struct ConnExtra {
     /// A refusal (0x97) is in the output and not yet written: until it is, later PUBLISHes
     /// of the session are refused too (`quota.rs`).
     refusal_unsent: bool,
+    /// The identity the transport verified (a client certificate's), which replaces the
+    /// CONNECT's username; `Some(None)`: one is required and the client has none.
+    identity: Option<Option<ByteStr>>,
 }
 
 /// An enhanced authentication exchange waiting for the client's next AUTH.
@@ -348,7 +359,13 @@ impl Routed {
 pub struct Adopted {
     pub key: usize,
     pub socket: SocketId,
+    /// The driver's state of the connection's transport, as the handing shard left it.
+    pub transport: Option<Transport>,
 }
+
+/// What a driver keeps of a connection's transport (a TLS session) while the connection moves
+/// to its home shard: opaque to the core, which only carries it.
+pub type Transport = Box<dyn std::any::Any + Send>;
 
 /// The driver's handle for a connection's socket (the file descriptor in the glommio driver, a
 /// connection number in the simulator). The core only stores it and hands it over.
