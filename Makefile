@@ -19,10 +19,10 @@ test: deps build lint unit integration
 
 ## Installs what the tests drive the broker with, when it is missing (fresh Debian machine).
 deps:
-	@if ! command -v mosquitto_pub >/dev/null || ! command -v mosquitto >/dev/null || ! command -v prometheus >/dev/null || ! command -v openssl >/dev/null; then \
-	  echo "installing mosquitto, mosquitto-clients, prometheus and openssl (tests/integration/test_prometheus_server.py, test_tls.py)"; \
+	@if ! command -v mosquitto_pub >/dev/null || ! command -v mosquitto >/dev/null || ! command -v prometheus >/dev/null || ! command -v openssl >/dev/null || ! command -v testssl >/dev/null; then \
+	  echo "installing mosquitto, mosquitto-clients, prometheus, openssl and testssl.sh (tests/integration/test_prometheus_server.py, test_tls.py)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends mosquitto mosquitto-clients prometheus openssl ca-certificates >/dev/null; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends mosquitto mosquitto-clients prometheus openssl ca-certificates testssl.sh >/dev/null; \
 	fi
 	@if ! $(PYTHON) -c "import paho.mqtt, pytest, prometheus_client, cryptography" 2>/dev/null; then \
 	  echo "installing python test dependencies"; \

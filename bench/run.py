@@ -301,7 +301,12 @@ class Broker:
         cfg, spec = self.cfg, self.spec
         pre = ["taskset", "-c", cfg.broker_cpus] if spec.pinned and cfg.broker_cpus else []
         if spec.kind == "ringmq":
-            return pre + [cfg.ringmq, "--listen", f"127.0.0.1:{self.port}",
+            listen = ["--listen", f"127.0.0.1:{self.port}"]
+            if cfg.tls_dir:
+                listen = ["--listener", f"mqtts://127.0.0.1:{self.port}",
+                          "--tls-cert", os.path.join(cfg.tls_dir, "server.pem"),
+                          "--tls-key", os.path.join(cfg.tls_dir, "server.key")]
+            return pre + [cfg.ringmq] + listen + [
                           "--shards", str(spec.shards), "--data-dir", os.path.join(self.tmpdir, "data"),
                           "--max-inflight", str(cfg.max_inflight),
                           "--max-queued-messages", str(cfg.max_queued),
@@ -323,8 +328,9 @@ class Broker:
             "set_tcp_nodelay true",
             "log_dest stderr",
             "log_type error",
-            "",
-        ])
+        ] + ([f"certfile {os.path.join(self.cfg.tls_dir, 'server.pem')}",
+              f"keyfile {os.path.join(self.cfg.tls_dir, 'server.key')}"] if self.cfg.tls_dir else [])
+          + [""])
 
     def start(self, ready_timeout: float = 15.0) -> None:
         if self.spec.kind == "mosquitto":
@@ -542,6 +548,15 @@ def per_cpu_s(r):
     return rx / (cpu / 100.0) if rx is not None and cpu else None
 
 
+def connects_per_cpu_s(r):
+    """Connects per second of broker CPU time while connecting: what a connect costs the
+    broker, comparable when the loadgen was the limit (TLS handshakes are as costly for the
+    client as for the server)."""
+    rate = num(jget(r["lg"], "connect_per_s"))
+    cpu = r["h"].get("broker_cpu_pct_connect")
+    return rate / (cpu / 100.0) if rate is not None and cpu else None
+
+
 T, L, I = "throughput", "latency", "idle"
 ALL = (T, L, I)
 
@@ -560,6 +575,8 @@ METRICS: list[tuple[str, str, str | None, callable, tuple, callable]] = [
     ("connect_per_s", "connects/s", "high", f_int, (I,), lambda r: num(jget(r["lg"], "connect_per_s"))),
     ("broker_cpu_connect", "broker CPU % while connecting", None, f_1, (I,),
      lambda r: r["h"].get("broker_cpu_pct_connect")),
+    ("connects_per_cpu_s", "connects per broker CPU-second", "high", f_int, (I,),
+     lambda r: connects_per_cpu_s(r)),
     ("loadgen_cpu_connect", "loadgen CPU % while connecting", None, f_1, (I,),
      lambda r: r["h"].get("loadgen_cpu_pct_connect")),
     ("connack_p50", "CONNACK p50 (µs)", "low", f_int, (I,), lambda r: num(jget(r["lg"], "connack_us.p50"))),
@@ -591,7 +608,8 @@ METRIC_BY_KEY = {m[0]: m for m in METRICS}
 HEADLINE = {
     T: ["received_per_s", "sent_per_s", "lat_p99", "msgs_per_cpu_s", "broker_cpu", "loadgen_cpu"],
     L: ["lat_p50", "lat_p99", "lat_p999", "received_per_s", "msgs_per_cpu_s", "broker_cpu", "loadgen_cpu"],
-    I: ["bytes_per_conn", "bytes_per_conn_h", "connect_per_s", "broker_cpu_connect", "loadgen_cpu_connect",
+    I: ["bytes_per_conn", "bytes_per_conn_h", "connect_per_s", "connects_per_cpu_s", "broker_cpu_connect",
+        "loadgen_cpu_connect",
         "broker_rss_peak"],
 }
 
@@ -630,6 +648,8 @@ class Config:
     sample_interval: float
     idle_connect_rate: float | None = None
     snapshot_dir: str | None = None
+    # --tls: both brokers listen with TLS only, with the ECDSA P-256 certificate made here.
+    tls_dir: str | None = None
     argv: list[str] = field(default_factory=list)
     _port_i: int = 0
 
@@ -685,9 +705,35 @@ def loadgen_command(cfg: Config, scn: Scenario, port: int, broker_pid: int,
     rate = cfg.connect_rate_for(scn)
     if rate:
         cmd += ["--connect-rate", fmt_num(rate)]
+    cmd += tls_args(cfg)
     cmd += cfg.loadgen_extra
     cmd += [scn.lg] + scn.opts(cfg)
     return cmd
+
+
+def tls_args(cfg: Config) -> list[str]:
+    return ["--tls", "--tls-ca", os.path.join(cfg.tls_dir, "ca.pem")] if cfg.tls_dir else []
+
+
+def make_tls_dir() -> str:
+    """An ECDSA P-256 CA and a server certificate for localhost / 127.0.0.1, made with openssl
+    for this run (no key material is kept)."""
+    d = tempfile.mkdtemp(prefix="ringmq-bench-tls-")
+    _TEMP_DIRS.append(d)
+    script = (
+        "openssl ecparam -name prime256v1 -genkey -noout -out ca.key && "
+        "openssl req -x509 -new -key ca.key -subj /CN=bench-ca -days 2 -out ca.pem && "
+        "openssl ecparam -name prime256v1 -genkey -noout -out server.key && "
+        "openssl req -new -key server.key -subj /CN=localhost -out server.csr && "
+        "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > ext && "
+        "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 "
+        "-extfile ext -out server.pem")
+    subprocess.run(script, shell=True, cwd=d, check=True, capture_output=True)
+    # Mosquitto started as root drops to its own user, which must read them.
+    os.chmod(d, 0o755)
+    for f in os.listdir(d):
+        os.chmod(os.path.join(d, f), 0o644)
+    return d
 
 
 def start_idle_fleet(cfg: Config, scn: Scenario, port: int, broker_pid: int, log_path: Path):
@@ -697,6 +743,7 @@ def start_idle_fleet(cfg: Config, scn: Scenario, port: int, broker_pid: int, log
     cmd = ["taskset", "-c", cfg.loadgen_cpus] if cfg.loadgen_cpus else []
     cmd += [cfg.loadgen, "--host", "127.0.0.1", "--port", str(port), "--mqtt-version", cfg.mqtt_version,
             "--connect-rate", "20000", "--ramp-up", "30", "--duration", fmt_num(hold), "--quiet",
+            ] + tls_args(cfg) + [
             "idle", "--devices", str(scn.beside_idle), "--hold", fmt_num(hold), "--first", "1000000"]
     with open(log_path, "wb") as lf:
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT,
@@ -1142,7 +1189,9 @@ def write_report(cfg: Config, info: dict, records: list[dict], brokers: list[str
     L_.append(f"- repeats: {cfg.repeat} per broker, alternating brokers (A B A B …), fresh broker process per run")
     L_.append(f"- measurement: {fmt_num(cfg.duration)} s (overrides: {cfg.durations or 'none'}), "
               f"drain {fmt_num(cfg.drain)} s, MQTT {cfg.mqtt_version}, payload {cfg.payload} B, "
-              f"max inflight {cfg.max_inflight}, max queued {cfg.max_queued}")
+              f"max inflight {cfg.max_inflight}, max queued {cfg.max_queued}"
+              + (", **over TLS** (ECDSA P-256 server certificate, TLS 1.3 negotiated by both)"
+                 if cfg.tls_dir else ""))
     L_.append("- broker CPU % (harness) = utime+stime from /proc/PID/stat over the loadgen's measurement window "
               f"(its last {fmt_num(cfg.duration)} s before the drain), sampled every {cfg.sample_interval} s; "
               "peak RSS = VmHWM from /proc/PID/status")
@@ -1530,6 +1579,9 @@ def parse_args(argv):
     p.add_argument("--idle-connect-rate", type=float, default=None,
                    help="loadgen --connect-rate for the idle fleet (default 20000/s, so that the broker and "
                         "not the loadgen's 5000/s default limits the connect rate)")
+    p.add_argument("--tls", action="store_true",
+                   help="both brokers listen with TLS only (an ECDSA P-256 certificate made for the "
+                        "run); the loadgen connects with --tls")
     p.add_argument("--max-inflight", type=int, default=32)
     p.add_argument("--max-queued", type=int, default=1000)
     p.add_argument("--window", type=int, default=None, help="--window for fan-in/fan-out (loadgen default if unset)")
@@ -1598,7 +1650,8 @@ def make_cfg(a, argv) -> Config:
         ringmq_log_level=a.ringmq_log_level, ringmq=a.ringmq, mosquitto=a.mosquitto or "mosquitto",
         loadgen=a.loadgen, out_root=Path(a.out),
         tag=a.tag if a.tag is not None else ("-quick" if quick else ""), sample_interval=a.sample_interval,
-        idle_connect_rate=a.idle_connect_rate, argv=list(argv))
+        idle_connect_rate=a.idle_connect_rate, argv=list(argv),
+        tls_dir=make_tls_dir() if a.tls else None)
 
 
 def main(argv=None) -> int:

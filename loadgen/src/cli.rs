@@ -76,6 +76,29 @@ pub(crate) struct Global {
     /// MQTT 5 Session Expiry Interval in seconds of --persistent-subscribers.
     #[arg(long, default_value_t = 86400, global = true)]
     pub(crate) session_expiry: u32,
+    /// Connect over TLS (the broker's mqtts:// listener at --port).
+    #[arg(long, global = true)]
+    pub(crate) tls: bool,
+    /// PEM CA file the broker's certificate is verified against (with --tls).
+    #[arg(long, global = true)]
+    pub(crate) tls_ca: Option<String>,
+    /// PEM client certificate and key every device presents (with --tls).
+    #[arg(long, global = true, requires = "tls_key")]
+    pub(crate) tls_cert: Option<String>,
+    #[arg(long, global = true, requires = "tls_cert")]
+    pub(crate) tls_key: Option<String>,
+    /// Server name the devices ask for and verify (with --tls).
+    #[arg(long, default_value = "localhost", global = true)]
+    pub(crate) tls_server_name: String,
+    /// TLS session resumption: every device of an executor may resume a session (ticket) an
+    /// earlier connection got; false makes every handshake a full one.
+    #[arg(long, default_value_t = true, global = true, action = clap::ArgAction::Set)]
+    pub(crate) tls_resume: bool,
+    /// Username (and --password) in every CONNECT.
+    #[arg(long, global = true)]
+    pub(crate) username: Option<String>,
+    #[arg(long, global = true)]
+    pub(crate) password: Option<String>,
     #[arg(long, hide = true)]
     #[serde(skip)]
     pub(crate) worker_index: Option<usize>,

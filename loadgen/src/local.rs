@@ -94,6 +94,66 @@ pub(crate) fn resolve(host: &str, port: u16) -> Result<SocketAddrV4, String> {
         .ok_or_else(|| format!("{host}: no IPv4 address"))
 }
 
+/// The devices' TLS settings (`--tls`): the broker verified against `--tls-ca`, an optional
+/// client certificate, session resumption unless `--tls-resume false`.
+#[allow(clippy::type_complexity)]
+fn tls_config(
+    g: &Global,
+) -> Result<
+    Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    String,
+> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    if !g.tls {
+        return Ok(None);
+    }
+    let ca = g.tls_ca.as_deref().ok_or("--tls needs --tls-ca FILE")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).map_err(|e| format!("{ca}: {e}"))? {
+        roots
+            .add(c.map_err(|e| format!("{ca}: {e}"))?)
+            .map_err(|e| format!("{ca}: {e}"))?;
+    }
+    // ring, with key exchange X25519 first as OpenSSL's clients do (ring's own default puts
+    // P-384 first, which it computes slowly).
+    use rustls::crypto::ring::kx_group;
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::CryptoProvider {
+        kx_groups: vec![kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1],
+        ..rustls::crypto::ring::default_provider()
+    });
+    let b = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let mut cfg = match (&g.tls_cert, &g.tls_key) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| format!("{cert}: {e}"))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("{cert}: {e}"))?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{key}: {e}"))?;
+            b.with_client_auth_cert(chain, key)
+                .map_err(|e| format!("{cert}: {e}"))?
+        }
+        _ => b.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![b"mqtt".to_vec()];
+    if !g.tls_resume {
+        cfg.resumption = rustls::client::Resumption::disabled();
+    } else {
+        // Enough tickets for every device of a large fleet to resume.
+        cfg.resumption = rustls::client::Resumption::in_memory_sessions(1 << 20);
+    }
+    let name = ServerName::try_from(g.tls_server_name.clone())
+        .map_err(|e| format!("--tls-server-name: {e}"))?;
+    Ok(Some((Arc::new(cfg), name)))
+}
+
 impl LocalRun {
     pub(crate) fn start(cli: &Cli, t0: u64, tag: &str) -> Result<LocalRun, String> {
         let g = &cli.g;
@@ -134,6 +194,9 @@ impl LocalRun {
                 Scenario::FanIn(f) => f.target_topics.map(|n| (f.target_prefix.clone(), n)),
                 _ => None,
             },
+            tls: tls_config(g)?,
+            username: g.username.clone(),
+            password: g.password.clone(),
         });
         // Device g goes to process g % P, then executor (g / P) % T.
         let total = cli.scenario.devices();

@@ -44,7 +44,7 @@ class Ca:
                      .subject_name(_name(name)).issuer_name(_name(name))
                      .public_key(self.key.public_key())
                      .serial_number(x509.random_serial_number())
-                     .not_valid_before(NOW - DAY).not_valid_after(NOW + 30 * DAY)
+                     .not_valid_before(NOW - DAY).not_valid_after(NOW + 365 * DAY)
                      .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
                      .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True,
                                                   crl_sign=True, content_commitment=False,
@@ -59,14 +59,16 @@ class Ca:
         self.revoked = []
 
     def issue(self, cn, server=False, sans=(), not_before=None, not_after=None):
-        """Writes <cn>.pem and <cn>.key; returns (cert path, key path, certificate)."""
+        """Writes <cn>.pem and <cn>.key; returns (cert path, key path, certificate). A server
+        certificate is valid 90 days and names where its CA's CRL would be, as a deployed
+        one does (testssl.sh rates a certificate without either HIGH)."""
         key = _key()
         b = (x509.CertificateBuilder()
              .subject_name(_name(cn)).issuer_name(self.cert.subject)
              .public_key(key.public_key())
              .serial_number(x509.random_serial_number())
              .not_valid_before(not_before or NOW - DAY)
-             .not_valid_after(not_after or NOW + 10 * DAY)
+             .not_valid_after(not_after or NOW + (90 if server else 10) * DAY)
              .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
              .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
                             critical=False)
@@ -75,6 +77,10 @@ class Ca:
                             critical=False))
         if sans:
             b = b.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+        if server:
+            b = b.add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
+                full_name=[x509.UniformResourceIdentifier("http://localhost/%s.crl" % self.name)],
+                relative_name=None, reasons=None, crl_issuer=None)]), critical=False)
         cert = b.sign(self.key, hashes.SHA256())
         cert_path, key_path = self.dir / ("%s.pem" % cn), self.dir / ("%s.key" % cn)
         _write_cert(cert_path, cert)
@@ -84,19 +90,21 @@ class Ca:
     def revoke(self, cert):
         self.revoked.append(cert)
 
-    def write_crl(self):
+    def write_crl(self, revoked=None, path=None):
+        """A CRL of the certificates revoked (or of `revoked`), written to `path` (default
+        <name>.crl.pem); returns the path."""
         b = (x509.CertificateRevocationListBuilder()
              .issuer_name(self.cert.subject)
              .last_update(NOW - DAY).next_update(NOW + 10 * DAY)
              .add_extension(x509.CRLNumber(1), critical=False)
              .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
                             critical=False))
-        for c in self.revoked:
+        for c in (self.revoked if revoked is None else revoked):
             b = b.add_revoked_certificate(
                 x509.RevokedCertificateBuilder().serial_number(c.serial_number)
                 .revocation_date(NOW - DAY).build())
         crl = b.sign(self.key, hashes.SHA256())
-        path = self.dir / ("%s.crl.pem" % self.name)
+        path = path or self.dir / ("%s.crl.pem" % self.name)
         path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
         return path
 
@@ -112,7 +120,9 @@ class Pki:
             "localhost", server=True,
             sans=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
         self.client = self.ca.issue("device-1")[:2]
-        self.client2 = self.ca.issue("device-2")[:2]
+        client2 = self.ca.issue("device-2")
+        self.client2 = client2[:2]
+        self.client2_cert = client2[2]
         # No CN: the identity is the first DNS name of the subject alternative names.
         key = _key()
         self.san_only = self._san_only(key)

@@ -6,11 +6,15 @@ and TLS connections handed between shards and taken over.
 MQTT 5.0 section 5.4.9 and 3.1.1 section 5.4.6: TLS is the transport that protects MQTT;
 these tests check that every MQTT behaviour holds over it unchanged."""
 
+import ipaddress
 import re
+import signal
 import socket
 import ssl
 import subprocess
 import time
+
+from cryptography import x509
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -366,3 +370,166 @@ def test_print_config_shows_the_listeners(pki, tmp_path):
     assert 'listener = ["mqtt://127.0.0.1:1884", "mqtts://0.0.0.0:8883"]' in r.stdout
     # listen's default is replaced when listeners are given.
     assert "listen = []" in r.stdout
+
+
+def tls_ok(port, ca, timeout=5):
+    """Whether a TLS handshake with the broker verifies against `ca`."""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost"):
+                return True
+    except ssl.SSLError:
+        return False
+
+
+@pytest.mark.parametrize("nshards", [2], ids=["shards2"])
+def test_sighup_reloads_certificates_under_traffic_and_keeps_the_old_ones_on_a_bad_file(
+        pki, tmp_path, nshards):
+    """SIGHUP: new handshakes use the new certificate (here: from another CA), established
+    connections go on exchanging messages, a CRL update refuses a certificate it revokes from
+    then on, and a broken file keeps the settings in use (logged)."""
+    import shutil
+    from pki import Ca
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    ca_file, crl_file = tmp_path / "ca.pem", tmp_path / "crl.pem"
+    shutil.copy(pki.server_cert, cert)
+    shutil.copy(pki.server_key, key)
+    shutil.copy(pki.ca.pem, ca_file)
+    # A CRL that revokes nothing yet.
+    pki.ca.write_crl(revoked=[], path=crl_file)
+    tls_port = free_port()
+    b = Broker(nshards, ["--listener", "mqtts://127.0.0.1:%d" % tls_port, "--tls-cert", str(cert),
+                         "--tls-key", str(key), "--tls-ca", str(ca_file), "--tls-crl", str(crl_file)])
+    try:
+        class P:
+            pass
+        tb = P()
+        tb.tls_port, tb.port = tls_port, b.port
+        topic = unique_topic("reload")
+        sub = tls_client(tb, pki, "reload-sub", cert=pki.client)
+        sub.connect()
+        sub.subscribe(topic, qos=1)
+        pub = tls_client(tb, pki, "reload-pub", cert=pki.client2)
+        pub.connect()
+        assert tls_ok(tls_port, pki.ca.pem)
+        # The new server certificate comes from another CA.
+        other = Ca(tmp_path, "next-ca")
+        ncert, nkey, _ = other.issue("localhost", server=True,
+                                     sans=[x509.DNSName("localhost"),
+                                           x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+        shutil.copy(ncert, cert)
+        shutil.copy(nkey, key)
+        # And the CRL now revokes device-2's certificate.
+        pki.ca.write_crl(revoked=[pki.client2_cert], path=crl_file)
+        sent = 0
+        for i in range(50):
+            pub.publish(topic, b"m%d" % i, qos=1)
+            sent += 1
+            if i == 10:
+                b.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while tls_ok(tls_port, pki.ca.pem) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not tls_ok(tls_port, pki.ca.pem)
+        assert tls_ok(tls_port, other.pem)
+        # The connections from before the reload still work, both ways.
+        got = [sub.get(5).payload for _ in range(sent)]
+        assert got == [b"m%d" % i for i in range(sent)]
+        pub.publish(topic, b"after", qos=1)
+        assert sub.get(5).payload == b"after"
+        # device-2 is now revoked for new connections.
+        again = SyncClient("127.0.0.1", tls_port, client_id="reload-pub2").tls(
+            other.pem, *pki.client2)
+        with pytest.raises(Exception):
+            again.connect(timeout=3)
+        again.close()
+        ok = SyncClient("127.0.0.1", tls_port, client_id="reload-ok").tls(other.pem, *pki.client)
+        ok.connect()
+        ok.disconnect()
+        # A broken key file: logged, the settings in use stay.
+        key.write_text("not a key\n")
+        b.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while "not reloaded" not in b.log_tail(50) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "not reloaded" in b.log_tail(50), b.log_tail(50)
+        assert str(key) in b.log_tail(50)
+        time.sleep(0.5)
+        assert tls_ok(tls_port, other.pem)
+        assert b.alive()
+        sub.disconnect()
+        pub.disconnect()
+    finally:
+        b.stop()
+
+
+def test_testssl_finds_nothing_high_or_critical(pki, tmp_path):
+    """testssl.sh (Debian's package) against the TLS listener: protocols, ciphers,
+    vulnerabilities (Heartbleed, ROBOT, renegotiation, CRIME, BREACH, POODLE, SWEET32, FREAK,
+    DROWN, LOGJAM, BEAST, LUCKY13, RC4, ...): no finding rated HIGH or CRITICAL."""
+    import json
+    import shutil
+    testssl = shutil.which("testssl") or shutil.which("testssl.sh")
+    assert testssl, "testssl.sh is not installed (make deps installs it)"
+    tls_port = free_port()
+    b = Broker(1, ["--listener", "mqtts://127.0.0.1:%d" % tls_port, "--tls-cert",
+                   str(pki.server_cert), "--tls-key", str(pki.server_key)])
+    try:
+        out = tmp_path / "testssl.json"
+        # The test CA is trusted as a deployment's own CA would be.
+        r = subprocess.run([testssl, "--quiet", "--warnings", "off", "--color", "0",
+                            "--add-ca", str(pki.ca.pem),
+                            "--jsonfile", str(out), "--ip", "127.0.0.1",
+                            "localhost:%d" % tls_port],
+                           capture_output=True, text=True, timeout=900)
+        findings = json.loads(out.read_text())
+        bad = [f for f in findings if f.get("severity") in ("HIGH", "CRITICAL")]
+        assert findings, r.stdout[-2000:]
+        assert not bad, json.dumps(bad, indent=1)
+        # It did test: TLS 1.3 offered, TLS 1.0 not.
+        by_id = {f["id"]: f for f in findings}
+        assert "offered" in by_id["TLS1_3"]["finding"], by_id.get("TLS1_3")
+        assert "not offered" in by_id["TLS1"]["finding"], by_id.get("TLS1")
+        assert b.alive()
+    finally:
+        b.stop()
+
+
+LOADGEN = RINGMQ_BIN.parent / "ringmq-loadgen"
+
+
+def run_loadgen(port, args, tmp_path, name):
+    out = tmp_path / ("%s.json" % name)
+    r = subprocess.run([str(LOADGEN), "--port", str(port), "--quiet", "--json", str(out)] + args,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    import json
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("nshards", [2], ids=["shards2"])
+def test_the_loadgen_speaks_tls_with_client_certificates_and_resumes(tls_factory, pki, tmp_path):
+    """The bundled load generator over TLS: a QoS 1 fan-in with a client certificate loses
+    nothing; devices connecting one after another resume the session of an earlier one
+    (tickets), and with --tls-resume false every handshake is a full one."""
+    b = tls_factory(mtls_args(pki), metrics=True)
+    tls = ["--tls", "--tls-ca", str(pki.ca.pem), "--tls-cert", str(pki.client[0]),
+           "--tls-key", str(pki.client[1])]
+    v = run_loadgen(b.tls_port, tls + ["--qos", "1", "--duration", "1", "--ramp-up", "5",
+                                       "fan-in", "--publishers", "20"], tmp_path, "fanin")
+    assert v["errors"] == 0 and v["lost"] == 0 and v["sent"] > 0, v
+    assert v["acked"] == v["sent"], v
+    assert b.metric("ringmq_tls_handshakes_total") >= 21
+    before = b.metric("ringmq_tls_resumed_handshakes_total")
+    # One device every 50 ms: each finds the ticket an earlier one got.
+    v = run_loadgen(b.tls_port, tls + ["--connect-rate", "20", "--ramp-up", "10",
+                                       "connect-storm", "--devices", "20"], tmp_path, "resume")
+    assert v["errors"] == 0, v
+    resumed = b.metric("ringmq_tls_resumed_handshakes_total")
+    assert resumed - before >= 15, (before, resumed)
+    v = run_loadgen(b.tls_port, tls + ["--tls-resume", "false", "--connect-rate", "20",
+                                       "--ramp-up", "10", "connect-storm", "--devices", "20"],
+                    tmp_path, "full")
+    assert v["errors"] == 0, v
+    assert b.metric("ringmq_tls_resumed_handshakes_total") == resumed

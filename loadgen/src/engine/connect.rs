@@ -48,6 +48,7 @@ impl Exec {
             t_connect_ns: now,
             rx: Vec::new(),
             tx: Vec::new(),
+            tls: None,
         };
         debug_assert_eq!(self.devs.len(), i);
         if self.cfg.churn.is_some() {
@@ -106,6 +107,7 @@ impl Exec {
         d.st = St::Closed;
         d.rx = Vec::new();
         d.tx = Vec::new();
+        d.tls = None;
         match prev {
             St::TcpConnecting | St::WaitConnAck | St::WaitSubAck => match self.churn.get_mut(i) {
                 Some(c) if c.reconnecting => c.reconnecting = false,
@@ -161,14 +163,26 @@ impl Exec {
             keep_alive: self.cfg.keep_alive,
             client_id: ByteStr::from(format!("{}{}", self.cfg.client_prefix, global)),
             will: None,
-            username: None,
-            password: None,
+            username: self.cfg.username.clone().map(ByteStr::from),
+            password: self
+                .cfg
+                .password
+                .as_ref()
+                .map(|p| bytes::Bytes::from(p.clone())),
             properties: props,
         };
         let mut b = BytesMut::new();
         encode(&Packet::Connect(Box::new(c)), self.cfg.version, &mut b).expect("encode CONNECT");
         self.devs[i].st = St::WaitConnAck;
         self.devs[i].t_connect_ns = now;
+        // TLS: the session holds the CONNECT until its handshake is done; the connect time
+        // counts the handshake.
+        if let Some((config, name)) = &self.cfg.tls {
+            match rustls::ClientConnection::new(config.clone(), name.clone()) {
+                Ok(c) => self.devs[i].tls = Some(Box::new(c)),
+                Err(e) => return self.fail(i, format!("TLS: {e}")),
+            }
+        }
         self.send(i, &b);
     }
 

@@ -67,10 +67,56 @@ impl Exec {
         }
     }
 
-    /// Sends `data` now if nothing is queued, keeps what the kernel did not take.
+    /// Sends `data` now if nothing is queued, keeps what the kernel did not take. With TLS,
+    /// `data` is encrypted first (and may be empty: what the session has to send goes).
     pub(super) fn send(&mut self, i: usize, data: &[u8]) {
         let d = &mut self.devs[i];
-        if d.fd < 0 || data.is_empty() {
+        if d.fd < 0 {
+            return;
+        }
+        if let Some(tls) = d.tls.as_mut() {
+            use std::io::Write;
+            if !data.is_empty() && tls.writer().write_all(data).is_err() {
+                return self.fail(i, "TLS: cannot encrypt".into());
+            }
+            let mut out = std::mem::take(&mut self.wtls);
+            out.clear();
+            while tls.wants_write() {
+                if tls.write_tls(&mut out).is_err() {
+                    break;
+                }
+            }
+            self.send_raw(i, &out);
+            self.wtls = out;
+            return;
+        }
+        self.send_raw(i, data);
+    }
+
+    /// Gives the TLS session of device `i` what its socket delivered; the plaintext goes to
+    /// `rbuf`. Nothing to do without TLS (the bytes are in `rbuf` already).
+    fn tls_in(&mut self, i: usize, mut cipher: &[u8], rbuf: &mut BytesMut) -> Result<(), String> {
+        let Some(tls) = self.devs[i].tls.as_mut() else {
+            return Ok(());
+        };
+        use std::io::Read;
+        while !cipher.is_empty() {
+            tls.read_tls(&mut cipher).map_err(|e| format!("TLS: {e}"))?;
+            tls.process_new_packets().map_err(|e| format!("TLS: {e}"))?;
+            let mut plain = [0u8; 16 * 1024];
+            loop {
+                match tls.reader().read(&mut plain) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => rbuf.extend_from_slice(&plain[..n]),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn send_raw(&mut self, i: usize, data: &[u8]) {
+        let d = &mut self.devs[i];
+        if data.is_empty() {
             return;
         }
         d.last_tx_s = self.now_s;
@@ -115,25 +161,36 @@ impl Exec {
         let mut rounds = 0;
         let mut failure: Option<String> = None;
         let closing = self.devs[i].st == St::Closing;
+        let tls = self.devs[i].tls.is_some();
+        let mut cbuf = std::mem::take(&mut self.cbuf);
         loop {
-            rbuf.reserve(READ_CHUNK);
-            let spare = rbuf.spare_capacity_mut();
-            let want = spare.len();
-            // SAFETY: writing into the spare capacity of rbuf; length set only to what recv wrote.
-            let n = unsafe {
-                libc::recv(
-                    self.devs[i].fd,
-                    spare.as_mut_ptr() as *mut libc::c_void,
-                    want,
-                    libc::MSG_DONTWAIT,
-                )
+            // With TLS the socket's bytes go to the session, and the plaintext to `rbuf`.
+            let target: &mut Vec<u8> = &mut cbuf;
+            let want;
+            let n = if tls {
+                target.clear();
+                target.reserve(READ_CHUNK);
+                want = target.capacity();
+                recv_spare(self.devs[i].fd, target.spare_capacity_mut())
+            } else {
+                rbuf.reserve(READ_CHUNK);
+                want = rbuf.spare_capacity_mut().len();
+                recv_spare(self.devs[i].fd, rbuf.spare_capacity_mut())
             };
             if n > 0 {
                 let n = n as usize;
-                // SAFETY: recv initialized n bytes.
-                unsafe { rbuf.set_len(rbuf.len() + n) };
+                if tls {
+                    // SAFETY: recv initialized n bytes.
+                    unsafe { cbuf.set_len(n) };
+                } else {
+                    // SAFETY: recv initialized n bytes.
+                    unsafe { rbuf.set_len(rbuf.len() + n) };
+                }
                 if closing {
                     rbuf.clear();
+                } else if let Err(e) = self.tls_in(i, &cbuf, &mut rbuf) {
+                    failure = Some(e);
+                    break;
                 } else if let Err(e) = self.process(i, &mut rbuf, now_ns()) {
                     failure = Some(e);
                     break;
@@ -170,11 +227,16 @@ impl Exec {
                 break;
             }
         }
+        self.cbuf = cbuf;
         if !self.obuf.is_empty() {
             let ob = std::mem::take(&mut self.obuf);
             self.send(i, &ob);
             self.obuf = ob;
             self.obuf.clear();
+        }
+        // What the TLS session has to say (handshake, tickets' acknowledgements, alerts).
+        if failure.is_none() && self.devs[i].tls.is_some() {
+            self.send(i, &[]);
         }
         if let Some(msg) = failure {
             self.fail(i, msg);
@@ -214,6 +276,19 @@ impl Exec {
             }
         }
         self.ping = ping;
+    }
+}
+
+/// One non-blocking `recv` into `spare`: bytes read, 0 at the end, -1 with errno set.
+fn recv_spare(fd: i32, spare: &mut [std::mem::MaybeUninit<u8>]) -> isize {
+    // SAFETY: recv writes at most `spare.len()` bytes into memory we own.
+    unsafe {
+        libc::recv(
+            fd,
+            spare.as_mut_ptr() as *mut libc::c_void,
+            spare.len(),
+            libc::MSG_DONTWAIT,
+        )
     }
 }
 

@@ -96,6 +96,13 @@ pub struct RunCfg {
     /// Publishers send each message to `<prefix><k>`, k a pseudo-random one of `count` topics
     /// (like session-churn), instead of their own topic.
     pub targets: Option<(String, u32)>,
+    /// Connect over TLS with this configuration, asking for this server name.
+    pub tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    pub username: Option<String>,
+    pub password: Option<String>,
 }
 
 /// session-churn settings: `devices` subscribers `bench/churn/<i>` cycling per `plan`;
@@ -189,8 +196,10 @@ struct Dev {
     t_connect_ns: u64,
     /// Partial frame left from the last read.
     rx: Vec<u8>,
-    /// Bytes the kernel did not take yet.
+    /// Bytes the kernel did not take yet (ciphertext with TLS).
     tx: Vec<u8>,
+    /// The TLS session, with --tls.
+    tls: Option<Box<rustls::ClientConnection>>,
 }
 
 struct PubSt {
@@ -247,6 +256,10 @@ pub struct Exec {
     pubs: Vec<PubSt>,
     subs: Vec<SubSt>,
     rbuf: BytesMut,
+    /// Ciphertext as received (TLS).
+    cbuf: Vec<u8>,
+    /// Ciphertext to send (TLS).
+    wtls: Vec<u8>,
     wbuf: Vec<u8>,
     obuf: BytesMut,
     payload_tpl: Vec<u8>,
@@ -312,6 +325,8 @@ impl Exec {
             pubs: Vec::new(),
             subs: Vec::new(),
             rbuf: BytesMut::with_capacity(RBUF_CAP),
+            cbuf: Vec::new(),
+            wtls: Vec::new(),
             wbuf: Vec::with_capacity(256 * 1024),
             obuf: BytesMut::with_capacity(16 * 1024),
             payload_tpl,

@@ -15,6 +15,8 @@ pub struct Counters {
     /// TLS handshakes completed, and those that failed (an alert sent, or the peer gone).
     pub tls_handshakes: u64,
     pub tls_handshake_failures: u64,
+    /// Of `tls_handshakes`, those that resumed an earlier session (a ticket).
+    pub tls_resumed: u64,
     pub connections_closed: u64,
     pub connections_rejected: u64,
     pub connects: u64,
@@ -122,6 +124,7 @@ impl Counters {
             receive_buffers_exhausted,
             tls_handshakes,
             tls_handshake_failures,
+            tls_resumed,
             connections_closed,
             connections_rejected,
             connects,
@@ -311,6 +314,12 @@ fn counter_rows(c: &Counters, codes: &[u8]) -> Vec<CounterRow> {
             "TLS handshakes that failed: refused (an alert was sent) or abandoned by the peer.",
             None,
             c.tls_handshake_failures,
+        ),
+        (
+            "tls_resumed_handshakes",
+            "TLS handshakes that resumed an earlier session (a ticket) instead of a full one.",
+            None,
+            c.tls_resumed,
         ),
         (
             "connections_closed",

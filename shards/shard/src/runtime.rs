@@ -74,7 +74,8 @@ pub fn run(cfg: Config, tls: Option<TlsContext>) -> std::io::Result<()> {
         }
         None => None,
     };
-    watch_signals(cfg.shards)?;
+    let reload = tls.as_ref().map(|t| crate::tls::Reload::new(t.clone()));
+    watch_signals(cfg.clone(), reload.clone())?;
     let mut handles = Vec::new();
     for i in 0..cfg.shards {
         let metrics_fd = if i == 0 { metrics_fd.take() } else { None };
@@ -82,6 +83,7 @@ pub fn run(cfg: Config, tls: Option<TlsContext>) -> std::io::Result<()> {
         let mesh = mesh.clone();
         let conn_count = conn_count.clone();
         let tls = tls.clone();
+        let reload = reload.clone();
         let mut b = LocalExecutorBuilder::new(Placement::Fixed(i % cpus))
             .name(&format!("ringmq-shard-{i}"))
             .io_memory(cfg.io_memory)
@@ -91,7 +93,7 @@ pub fn run(cfg: Config, tls: Option<TlsContext>) -> std::io::Result<()> {
         }
         let h = b
             .spawn(move || async move {
-                let r = shard_main(cfg, mesh, conn_count, metrics_fd, tls).await;
+                let r = shard_main(cfg, mesh, conn_count, metrics_fd, tls, reload).await;
                 if let Err(e) = &r {
                     // One shard missing would leave its clients' sessions unreachable: the
                     // whole process stops.
@@ -147,6 +149,7 @@ async fn shard_main(
     conn_count: Arc<AtomicUsize>,
     metrics_fd: Option<RawFd>,
     tls: Option<TlsContext>,
+    reload: Option<Arc<crate::tls::Reload>>,
 ) -> std::io::Result<()> {
     let (id, mut mesh, receivers) = Mesh::join(mesh, cfg.shards).await?;
     let mut state = ShardState::new(
@@ -267,19 +270,38 @@ async fn shard_main(
         }
         shard.with_state(|st| st.tick());
         shard.tick();
+        if let Some(r) = &reload {
+            shard.take_reload(r);
+        }
     }
 }
 
 /// SIGTERM or SIGINT start a graceful shutdown: every shard stops accepting, tells MQTT 5
 /// clients why (DISCONNECT 0x8B) and closes its connections; the process exits 0 when all
 /// shards are done, or after a bounded grace period.
-fn watch_signals(shards: usize) -> std::io::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+///
+/// SIGHUP reloads the TLS files (certificate, key, CA, CRL): shards take the new settings at
+/// their next tick, for new handshakes; established connections keep their sessions. A file
+/// that does not load keeps the settings in use, and the error is logged.
+fn watch_signals(cfg: Arc<Config>, reload: Option<Arc<crate::tls::Reload>>) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let shards = cfg.shards;
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     std::thread::Builder::new()
         .name("ringmq-signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
+            let mut stop = None;
+            for sig in signals.forever() {
+                if sig != SIGHUP {
+                    stop = Some(sig);
+                    break;
+                }
+                match &reload {
+                    Some(r) => r.reload(&cfg),
+                    None => tracing::info!("SIGHUP: no TLS listener, nothing to reload"),
+                }
+            }
+            if let Some(sig) = stop {
                 // Set first: logging may fail (stderr closed) and must not stop the shutdown.
                 SHUTDOWN.store(true, Ordering::SeqCst);
                 tracing::info!(signal = sig, "shutting down");

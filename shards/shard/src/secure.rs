@@ -18,6 +18,8 @@ const ENCRYPT_BATCH: usize = 4 * MAX_RECORD;
 #[derive(Default)]
 pub struct Tls {
     pub ctx: Option<TlsContext>,
+    /// The generation of `Reload` that `ctx` comes from.
+    generation: u64,
     /// Whether each listener (by index, as the network ring numbers them) speaks TLS.
     pub listeners: Vec<bool>,
     /// The TLS connections, by socket descriptor: nothing for plain ones.
@@ -94,6 +96,17 @@ fn flush(fd: RawFd, tc: &mut TlsConn) -> Sent {
 }
 
 impl Shard {
+    /// Takes TLS settings reloaded since the last look (at the tick: a lock taken only when
+    /// a reload happened).
+    pub fn take_reload(&self, reload: &crate::tls::Reload) {
+        let generation = reload.generation();
+        let mut tls = self.tls.borrow_mut();
+        if tls.generation != generation {
+            tls.ctx = Some(reload.current());
+            tls.generation = generation;
+        }
+    }
+
     /// A connection accepted on a TLS listener starts its handshake; false if it cannot
     /// (then it is closed).
     pub(crate) fn tls_accept(&self, listener: usize, fd: RawFd) -> bool {
@@ -131,6 +144,16 @@ impl Shard {
         let sent = send(fd, tc, &tls.out);
         if got.established {
             st.counters.tls_handshakes += 1;
+            st.counters.tls_resumed += u64::from(tc.resumed());
+            tracing::debug!(
+                shard = st.id,
+                conn = key,
+                version = ?tc.protocol_version(),
+                suite = ?tc.cipher_suite(),
+                group = ?tc.key_exchange_group(),
+                resumed = tc.resumed(),
+                "TLS handshake done"
+            );
             let use_identity = tls.ctx.as_ref().is_some_and(|c| c.use_identity_as_username);
             if use_identity {
                 let id = tc
