@@ -535,3 +535,37 @@ def test_the_loadgen_speaks_tls_with_client_certificates_and_resumes(tls_factory
                     tmp_path, "full")
     assert v["errors"] == 0, v
     assert b.metric("ringmq_tls_resumed_handshakes_total") == resumed
+
+
+@pytest.mark.parametrize("nshards", [1], ids=["shards1"])
+@pytest.mark.parametrize("header", [
+    b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 1883\r\n",
+    b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c" + bytes([203, 0, 113, 7, 127, 0, 0, 1]) + b"\x9c\x40\x07\x5b",
+], ids=["v1", "v2"])
+def test_a_proxy_protocol_header_is_refused_on_listeners_not_configured_for_it(tls_factory, pki,
+                                                                              header):
+    """No listener takes PROXY protocol yet: a header before the CONNECT (plain) or the
+    ClientHello (TLS) closes the connection without a CONNACK, as bad input, and costs the
+    broker nothing."""
+    b = tls_factory(metrics=True)
+    connect = R.connect_packet("proxied")
+    plain = R.RawClient("127.0.0.1", b.port)
+    plain.send(header + connect)
+    with pytest.raises(R.ConnectionClosed):
+        plain.recv(timeout=5)
+    s = socket.create_connection(("127.0.0.1", b.tls_port), timeout=5)
+    s.sendall(header)
+    data = b""
+    try:
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    except ConnectionResetError:
+        pass
+    s.close()
+    assert data == b"" or data[0] == 0x15, data[:16]
+    assert b.metric("ringmq_tls_handshake_failures_total") >= 1
+    ok = mosquitto_pub(b, pki, "t/proxy", "still serving")
+    assert ok.returncode == 0, ok.stderr

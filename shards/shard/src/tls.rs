@@ -716,6 +716,54 @@ mod tests {
         }
     }
 
+    /// A client that keeps changing its traffic keys (TLS 1.3 KeyUpdate): each costs the
+    /// server one key derivation and no answer, and traffic goes on; rustls itself refuses a
+    /// peer that keeps *requesting* updates of the server's keys (its own bound).
+    #[test]
+    fn a_key_update_flood_is_absorbed_without_answers() {
+        let mut link = Link::new(&rustls::version::TLS13, 1 << 20);
+        link.pump();
+        for _ in 0..1000 {
+            link.client.refresh_traffic_keys().unwrap();
+            link.client.writer().write_all(b"x").unwrap();
+            let mut wire = Vec::new();
+            while link.client.wants_write() {
+                link.client.write_tls(&mut wire).unwrap();
+            }
+            let mut out = Vec::new();
+            let got = link.server.receive(&mut wire, &mut link.plain, &mut out);
+            assert!(got.error.is_none(), "{:?}", got.error);
+            assert!(out.is_empty(), "the server answered a KeyUpdate");
+        }
+        assert_eq!(link.plain.len(), 1000);
+        assert_eq!(link.send_to_client(b"still here"), b"still here");
+    }
+
+    /// A client certificate chain larger than rustls' 64 KiB limit for handshake messages is
+    /// refused with an error, without the server buffering more than the limit.
+    #[test]
+    fn an_oversized_handshake_message_is_refused() {
+        let (ctx, _) = pair();
+        let mut server = TlsConn::new(&ctx).unwrap();
+        // A ClientHello claiming 16 MiB, sent in full records.
+        let mut hello = vec![0x01, 0xff, 0xff, 0xff];
+        hello.resize(80_000, 0);
+        let mut failed = false;
+        for chunk in hello.chunks(16_384) {
+            let mut rec = vec![0x16, 3, 1];
+            rec.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
+            rec.extend_from_slice(chunk);
+            let got = server.receive(&mut rec, &mut BytesMut::new(), &mut Vec::new());
+            if got.error.is_some() {
+                failed = true;
+                break;
+            }
+            assert!(server.partial.len() <= 80 * 1024);
+        }
+        assert!(failed);
+        assert!(server.partial.is_empty());
+    }
+
     #[test]
     fn close_notify_is_seen_and_sent() {
         let mut link = Link::new(&rustls::version::TLS13, 100);
