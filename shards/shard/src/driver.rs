@@ -271,9 +271,21 @@ impl Shard {
 
     /// Handles a batch of the completions the network ring has posted (at most about
     /// [`BATCH_CQES`]), in one call into the core (or more, if carrying out its effects reaped
-    /// more: a takeover's drain). Returns how many there were, and whether more may wait
-    /// in the kernel with no eventfd signal to come.
+    /// more: a takeover's drain), then TLS handshakes waiting in the backlog for at most the
+    /// handshake budget. Returns how many there were, and whether more may wait (in the
+    /// kernel with no eventfd signal to come, or in the backlog).
     pub fn turn(&self) -> (usize, bool) {
+        let (n, more) = self.turn_ring();
+        let (shakes, waiting) = if self.tls.borrow().has_backlog() {
+            self.with_state(|st| self.tls_handshakes(st))
+        } else {
+            (0, false)
+        };
+        (n + shakes, more || waiting)
+    }
+
+    /// [`Shard::turn`] without the handshake backlog.
+    fn turn_ring(&self) -> (usize, bool) {
         let more = {
             let mut net = self.net.borrow_mut();
             let net = &mut *net;
@@ -386,7 +398,9 @@ impl Shard {
                 }
                 net.ring.give_back(bid);
                 drop(net);
-                self.tls_read(st, key, fd, false);
+                if !self.tls_defer(fd, key) {
+                    self.tls_read(st, key, fd, false);
+                }
                 net = self.net.borrow_mut();
             } else if current {
                 let n = c.res as usize;
@@ -482,7 +496,7 @@ impl Shard {
                 net.arm_accept(index);
             }
         }
-        while self.turn().1 {}
+        while self.turn_ring().1 {}
     }
 
     /// Starts accepting on a listening socket; `tls`: its connections speak TLS.

@@ -207,6 +207,8 @@ pub struct TlsConn {
     established: bool,
     /// A fatal error was met: rustls has nothing more to give but its alert.
     failed: bool,
+    /// Waiting in the shard's handshake backlog (`secure.rs`).
+    pub queued: bool,
 }
 
 /// Bytes a connection keeps only while they wait: one pointer, null while empty (a `Vec`
@@ -269,6 +271,7 @@ impl TlsConn {
             unsent: Held::default(),
             established: false,
             failed: false,
+            queued: false,
         }))
     }
 
@@ -291,6 +294,17 @@ impl TlsConn {
     /// The handshake resumed an earlier session (a ticket) rather than a full one.
     pub fn resumed(&self) -> bool {
         self.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+    }
+
+    /// Keeps bytes that arrived during the handshake for later, when the shard's handshake
+    /// budget allows ([`TlsConn::receive`] with nothing new then takes them).
+    pub fn defer(&mut self, bytes: &[u8]) {
+        self.partial.vec().extend_from_slice(bytes);
+    }
+
+    /// Bytes kept and not yet discarded by rustls.
+    pub fn pending(&self) -> usize {
+        self.partial.len()
     }
 
     /// The client's certificate chain, leaf first, once the handshake verified it.
