@@ -212,6 +212,27 @@ def test_a_resumed_session_skips_the_full_handshake(tls_factory, pki, tmp_path):
         assert b"Reused, TLS" in again.stdout, (proto, again.stdout)
 
 
+def send_and_read_until_closed(port, data, timeout=5):
+    """Sends `data` on a new connection and returns what comes back until the broker closes
+    it (a reset counts as closed); a broker that leaves it open past `timeout` fails."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.sendall(data)
+    got = b""
+    try:
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+    except ConnectionResetError:
+        pass
+    except socket.timeout:
+        pytest.fail("the broker kept the connection open after %r" % data[:16])
+    finally:
+        s.close()
+    return got
+
+
 def test_garbage_and_plain_mqtt_on_the_tls_port_are_refused_and_cost_nothing(tls_factory, pki):
     """A plain CONNECT, random bytes and an HTTP request instead of a ClientHello: each
     connection is closed (after a TLS alert), counted, and the broker serves TLS clients."""
@@ -220,18 +241,7 @@ def test_garbage_and_plain_mqtt_on_the_tls_port_are_refused_and_cost_nothing(tls
     for junk in (connect, bytes(range(256)) * 4, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
                  # A ClientHello record whose body is not a ClientHello.
                  b"\x16\x03\x01\x00\x40" + b"\x01" * 64):
-        s = socket.create_connection(("127.0.0.1", b.tls_port), timeout=5)
-        s.sendall(junk)
-        data = b""
-        try:
-            while True:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-        except (ConnectionResetError, socket.timeout) as e:
-            assert not isinstance(e, socket.timeout), junk[:16]
-        s.close()
+        data = send_and_read_until_closed(b.tls_port, junk)
         # Never an MQTT answer (a CONNACK starts with 0x20); a TLS alert record starts 0x15.
         assert not data.startswith(b"\x20")
         assert data == b"" or data[0] == 0x15, data[:16]
@@ -553,18 +563,7 @@ def test_a_proxy_protocol_header_is_refused_on_listeners_not_configured_for_it(t
     plain.send(header + connect)
     with pytest.raises(R.ConnectionClosed):
         plain.recv(timeout=5)
-    s = socket.create_connection(("127.0.0.1", b.tls_port), timeout=5)
-    s.sendall(header)
-    data = b""
-    try:
-        while True:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    except ConnectionResetError:
-        pass
-    s.close()
+    data = send_and_read_until_closed(b.tls_port, header)
     assert data == b"" or data[0] == 0x15, data[:16]
     assert b.metric("ringmq_tls_handshake_failures_total") >= 1
     ok = mosquitto_pub(b, pki, "t/proxy", "still serving")
