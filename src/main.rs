@@ -4,6 +4,7 @@
 
 mod config;
 mod datadir;
+mod passwd;
 
 use clap::{CommandFactory, Parser};
 use config::{ConfigError, LogFormat, Settings};
@@ -18,7 +19,8 @@ use std::path::PathBuf;
 #[command(
     after_help = "Every option can also be set in a TOML file (--config; key = option \
 name with '-' -> '_') or an environment variable RINGMQ_<KEY> (e.g. RINGMQ_MAX_INFLIGHT=64; \
-RINGMQ_LISTEN is comma-separated). Precedence: flags > environment > file > defaults."
+RINGMQ_LISTEN is comma-separated). Precedence: flags > environment > file > defaults. \
+`ringmq passwd --help`: manage a password file."
 )]
 struct Args {
     /// TOML configuration file (keys are the option names with '-' -> '_'); also from
@@ -87,6 +89,9 @@ fn fix_mmap_threshold() {
 }
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("passwd") {
+        std::process::exit(passwd::main(std::env::args().skip(2)));
+    }
     let matches = cli().get_matches();
     let print_config = matches.get_flag("print_config");
     let s = settings(&matches).unwrap_or_else(|e| {
@@ -124,7 +129,20 @@ fn main() {
         eprintln!("ringmq: {e}");
         std::process::exit(2);
     });
-    if let Err(e) = ringmq_shard::run(cfg, tls) {
+    let passwords = cfg.password_file.clone().map(|path| {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        ringmq_shard::logins::Verifier::start(path, threads).unwrap_or_else(|e| {
+            eprintln!("ringmq: {e}");
+            std::process::exit(2);
+        })
+    });
+    let acl = cfg.acl_file.clone().map(|path| {
+        ringmq_shard::access::AclFile::open(path).unwrap_or_else(|e| {
+            eprintln!("ringmq: {e}");
+            std::process::exit(2);
+        })
+    });
+    if let Err(e) = ringmq_shard::run(cfg, tls, passwords, acl) {
         eprintln!("ringmq: {e}");
         std::process::exit(1);
     }

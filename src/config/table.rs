@@ -32,6 +32,11 @@ choice! {
 }
 
 choice! {
+    /// `allow_anonymous`.
+    Anonymous { Auto = "auto", True = "true", False = "false" }
+}
+
+choice! {
     /// `log_format`: the format of log lines on stderr.
     LogFormat { Plain = "plain", Json = "json" }
 }
@@ -70,6 +75,29 @@ settings! {
         /// then refused (CONNACK 0x87 / return code 5).
         use_identity_as_username: bool = "false", Kind::Bool, "true|false"
             => use_identity_as_username;
+
+        /// Password file: username:hash lines as Debian's mosquitto_passwd writes them ($7$
+        /// PBKDF2-SHA512, $6$, $argon2id$; `ringmq passwd` edits it). A client that gives a
+        /// username must give its password (else CONNACK 0x86 / return code 4, after a short
+        /// delay). Read again on SIGHUP.
+        password_file: String = "", Kind::Text, "FILE" => password_file: |v| optional_path(v);
+
+        /// ACL file in Mosquitto's acl_file format (user, topic [read|write|readwrite|deny]
+        /// FILTER, pattern with %c and %u): checked on PUBLISH (MQTT 5: 0x87; 3.1.x:
+        /// acknowledged and discarded), SUBSCRIBE (0x87 / 0x80), wills at CONNECT and every
+        /// delivery. Read again on SIGHUP. Empty: everything is allowed.
+        acl_file: String = "", Kind::Text, "FILE" => acl_file: |v| optional_path(v);
+
+        /// Accept clients that do not authenticate (no username checked against
+        /// password_file, no certificate identity, no enhanced authentication): true, false,
+        /// or auto (true unless password_file or use_identity_as_username is set). Refused
+        /// clients get CONNACK 0x87 / return code 5.
+        allow_anonymous: Anonymous = "auto", Kind::Choice(Anonymous::WORDS),
+            "auto|true|false" => allow_anonymous: |v| match v {
+                Anonymous::Auto => None,
+                Anonymous::True => Some(true),
+                Anonymous::False => Some(false),
+            };
 
         /// Number of shards (1 to 256): one pinned executor thread each
         shards: usize = "number of cores" by default_shards, int(1, 256), "N" => shards;

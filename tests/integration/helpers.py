@@ -3,6 +3,7 @@ and a broker health check used after bad-input tests."""
 
 import itertools
 import queue
+import socket
 import threading
 import time
 import uuid
@@ -330,3 +331,30 @@ def assert_broker_healthy(broker, timeout=WAIT):
     finally:
         for c in clients:
             c.close()
+
+
+def wait_for_log(broker, text, count=1, timeout=5):
+    """Waits until the broker's log holds `text` `count` times."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if broker.log_tail(200).count(text) >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError("no %r in the log:\n%s" % (text, broker.log_tail(30)))
+
+
+def refuses_bad_file(binary, tmp_path, flag, content, line):
+    """Writes `content` to a file given with `flag`: the broker must refuse to start (exit 2)
+    naming the file and the line."""
+    import subprocess
+    path = tmp_path / "bad-file"
+    path.write_text(content)
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    r = subprocess.run([str(binary), "--listen", "127.0.0.1:%d" % port,
+                        "--data-dir", str(tmp_path / "d"), flag, str(path)],
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 2, r
+    assert str(path) in r.stderr and "line %d" % line in r.stderr, r.stderr

@@ -75,6 +75,15 @@ pub struct Config {
     /// The client certificate's subject CN (else its first DNS or email SAN) replaces the
     /// CONNECT's username.
     pub use_identity_as_username: bool,
+    /// Usernames and passwords (Mosquitto's format); the driver verifies them off the shard
+    /// thread, the core only knows that there is one.
+    pub password_file: Option<PathBuf>,
+    /// Whether clients that do not authenticate are accepted; `None`: unless a password file
+    /// or certificate identities are configured ([`Config::anonymous_allowed`]).
+    pub allow_anonymous: Option<bool>,
+    /// Who may publish and subscribe to what (Mosquitto's `acl_file` format); the driver
+    /// reads it and hands the rules to each shard ([`crate::ShardState::set_acl`]).
+    pub acl_file: Option<PathBuf>,
     pub shards: usize,
     pub data_dir: PathBuf,
     /// Connections held by the whole process; more are refused at accept.
@@ -180,6 +189,14 @@ impl Config {
         let plain = self.listen.iter().map(|&a| Listener::plain(a));
         self.listeners.iter().copied().chain(plain).collect()
     }
+
+    /// Whether a client that does not authenticate (no password checked, no certificate
+    /// identity, no enhanced authentication) is accepted: by default only while no
+    /// authentication source is configured.
+    pub fn anonymous_allowed(&self) -> bool {
+        self.allow_anonymous
+            .unwrap_or(self.password_file.is_none() && !self.use_identity_as_username)
+    }
 }
 
 impl Default for Config {
@@ -193,6 +210,9 @@ impl Default for Config {
             tls_crl: None,
             require_certificate: false,
             use_identity_as_username: false,
+            password_file: None,
+            allow_anonymous: None,
+            acl_file: None,
             shards: 1,
             data_dir: PathBuf::from("./data"),
             max_connections: 1_000_000,

@@ -252,6 +252,7 @@ pub struct RecoveredSession {
     pub expiry_interval: u32,
     pub protocol: u8,
     pub disconnected_unix_ms: u64,
+    pub username: Option<String>,
     pub subs: BTreeMap<String, (SubscriptionOptions, u32)>,
     /// By delivery id, which is the order they were queued in.
     pub msgs: BTreeMap<u64, RecoveredMsg>,
@@ -313,12 +314,14 @@ impl Recovered {
                 protocol,
                 disconnected_unix_ms,
                 fresh,
+                username,
             } => {
                 let s = self.sessions.entry(client_id).or_default();
                 if fresh {
                     *s = RecoveredSession::default();
                 }
                 s.confirmed = true;
+                s.username = username;
                 s.expiry_interval = expiry_interval;
                 s.protocol = protocol;
                 s.disconnected_unix_ms = disconnected_unix_ms;
@@ -503,6 +506,7 @@ mod tests {
             protocol: 4,
             disconnected_unix_ms: 0,
             fresh,
+            username: None,
         }
     }
 

@@ -11,13 +11,15 @@
 //! - [`durable`] and [`records`]: what the shard journals, acknowledgements held until the
 //!   journal is synced, and the rebuild from the journal at start.
 //! - [`shared`]: shared subscription groups, replicated on every shard.
-//! - [`auth`]: MQTT 5 enhanced authentication methods.
+//! - [`auth`]: MQTT 5 enhanced authentication methods; [`acl`]: who may publish and
+//!   subscribe to what.
 //! - [`config`]: settings, and the home-shard hash of client ids.
 //! - [`sys`]: the `$SYS/broker/...` statistics shard 0 publishes.
 //!
 //! Who calls it: `ringmq-shard` (glommio, io_uring), one `ShardState` per executor thread;
 //! nothing here is shared between threads except what travels in [`mesh::ShardMsg`].
 
+pub mod acl;
 pub mod auth;
 pub mod config;
 pub mod durable;

@@ -133,6 +133,10 @@ pub struct RetainReply {
 pub enum Taken {
     /// No subscription matched (MQTT 5 reason 0x10 if nowhere else either).
     NoSubscribers,
+    /// The ACL does not let the publisher write the topic: routed nowhere; MQTT 5 hears 0x87,
+    /// 3.1.x a success (acknowledged and discarded, as Mosquitto does). Never combined with
+    /// other shards' answers: it is decided before routing.
+    NotAuthorized,
     /// In every matching session (durable where it had to be).
     Delivered,
     /// Refused, before it went anywhere, for a full session queue (`quota.rs`), or a QoS 2

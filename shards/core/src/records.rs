@@ -168,6 +168,8 @@ pub enum Record {
         protocol: u8,
         disconnected_unix_ms: u64,
         fresh: bool,
+        /// Kept for the ACL (absent in records written before it existed).
+        username: Option<String>,
     },
     SessionGone {
         client_id: String,
@@ -409,12 +411,17 @@ impl Record {
                 protocol,
                 disconnected_unix_ms,
                 fresh,
+                username,
             } => {
                 w.str(client_id);
                 w.u32(*expiry_interval);
                 w.u8(*protocol);
                 w.u64(*disconnected_unix_ms);
                 w.u8(u8::from(*fresh));
+                // Trailing and optional: older records end before it.
+                if let Some(u) = username {
+                    w.str(u);
+                }
             }
             Record::SessionGone { client_id } => w.str(client_id),
             Record::Sub {
@@ -483,6 +490,7 @@ impl Record {
                 protocol: r.u8()?,
                 disconnected_unix_ms: r.u64()?,
                 fresh: r.u8()? != 0,
+                username: if r.b.is_empty() { None } else { Some(r.str()?) },
             },
             SESSION_GONE => Record::SessionGone {
                 client_id: r.str()?,
@@ -581,6 +589,15 @@ mod tests {
                 protocol: 5,
                 disconnected_unix_ms: 12345,
                 fresh: true,
+                username: Some("alice".into()),
+            },
+            Record::Session {
+                client_id: "c0".into(),
+                expiry_interval: 0,
+                protocol: 4,
+                disconnected_unix_ms: 0,
+                fresh: false,
+                username: None,
             },
             Record::SessionGone {
                 client_id: "c1".into(),
@@ -665,11 +682,22 @@ mod tests {
             let mut b = BytesMut::new();
             rec.encode(&mut b);
             assert_eq!(Record::decode(rec.kind(), &b).as_ref(), Some(&rec));
+            // A session record without its trailing username is the older format, valid.
+            let older = match &rec {
+                Record::Session {
+                    client_id,
+                    username: Some(u),
+                    ..
+                } => Some(b.len() - 2 - u.len()).filter(|_| !client_id.is_empty()),
+                _ => None,
+            };
             for cut in 0..b.len() {
-                assert!(
-                    Record::decode(rec.kind(), &b[..cut]).is_none(),
-                    "{rec:?} {cut}"
-                );
+                let got = Record::decode(rec.kind(), &b[..cut]);
+                if Some(cut) == older {
+                    assert!(matches!(got, Some(Record::Session { username: None, .. })));
+                    continue;
+                }
+                assert!(got.is_none(), "{rec:?} {cut}");
             }
             let mut longer = b.clone();
             longer.put_u8(0);

@@ -16,6 +16,14 @@ pub struct Counters {
     pub tls_handshake_failures: u64,
     /// Of `tls_handshakes`, those that resumed an earlier session (a ticket).
     pub tls_resumed: u64,
+    /// Usernames and passwords checked against the password file, and those refused.
+    pub password_checks: u64,
+    pub password_failures: u64,
+    /// Refused by the ACL: PUBLISHes (and wills), SUBSCRIBE filters, and deliveries to
+    /// subscribers who may not read the topic.
+    pub acl_denied_publish: u64,
+    pub acl_denied_subscribe: u64,
+    pub acl_denied_delivery: u64,
     pub connections_closed: u64,
     pub connections_rejected: u64,
     pub connects: u64,
@@ -124,6 +132,11 @@ impl Counters {
             tls_handshakes,
             tls_handshake_failures,
             tls_resumed,
+            password_checks,
+            password_failures,
+            acl_denied_publish,
+            acl_denied_subscribe,
+            acl_denied_delivery,
             connections_closed,
             connections_rejected,
             connects,

@@ -58,6 +58,36 @@ fn counter_rows(c: &Counters, codes: &[u8]) -> Vec<CounterRow> {
             c.tls_resumed,
         ),
         (
+            "password_checks",
+            "Usernames and passwords checked against the password file (off the shard threads).",
+            None,
+            c.password_checks,
+        ),
+        (
+            "password_failures",
+            "Password checks that failed: unknown user or wrong password (CONNACK 0x86 / 4).",
+            None,
+            c.password_failures,
+        ),
+        (
+            "acl_denied",
+            "Refused by the ACL, by what: a PUBLISH or will, a SUBSCRIBE filter, a delivery.",
+            Some(("what", "publish".to_owned())),
+            c.acl_denied_publish,
+        ),
+        (
+            "acl_denied",
+            "Refused by the ACL, by what: a PUBLISH or will, a SUBSCRIBE filter, a delivery.",
+            Some(("what", "subscribe".to_owned())),
+            c.acl_denied_subscribe,
+        ),
+        (
+            "acl_denied",
+            "Refused by the ACL, by what: a PUBLISH or will, a SUBSCRIBE filter, a delivery.",
+            Some(("what", "delivery".to_owned())),
+            c.acl_denied_delivery,
+        ),
+        (
             "connections_closed",
             "Connections closed.",
             None,

@@ -172,6 +172,10 @@ pub struct Session {
     pub problem_information: bool,
     /// Its state is written to the shard's journal (a persistent session).
     pub journaled: bool,
+    /// The username it authenticated with, kept only when an ACL file is configured: the
+    /// rules for its deliveries depend on it, also while it is offline.
+    /// A thin pointer: every session pays 8 bytes, not 16, for what only ACL users need.
+    pub username: Option<Box<String>>,
 }
 
 impl Session {
@@ -197,6 +201,7 @@ impl Session {
             max_packet_size: u32::MAX,
             problem_information: true,
             journaled: false,
+            username: None,
         }
     }
 

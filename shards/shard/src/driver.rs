@@ -66,6 +66,8 @@ pub struct Shard {
     pub bell: RefCell<Option<LocalSender<()>>>,
     /// Connections held by the whole process, for `--max-connections`.
     pub conn_count: Arc<AtomicUsize>,
+    /// Password checks waiting for, or at, the verifier threads (`--password-file`).
+    pub logins: RefCell<Option<crate::logins::Logins>>,
     /// The effects of the previous event, emptied: swapped with the core's at each event so
     /// that carrying them out allocates nothing.
     spare: RefCell<Effects>,
@@ -89,6 +91,7 @@ impl Shard {
             metrics_pending: RefCell::new(HashMap::new()),
             bell: RefCell::new(None),
             conn_count,
+            logins: RefCell::new(None),
         }
     }
 
@@ -142,6 +145,7 @@ impl Shard {
             for &key in &fx.closes {
                 self.finish(st, key);
             }
+            self.ask_logins(st, &mut fx);
             self.deliver_metrics(&mut fx);
             if fx.sync {
                 if let Some(bell) = self.bell.borrow().as_ref() {
@@ -151,6 +155,41 @@ impl Shard {
             self.mesh.send(st, &mut fx.batches);
             fx.clear();
         }
+    }
+
+    /// Passes the core's password checks to the verifier threads. Without a password file the
+    /// core asks for none; if it did, the answer is no.
+    fn ask_logins(&self, st: &mut ShardState, fx: &mut Effects) {
+        if fx.credential_checks.is_empty() {
+            return;
+        }
+        let mut logins = self.logins.borrow_mut();
+        for c in fx.credential_checks.drain(..) {
+            match logins.as_mut() {
+                Some(l) => l.ask(c),
+                None => st.credentials_checked(c.key, c.token, false),
+            }
+        }
+    }
+
+    /// Answers from the verifier threads arrived: each CONNECT goes on or is refused, and
+    /// the checks waiting take the places they leave.
+    pub fn logins_answered(&self) {
+        let answers = match self.logins.borrow().as_ref() {
+            Some(l) => l.mailbox().take(),
+            None => return,
+        };
+        if answers.is_empty() {
+            return;
+        }
+        if let Some(l) = self.logins.borrow_mut().as_mut() {
+            l.answered(answers.len());
+        }
+        self.with_state(|st| {
+            for (key, token, ok) in answers {
+                st.credentials_checked(key, token, ok);
+            }
+        });
     }
 
     fn deliver_metrics(&self, fx: &mut Effects) {
@@ -611,6 +650,18 @@ pub async fn net_loop(eventfd: glommio::io::BufferedFile, window: std::time::Dur
             handled = shard.handle_ready().await;
         }
         last_end = Some(Instant::now());
+    }
+}
+
+/// The shard's login task: waits for the verifier threads' answers (`logins.rs`).
+pub async fn logins_loop(eventfd: glommio::io::BufferedFile) {
+    let shard = crate::runtime::current();
+    loop {
+        if let Err(e) = eventfd.read_at(0, 8).await {
+            tracing::error!(error = %e, "cannot wait for password checks");
+            glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        shard.logins_answered();
     }
 }
 

@@ -10,6 +10,8 @@
 //!   closes and lingering sockets.
 //! - [`ring`]: the network ring itself (io_uring, multishot receives into provided buffers).
 //! - [`mesh`]: the channel mesh between shards, sending and receiving.
+//! - [`access`]: the ACL file, loaded and reloaded for the shards' cores.
+//! - [`logins`]: password checks on verifier threads, answers back to the shard.
 //! - [`io`]: the socket calls made directly: vectored `sendmsg`, `recv` for a takeover's drain.
 //!
 //! A client's session lives on its home shard, `fnv1a_64(client_id) % shards`. A connection
@@ -17,8 +19,10 @@
 //! descriptor and the bytes read past CONNECT travel in one mesh message. Retained messages live
 //! on the shard `fnv1a_64(topic) % shards`.
 
+pub mod access;
 pub mod driver;
 pub mod io;
+pub mod logins;
 pub mod mesh;
 pub mod net;
 pub mod ring;

@@ -2,8 +2,10 @@
 //! mesh. Tasks here only wait; all decisions are made in the core's [`ShardState`], called
 //! through [`Shard::with_state`].
 
-use crate::driver::{net_loop, OsEntropy, Shard, SystemClock};
+use crate::access::AclFile;
+use crate::driver::{logins_loop, net_loop, OsEntropy, Shard, SystemClock};
 use crate::io;
+use crate::logins::{Logins, Verifier};
 use crate::mesh::{self, Mesh};
 use crate::net::Net;
 use crate::ring::NetRing;
@@ -51,7 +53,12 @@ pub fn current() -> Rc<Shard> {
 }
 
 /// Starts every shard and blocks until they all end.
-pub fn run(cfg: Config, tls: Option<TlsContext>) -> std::io::Result<()> {
+pub fn run(
+    cfg: Config,
+    tls: Option<TlsContext>,
+    passwords: Option<Arc<Verifier>>,
+    acl: Option<Arc<AclFile>>,
+) -> std::io::Result<()> {
     assert!(cfg.shards >= 1 && cfg.shards <= 256, "1..=256 shards");
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let _ = STARTED.set(std::time::Instant::now());
@@ -75,7 +82,7 @@ pub fn run(cfg: Config, tls: Option<TlsContext>) -> std::io::Result<()> {
         None => None,
     };
     let reload = tls.as_ref().map(|t| crate::tls::Reload::new(t.clone()));
-    watch_signals(cfg.clone(), reload.clone())?;
+    watch_signals(cfg.clone(), reload.clone(), passwords.clone(), acl.clone())?;
     let mut handles = Vec::new();
     for i in 0..cfg.shards {
         let metrics_fd = if i == 0 { metrics_fd.take() } else { None };
@@ -84,6 +91,8 @@ pub fn run(cfg: Config, tls: Option<TlsContext>) -> std::io::Result<()> {
         let conn_count = conn_count.clone();
         let tls = tls.clone();
         let reload = reload.clone();
+        let passwords = passwords.clone();
+        let acl = acl.clone();
         let mut b = LocalExecutorBuilder::new(Placement::Fixed(i % cpus))
             .name(&format!("ringmq-shard-{i}"))
             .io_memory(cfg.io_memory)
@@ -93,7 +102,13 @@ pub fn run(cfg: Config, tls: Option<TlsContext>) -> std::io::Result<()> {
         }
         let h = b
             .spawn(move || async move {
-                let r = shard_main(cfg, mesh, conn_count, metrics_fd, tls, reload).await;
+                let security = Security {
+                    tls,
+                    reload,
+                    passwords,
+                    acl,
+                };
+                let r = shard_main(cfg, mesh, conn_count, metrics_fd, security).await;
                 if let Err(e) = &r {
                     // One shard missing would leave its clients' sessions unreachable: the
                     // whole process stops.
@@ -143,14 +158,28 @@ fn check_shard_count(data_dir: &std::path::Path, shards: usize) -> std::io::Resu
     }
 }
 
+/// What a shard authenticates with: TLS and its reloads, and the password verifiers.
+struct Security {
+    tls: Option<TlsContext>,
+    reload: Option<Arc<crate::tls::Reload>>,
+    passwords: Option<Arc<Verifier>>,
+    acl: Option<Arc<AclFile>>,
+}
+
 async fn shard_main(
     cfg: Arc<Config>,
     mesh: Option<MeshBuilder<Batch, glommio::channels::channel_mesh::Full>>,
     conn_count: Arc<AtomicUsize>,
     metrics_fd: Option<RawFd>,
-    tls: Option<TlsContext>,
-    reload: Option<Arc<crate::tls::Reload>>,
+    security: Security,
 ) -> std::io::Result<()> {
+    let Security {
+        tls,
+        reload,
+        passwords,
+        acl,
+    } = security;
+    let mut acl_generation = 0;
     let (id, mut mesh, receivers) = Mesh::join(mesh, cfg.shards).await?;
     let mut state = ShardState::new(
         id,
@@ -187,6 +216,10 @@ async fn shard_main(
     let shard = Rc::new(Shard::new(state, Net::new(ring), tls, mesh, conn_count));
     *shard.bell.borrow_mut() = Some(bell_tx);
     SHARD.with(|s| *s.borrow_mut() = Some(shard.clone()));
+    if let Some(a) = &acl {
+        acl_generation = a.generation();
+        shard.with_state(|st| st.set_acl(Some(a.current())));
+    }
     shard.with_state(|st| st.restore(recovered));
     // The replay's temporary copies are freed by now; hand their pages back to the system
     // rather than keep them in the allocator (they can be as large as the live state).
@@ -210,6 +243,14 @@ async fn shard_main(
     // SAFETY: a duplicate of the ring's eventfd, owned by the file from here on.
     let eventfd = unsafe { glommio::io::BufferedFile::from_raw_fd(eventfd) };
     glommio::spawn_local(net_loop(eventfd, cfg.batch_window)).detach();
+    if let Some(v) = passwords {
+        let logins = Logins::new(v)?;
+        let fd = io::dup_fd(logins.mailbox().eventfd())?;
+        *shard.logins.borrow_mut() = Some(logins);
+        // SAFETY: a duplicate of the mailbox's eventfd, owned by the file from here on.
+        let eventfd = unsafe { glommio::io::BufferedFile::from_raw_fd(fd) };
+        glommio::spawn_local(logins_loop(eventfd)).detach();
+    }
     glommio::spawn_local(journal_loop(bell_rx, cfg.fsync, cfg.journal_segment_bytes)).detach();
     mesh::start_receivers(receivers);
 
@@ -273,6 +314,10 @@ async fn shard_main(
         if let Some(r) = &reload {
             shard.take_reload(r);
         }
+        if let Some(a) = acl.as_ref().filter(|a| a.generation() != acl_generation) {
+            acl_generation = a.generation();
+            shard.with_state(|st| st.set_acl(Some(a.current())));
+        }
     }
 }
 
@@ -280,10 +325,16 @@ async fn shard_main(
 /// clients why (DISCONNECT 0x8B) and closes its connections; the process exits 0 when all
 /// shards are done, or after a bounded grace period.
 ///
-/// SIGHUP reloads the TLS files (certificate, key, CA, CRL): shards take the new settings at
-/// their next tick, for new handshakes; established connections keep their sessions. A file
-/// that does not load keeps the settings in use, and the error is logged.
-fn watch_signals(cfg: Arc<Config>, reload: Option<Arc<crate::tls::Reload>>) -> std::io::Result<()> {
+/// SIGHUP reloads the password and ACL files, and the TLS files (certificate, key, CA, CRL): shards
+/// take the new TLS settings at their next tick, for new handshakes; established connections
+/// keep their sessions. A file that does not load keeps the settings in use, and the error is
+/// logged.
+fn watch_signals(
+    cfg: Arc<Config>,
+    reload: Option<Arc<crate::tls::Reload>>,
+    passwords: Option<Arc<Verifier>>,
+    acl: Option<Arc<AclFile>>,
+) -> std::io::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let shards = cfg.shards;
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
@@ -296,9 +347,19 @@ fn watch_signals(cfg: Arc<Config>, reload: Option<Arc<crate::tls::Reload>>) -> s
                     stop = Some(sig);
                     break;
                 }
-                match &reload {
-                    Some(r) => r.reload(&cfg),
-                    None => tracing::info!("SIGHUP: no TLS listener, nothing to reload"),
+                if let Some(r) = &reload {
+                    r.reload(&cfg);
+                }
+                if let Some(p) = &passwords {
+                    p.reload();
+                }
+                if let Some(a) = &acl {
+                    a.reload();
+                }
+                if reload.is_none() && passwords.is_none() && acl.is_none() {
+                    tracing::info!(
+                        "SIGHUP: no TLS listener, password or ACL file: nothing to reload"
+                    );
                 }
             }
             if let Some(sig) = stop {

@@ -62,6 +62,10 @@ impl ShardState {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
+        if !Self::may_read(self.acl.as_deref(), s, &msg.topic) {
+            self.counters.acl_denied_delivery += 1;
+            return;
+        }
         // Read the clock only for messages that can expire: this runs once per subscriber.
         let now = if msg.expires_at.is_some() {
             self.clock.now()

@@ -38,6 +38,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+mod authz;
 mod backpressure;
 mod clients;
 mod conn;
@@ -209,6 +210,36 @@ struct ConnExtra {
     /// The identity the transport verified (a client certificate's), which replaces the
     /// CONNECT's username; `Some(None)`: one is required and the client has none.
     identity: Option<Option<ByteStr>>,
+    /// A CONNECT whose username and password are being checked ([`CredentialCheck`]).
+    login: Option<Box<PendingLogin>>,
+}
+
+/// A CONNECT waiting for the driver's verdict on its password; the connection is not read
+/// meanwhile.
+struct PendingLogin {
+    token: u64,
+    connect: Box<Connect>,
+    assigned: Option<ByteStr>,
+    /// When the check was asked for (ms of the shard's clock).
+    asked_ms: u64,
+    /// Refused: the CONNACK goes at this time (ms), not before ([`LOGIN_FAILURE_DELAY_MS`]).
+    refuse_at: Option<u64>,
+}
+
+/// A failed login is answered this long after the check was asked for, however long the
+/// check took, so that timing tells nothing about which part was wrong, and a client guessing
+/// passwords gets at most a few guesses a second per connection.
+pub const LOGIN_FAILURE_DELAY_MS: u64 = 250;
+
+/// A username and password for the driver to verify against the password file, off the
+/// shard's thread; the answer comes back through [`ShardState::credentials_checked`].
+#[derive(Debug)]
+pub struct CredentialCheck {
+    pub key: usize,
+    pub token: u64,
+    pub username: String,
+    /// `None`: the CONNECT had none (refused, after the same work).
+    pub password: Option<Vec<u8>>,
 }
 
 /// An enhanced authentication exchange waiting for the client's next AUTH.
@@ -387,6 +418,7 @@ impl Effects {
             && self.drains.is_empty()
             && self.metrics_replies.is_empty()
             && self.reads.is_empty()
+            && self.credential_checks.is_empty()
             && !self.sync
             && self.batches.iter().all(|b| b.is_empty())
     }
@@ -401,6 +433,7 @@ impl Effects {
         self.drains.clear();
         self.metrics_replies.clear();
         self.reads.clear();
+        self.credential_checks.clear();
         self.sync = false;
     }
 }
@@ -444,6 +477,9 @@ pub struct Effects {
     /// Connections to stop reading from (`false`: the kernel's socket buffer and then TCP
     /// hold the client back) or to read again (`true`), in order ([`Conn::reads_paused`]).
     pub reads: Vec<(usize, bool)>,
+    /// Passwords to verify (`--password-file`); each answer goes to
+    /// [`ShardState::credentials_checked`].
+    pub credential_checks: Vec<CredentialCheck>,
 }
 
 pub struct ShardState {
@@ -502,6 +538,11 @@ pub struct ShardState {
     pub counters: Counters,
     pub histograms: Histograms,
     assigned_ids: u64,
+    /// The ACL in force (`--acl-file`); `None`: everything is allowed.
+    acl: Option<Arc<crate::acl::Acl>>,
+    /// Tokens of password checks, so that an answer for a connection that has gone (and whose
+    /// key was reused) is ignored.
+    login_tokens: u64,
     /// The journal, with the acknowledgements waiting for it; `None` runs without persistence.
     pub durable: Option<Durable>,
     /// Set by a delivery the journal had no room for, during one publish.
@@ -576,6 +617,8 @@ impl ShardState {
             counters: Counters::default(),
             histograms: Histograms::default(),
             assigned_ids: 0,
+            acl: None,
+            login_tokens: 0,
             durable: None,
             delivery_refused: false,
             current_ack: None,
@@ -706,7 +749,8 @@ mod tests {
         // 64 since 2026-12-04 (output, partial frame and hand-off moved behind pointers).
         assert!(std::mem::size_of::<super::Conn>() <= 64, "Conn grew");
         assert!(
-            std::mem::size_of::<ringmq_session::Session>() <= 136,
+            // 144: +8 on 2026-12-05 for the username the ACL needs (a thin pointer).
+            std::mem::size_of::<ringmq_session::Session>() <= 144,
             "Session grew"
         );
         assert!(

@@ -186,6 +186,7 @@ impl ShardState {
         s.expiry_interval = expiry;
         s.set_disconnected_at(Some(self.now_s()));
         s.journaled = true;
+        s.username = rs.username.map(Box::new);
         for (filter, (options, id)) in rs.subs {
             let subscription_id = (id != 0).then_some(id);
             let sub = Subscription {
@@ -330,6 +331,7 @@ impl ShardState {
             },
             disconnected_unix_ms,
             fresh,
+            username: s.username.as_deref().cloned(),
         }
     }
 

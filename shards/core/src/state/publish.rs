@@ -9,6 +9,9 @@ impl ShardState {
             return self.close_conn(key, Close::Error(reason));
         }
         self.counters.msgs_in[p.qos as usize] += 1;
+        if self.acl.is_some() && !self.may_write(sid, &p.topic) {
+            return self.deny_publish(key, sid, &p);
+        }
         let origin = self.global_id(sid);
         let durable = p.qos != QoS::AtMostOnce || p.retain;
         let body = Body {
@@ -85,6 +88,30 @@ impl ShardState {
         }
         let need = self.sync_needed_since(before);
         self.queue_ack(key, sid, id, p.qos, pending, taken, need);
+    }
+
+    /// A PUBLISH the ACL refuses: QoS 0 is dropped; QoS 1/2 is answered in order with the
+    /// session's other answers (0x87 to MQTT 5, success to 3.1.x, whose QoS 2 flow then
+    /// completes as for a message routed nowhere).
+    fn deny_publish(&mut self, key: usize, sid: u64, p: &Publish) {
+        let Some(id) = p.packet_id else {
+            return;
+        };
+        if p.qos == QoS::ExactlyOnce {
+            match self.receive_qos2(sid, id, p.dup) {
+                Qos2In::New | Qos2In::Again | Qos2In::Refused => {}
+                Qos2In::Gone => return,
+                Qos2In::TooMany => {
+                    let reason = ReasonCode::RECEIVE_MAXIMUM_EXCEEDED;
+                    return self.close_conn(key, Close::Error(reason));
+                }
+            }
+            if !self.conns[key].version.is_v5() {
+                self.qos2_routed(sid, id);
+            }
+        }
+        let need = self.sync_needed_since(JournalSeq::NONE);
+        self.queue_ack(key, sid, id, p.qos, None, Taken::NotAuthorized, need);
     }
 
     /// What makes a PUBLISH from a client a protocol error, checked before anything is done
@@ -393,6 +420,17 @@ impl ShardState {
                 }));
             }
             r
+        } else if a.taken == Taken::NotAuthorized {
+            let v5 = self.conns.get(key).is_some_and(|c| c.version.is_v5());
+            if !v5 {
+                PubResp::with_reason(a.packet_id, ReasonCode::SUCCESS)
+            } else {
+                if a.qos == QoS::ExactlyOnce {
+                    // A PUBREC of 0x80 or more ends the flow (MQTT 5 4.3.3): no PUBREL.
+                    self.settle_refused_qos2(sid, a.packet_id);
+                }
+                PubResp::with_reason(a.packet_id, ReasonCode::NOT_AUTHORIZED)
+            }
         } else {
             let reason = self.no_subscribers_reason(key, a.taken);
             PubResp::with_reason(a.packet_id, reason)

@@ -29,6 +29,9 @@ impl ShardState {
             };
             let code = if code.is_error() {
                 code
+            } else if !self.may_subscribe(sid, &f.filter) {
+                // 3.1.x answers 0x80 (Failure).
+                ReasonCode::NOT_AUTHORIZED
             } else {
                 match self.subscribe_one(sid, &f, shared, subscription_id, token) {
                     Ok(added) => {

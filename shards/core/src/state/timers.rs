@@ -1,5 +1,5 @@
-//! The shard's deadlines: connect timeouts, keep-alives, session expiry and will delays, all in
-//! one binary heap, so that a tick costs what is due, not what exists.
+//! The shard's deadlines: connect timeouts, keep-alives, refused logins, session expiry and
+//! will delays, all in one binary heap, so that a tick costs what is due, not what exists.
 //!
 //! Deadlines are checked lazily. A connection has one entry; a packet received does not touch
 //! the heap, the entry fires at the deadline it was given, and if the connection was heard
@@ -23,6 +23,8 @@ enum Kind {
     Conn = 0,
     Session = 1,
     Will = 2,
+    /// A refused login's CONNACK (`connect.rs`), by connection key.
+    Login = 3,
 }
 
 /// One deadline: 16 bytes. `at` is the due time in ms shifted left by 2, with the kind below,
@@ -50,7 +52,8 @@ impl Entry {
         match self.at & 3 {
             0 => Kind::Conn,
             1 => Kind::Session,
-            _ => Kind::Will,
+            2 => Kind::Will,
+            _ => Kind::Login,
         }
     }
 }
@@ -128,6 +131,11 @@ impl ShardState {
         self.timers.push(due_ms, Kind::Will, sid);
     }
 
+    /// A refused login is answered at `due_ms`.
+    pub(super) fn watch_login(&mut self, key: usize, due_ms: u64) {
+        self.timers.push(due_ms, Kind::Login, key as u64);
+    }
+
     /// Deadlines in the heap (metrics, tests).
     pub fn timers_pending(&self) -> usize {
         self.timers.len()
@@ -173,6 +181,9 @@ impl ShardState {
         }
         for (key, why) in expired {
             self.close_conn(key, why);
+        }
+        for e in due.iter().filter(|e| e.kind() == Kind::Login) {
+            self.refuse_login(e.what as usize);
         }
         for e in due.iter().filter(|e| e.kind() == Kind::Session) {
             // Gone, back online, or offline again since (a later entry counts): nothing.

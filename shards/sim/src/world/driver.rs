@@ -120,6 +120,11 @@ impl Sim {
                     }
                 }
             }
+            // Password checks: the simulator's shards have no password file, so the core asks
+            // for none; one asked for anyway is refused, as the real driver refuses it.
+            for c in std::mem::take(&mut fx.credential_checks) {
+                self.shards[k].st.credentials_checked(c.key, c.token, false);
+            }
             // Metrics replies: nobody scrapes in the simulator.
             fx.metrics_replies.clear();
             if fx.sync {
