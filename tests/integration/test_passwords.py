@@ -230,3 +230,27 @@ def test_paho_gets_bad_username_or_password(pw_broker):
         c.loop(0.1)
     c.disconnect()
     assert got["rc"].value == 0x86
+
+
+def test_a_connect_answered_after_a_newer_one_does_not_take_it_over(pw_broker, pwfile):
+    """Connection A is opened first and sends CONNECT with a slow password (PBKDF2 with 2
+    million iterations, about a second); B is opened next, with a fast one (101 iterations),
+    and is answered first. A's CONNECT, answered later, is stale: it is closed, and B keeps its
+    session (MQTT-3.1.4-3 takes over in the order the client connected, not in the order the
+    checks end)."""
+    r = ringmq_passwd("-b", "--iterations", "2000000", pwfile, "slow", "s")
+    assert r.returncode == 0, r.stderr
+    b = pw_broker()
+    a = R.RawClient(b.host, b.port, version=5)
+    newer = R.RawClient(b.host, b.port, version=5)
+    a.send(R.connect_packet("same-id", version=5, username="slow", password="s"))
+    newer.send(R.connect_packet("same-id", version=5, clean=False, username="alice",
+                                password="secret",
+                                properties={"session_expiry_interval": 300}))
+    assert newer.expect(R.CONNACK).connack(5)[1] == 0
+    with pytest.raises(R.ConnectionClosed):
+        a.expect(R.CONNACK, timeout=20)
+    newer.send(R.pingreq_packet())
+    newer.expect(R.PINGRESP)
+    newer.close()
+    a.close()

@@ -176,6 +176,11 @@ pub struct Session {
     /// rules for its deliveries depend on it, also while it is offline.
     /// A thin pointer: every session pays 8 bytes, not 16, for what only ACL users need.
     pub username: Option<Box<String>>,
+    /// When the TCP connection of its latest CONNECT was opened (µs of the home shard's
+    /// clock; 0 for a session restored from the journal). A CONNECT from a connection opened
+    /// before it is stale: it was read first but answered later (its password check took
+    /// longer, or it crossed the mesh), and must not take over what came after it.
+    pub opened_us: u64,
 }
 
 impl Session {
@@ -202,6 +207,7 @@ impl Session {
             problem_information: true,
             journaled: false,
             username: None,
+            opened_us: 0,
         }
     }
 

@@ -6,7 +6,9 @@
 //! # What a run is
 //! One seed picks 1 to 3 shards, 2 to 6 clients (MQTT 3.1.1 or 5.0, clean or persistent
 //! sessions, keep-alives, receive maxima, packet id habits) and the broker's settings (journal
-//! segment size, `--fsync` policy, inflight window), then runs three phases:
+//! segment size, `--fsync` policy, inflight window; in a third of the seeds, passwords checked
+//! asynchronously and answered in random order, and an ACL applied to everything), then runs
+//! three phases:
 //! 1. **chaos**: a few thousand random steps. Each step may advance the virtual clock (the
 //!    broker ticks every 250 ms of it), then does one thing: bytes arrive in the broker's socket
 //!    buffer in random splits, a shard reads them, a client reads what the broker wrote, a batch

@@ -59,6 +59,10 @@ pub struct Params {
     /// Queued messages at which a session's queue is full (`--queue-full backpressure`); 0:
     /// large enough never to be reached.
     pub queue_limit: usize,
+    /// Clients log in with a username and password, checked (asynchronously, as the driver's
+    /// verifier threads do) before their CONNECT goes on, and an ACL that allows everything is
+    /// applied to every publish, subscription and delivery.
+    pub logins: bool,
 }
 
 pub struct Shard {
@@ -69,6 +73,8 @@ pub struct Shard {
     pub bell: bool,
     /// Highest seq a sync job really made durable (what a power loss keeps).
     pub real_durable: u64,
+    /// Password checks asked for and not yet answered: (connection key, token).
+    pub logins: Vec<(usize, u64)>,
 }
 
 /// One TCP connection between a client and the broker. Its number is the `SocketId` the core
@@ -220,6 +226,7 @@ impl Sim {
         } else {
             0
         };
+        let logins = Rng::new(seed ^ 0x5851_f42d_4c95_7f2d).chance(333);
         let p = Params {
             nshards,
             nclients,
@@ -231,6 +238,7 @@ impl Sim {
             steps,
             churn,
             queue_limit,
+            logins,
         };
         let dir = data_dir(seed);
         let cfg = Config {
@@ -253,6 +261,10 @@ impl Sim {
             } else {
                 queue_limit + 1
             },
+            // The core only needs to know that there are passwords and an ACL: the simulator
+            // answers the checks and hands the shards the rules (`open_shard`).
+            password_file: logins.then(|| PathBuf::from("/sim/passwd")),
+            acl_file: logins.then(|| PathBuf::from("/sim/acl")),
             ..Config::default()
         };
         let clock = Rc::new(ManualClock::new(Instant::now(), START_UNIX_MS));
@@ -415,6 +427,9 @@ impl Sim {
         let journal: Vec<usize> = (0..self.shards.len())
             .filter(|&k| self.unsynced(k) || self.shards[k].bell)
             .collect();
+        let logins: Vec<usize> = (0..self.shards.len())
+            .filter(|&k| !self.shards[k].logins.is_empty())
+            .collect();
         let weights = [
             if arrive.is_empty() { 0 } else { 20 },
             if read.is_empty() { 0 } else { 25 },
@@ -423,6 +438,7 @@ impl Sim {
             if writable.is_empty() { 0 } else { 5 },
             if finishing.is_empty() { 0 } else { 6 },
             if journal.is_empty() { 0 } else { 10 },
+            if logins.is_empty() { 0 } else { 8 },
             18,
         ];
         match self.rng.weighted(&weights) {
@@ -460,6 +476,12 @@ impl Sim {
             6 => {
                 let k = *self.rng.pick(&journal);
                 self.journal_turn(k);
+            }
+            7 => {
+                // The verifier threads answer in any order.
+                let k = *self.rng.pick(&logins);
+                let i = self.rng.index(self.shards[k].logins.len());
+                self.answer_login(k, i);
             }
             _ => {
                 let c = self.rng.index(self.p.nclients);
@@ -563,6 +585,12 @@ pub(crate) fn open_shard(
         .unwrap_or_else(|e| panic!("the journal does not open: {e}"));
     let max = cfg.journal_max_bytes;
     st.durable = Some(Durable::new(journal, cfg.fsync, segment, max));
+    if cfg.acl_file.is_some() {
+        // Every client may do everything: the checks run on every path without changing
+        // what the model expects.
+        let acl = ringmq_core::acl::Acl::parse("pattern readwrite #\n").expect("valid");
+        st.set_acl(Some(std::sync::Arc::new(acl)));
+    }
     (st, report, recovered)
 }
 

@@ -433,6 +433,19 @@ impl ShardState {
         assigned: Option<ByteStr>,
         auth: Option<AuthDone>,
     ) {
+        let opened_us = self.conns[key].opened_us;
+        let newer = self
+            .by_client
+            .get(&self.sessions, &c.client_id)
+            .and_then(|sid| self.sessions.get(&sid))
+            .is_some_and(|s| s.opened_us > opened_us);
+        if newer {
+            // The client connected again on a newer connection, which was answered first: this
+            // CONNECT is one it gave up on, and is taken over by what came after it.
+            tracing::debug!(shard = self.id, conn = key, client = %c.client_id, "stale CONNECT");
+            self.counters.takeovers += 1;
+            return self.close_conn(key, Close::TakenOver);
+        }
         let old = self
             .by_client
             .get(&self.sessions, &c.client_id)
@@ -606,6 +619,7 @@ impl ShardState {
         s.max_packet_size = c.properties.maximum_packet_size.unwrap_or(u32::MAX);
         s.problem_information = c.properties.request_problem_information != Some(0);
         s.will = will;
+        s.opened_us = self.conns[key].opened_us;
         if self.cfg.acl_file.is_some() {
             s.username = c.username.as_deref().map(|u| Box::new(u.to_owned()));
         }

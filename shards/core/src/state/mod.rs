@@ -543,6 +543,8 @@ pub struct ShardState {
     /// Tokens of password checks, so that an answer for a connection that has gone (and whose
     /// key was reused) is ignored.
     login_tokens: u64,
+    /// The opening time given to the latest accepted connection (`add_conn`).
+    last_opened_us: u64,
     /// The journal, with the acknowledgements waiting for it; `None` runs without persistence.
     pub durable: Option<Durable>,
     /// Set by a delivery the journal had no room for, during one publish.
@@ -619,6 +621,7 @@ impl ShardState {
             assigned_ids: 0,
             acl: None,
             login_tokens: 0,
+            last_opened_us: 0,
             durable: None,
             delivery_refused: false,
             current_ack: None,
@@ -749,8 +752,9 @@ mod tests {
         // 64 since 2026-12-04 (output, partial frame and hand-off moved behind pointers).
         assert!(std::mem::size_of::<super::Conn>() <= 64, "Conn grew");
         assert!(
-            // 144: +8 on 2026-12-05 for the username the ACL needs (a thin pointer).
-            std::mem::size_of::<ringmq_session::Session>() <= 144,
+            // 152: +8 on 2026-12-05 for the username the ACL needs (a thin pointer), +8 for
+            // the opening time of its latest connection (stale CONNECTs, connect.rs).
+            std::mem::size_of::<ringmq_session::Session>() <= 152,
             "Session grew"
         );
         assert!(

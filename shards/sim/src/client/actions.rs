@@ -112,8 +112,8 @@ impl Sim {
             keep_alive: cl.keep_alive,
             client_id: ByteStr::from(cl.id.as_str()),
             will,
-            username: None,
-            password: None,
+            username: self.p.logins.then(|| ByteStr::from(cl.id.as_str())),
+            password: self.p.logins.then(|| Bytes::from_static(b"sim-password")),
             properties: Properties {
                 session_expiry_interval: (v5 && persistent).then_some(cl.expiry),
                 receive_maximum: if v5 { cl.receive_maximum } else { None },

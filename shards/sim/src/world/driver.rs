@@ -19,6 +19,7 @@ impl Sim {
                 finishing: Vec::new(),
                 bell: false,
                 real_durable: last,
+                logins: Vec::new(),
             });
             self.jlogs[k].reopened(last);
             self.log(format!(
@@ -120,10 +121,10 @@ impl Sim {
                     }
                 }
             }
-            // Password checks: the simulator's shards have no password file, so the core asks
-            // for none; one asked for anyway is refused, as the real driver refuses it.
+            // Password checks go to the "verifier threads": answered by a later step.
             for c in std::mem::take(&mut fx.credential_checks) {
-                self.shards[k].st.credentials_checked(c.key, c.token, false);
+                self.log(format!("shard {k}: checks the password of key {}", c.key));
+                self.shards[k].logins.push((c.key, c.token));
             }
             // Metrics replies: nobody scrapes in the simulator.
             fx.metrics_replies.clear();
@@ -490,4 +491,14 @@ pub(super) fn describe_batch(b: &Batch) -> String {
         });
     }
     parts.join(", ")
+}
+
+impl Sim {
+    /// The verifier threads answer the `i`th pending check of shard `k`: the password is right
+    /// (the simulated clients know theirs).
+    pub(crate) fn answer_login(&mut self, k: usize, i: usize) {
+        let (key, token) = self.shards[k].logins.swap_remove(i);
+        self.log(format!("shard {k}: password of key {key} verified"));
+        self.call(k, |st| st.credentials_checked(key, token, true));
+    }
 }

@@ -47,6 +47,10 @@ impl Sim {
                     self.finish(k, 0);
                     progress = true;
                 }
+                while !self.shards[k].logins.is_empty() {
+                    self.answer_login(k, 0);
+                    progress = true;
+                }
                 if self.unsynced(k) || self.shards[k].bell {
                     self.journal_turn(k);
                     progress = true;
