@@ -285,3 +285,29 @@ def test_mosquitto_clients_with_passwords_and_acl(tmp_path, acl_file):
         assert "not authori" in (r.stderr + r.stdout).lower(), r.stderr + r.stdout
     finally:
         b.stop()
+
+
+def test_a_will_is_checked_again_when_it_is_published(nshards, acl_file, tmp_path):
+    """bob may publish his will at CONNECT; after a reload takes that away, his connection
+    ends without DISCONNECT and the will is not published."""
+    acl_file.write_text(ACL + "\nuser watcher\ntopic read wills/#\n")
+    b = Broker(nshards, ["--acl-file", str(acl_file), "--allow-anonymous", "true"])
+    try:
+        watcher = client(b, "watcher-1", user="watcher")
+        assert subscribe(watcher, 1, "wills/#") == [1]
+        bob = client(b, "bob-will", user="bob", will_topic="wills/bob", will_payload=b"w1",
+                     will_qos=1)
+        bob.close()
+        assert payloads(watcher, 1, timeout=3) == [b"w1"]
+        bob = client(b, "bob-will", user="bob", will_topic="wills/bob", will_payload=b"w2",
+                     will_qos=1)
+        acl_file.write_text(ACL.replace("topic write wills/bob\n", "")
+                            + "\nuser watcher\ntopic read wills/#\n")
+        b.proc.send_signal(signal.SIGHUP)
+        wait_for_log(b, "ACL file reloaded")
+        time.sleep(0.6)  # every shard takes the rules at its next tick
+        bob.close()
+        assert payloads(watcher, timeout=1.0) == []
+        assert b.alive()
+    finally:
+        b.stop()

@@ -727,6 +727,15 @@ impl ShardState {
     }
 
     pub(super) fn publish_will(&mut self, w: LastWill, origin: u64) {
+        // Checked at CONNECT, and again now with the rules in force, while its session is
+        // there to say who publishes it (wills go from the session's home shard).
+        if self.acl.is_some() {
+            let sid = origin & ((1 << 48) - 1);
+            let mine = (origin >> 48) as usize == self.id && self.sessions.contains_key(&sid);
+            if mine && !self.may_write(sid, &w.topic) {
+                return;
+            }
+        }
         let body = Body {
             topic: w.topic,
             payload: w.payload,
