@@ -3,6 +3,7 @@
 //! retained messages, wills, restored subscriptions and subscriptions made before a reload
 //! are all held to the rules in force when the message goes.
 
+use super::publish::Qos2In;
 use super::*;
 use crate::acl::{Acl, Who};
 
@@ -75,5 +76,29 @@ impl ShardState {
             self.counters.acl_denied_publish += 1;
         }
         ok
+    }
+
+    /// A PUBLISH the ACL refuses: QoS 0 is dropped; QoS 1/2 is answered in order with the
+    /// session's other answers (0x87 to MQTT 5, success to 3.1.x, whose QoS 2 flow then
+    /// completes as for a message routed nowhere).
+    pub(super) fn deny_publish(&mut self, key: usize, sid: u64, p: &Publish) {
+        let Some(id) = p.packet_id else {
+            return;
+        };
+        if p.qos == QoS::ExactlyOnce {
+            match self.receive_qos2(sid, id, p.dup) {
+                Qos2In::New | Qos2In::Again | Qos2In::Refused => {}
+                Qos2In::Gone => return,
+                Qos2In::TooMany => {
+                    let reason = ReasonCode::RECEIVE_MAXIMUM_EXCEEDED;
+                    return self.close_conn(key, Close::Error(reason));
+                }
+            }
+            if !self.conns[key].version.is_v5() {
+                self.qos2_routed(sid, id);
+            }
+        }
+        let need = self.sync_needed_since(JournalSeq::NONE);
+        self.queue_ack(key, sid, id, p.qos, None, Taken::NotAuthorized, need);
     }
 }

@@ -45,6 +45,7 @@ mod conn;
 mod connect;
 mod deliver;
 mod held;
+mod login;
 mod output;
 mod peers;
 mod persist;

@@ -90,30 +90,6 @@ impl ShardState {
         self.queue_ack(key, sid, id, p.qos, pending, taken, need);
     }
 
-    /// A PUBLISH the ACL refuses: QoS 0 is dropped; QoS 1/2 is answered in order with the
-    /// session's other answers (0x87 to MQTT 5, success to 3.1.x, whose QoS 2 flow then
-    /// completes as for a message routed nowhere).
-    fn deny_publish(&mut self, key: usize, sid: u64, p: &Publish) {
-        let Some(id) = p.packet_id else {
-            return;
-        };
-        if p.qos == QoS::ExactlyOnce {
-            match self.receive_qos2(sid, id, p.dup) {
-                Qos2In::New | Qos2In::Again | Qos2In::Refused => {}
-                Qos2In::Gone => return,
-                Qos2In::TooMany => {
-                    let reason = ReasonCode::RECEIVE_MAXIMUM_EXCEEDED;
-                    return self.close_conn(key, Close::Error(reason));
-                }
-            }
-            if !self.conns[key].version.is_v5() {
-                self.qos2_routed(sid, id);
-            }
-        }
-        let need = self.sync_needed_since(JournalSeq::NONE);
-        self.queue_ack(key, sid, id, p.qos, None, Taken::NotAuthorized, need);
-    }
-
     /// What makes a PUBLISH from a client a protocol error, checked before anything is done
     /// with it; resolves a topic alias into the topic.
     fn check_publish(&mut self, key: usize, p: &mut Publish) -> Result<(), ReasonCode> {
@@ -163,7 +139,7 @@ impl ShardState {
 
     /// Records the packet id of a QoS 2 PUBLISH until its PUBREL (journaled for a persistent
     /// session), so that a retransmission is not routed twice.
-    fn receive_qos2(&mut self, sid: u64, id: PacketId, dup: bool) -> Qos2In {
+    pub(super) fn receive_qos2(&mut self, sid: u64, id: PacketId, dup: bool) -> Qos2In {
         let max = self.cfg.max_inflight as usize;
         let Some(s) = self.sessions.get_mut(&sid) else {
             return Qos2In::Gone;
@@ -798,7 +774,7 @@ pub(super) enum Expiry {
 }
 
 /// What a QoS 2 PUBLISH's packet id says.
-enum Qos2In {
+pub(super) enum Qos2In {
     /// First seen: route it.
     New,
     /// A retransmission of one already routed: answer again only.
