@@ -2,15 +2,14 @@
 //! force at its next tick. A file that does not load keeps the rules in use, and the error is
 //! logged naming the file and line.
 
+use crate::published::Published;
 use ringmq_core::acl::Acl;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 pub struct AclFile {
     path: PathBuf,
-    rules: Mutex<Arc<Acl>>,
-    generation: AtomicU64,
+    rules: Published<Arc<Acl>>,
 }
 
 /// Reads and parses an ACL file; the error names the file (and the line).
@@ -26,8 +25,7 @@ impl AclFile {
         tracing::info!(file = %path.display(), rules = acl.rules(), "ACL file loaded");
         Ok(Arc::new(AclFile {
             path,
-            rules: Mutex::new(Arc::new(acl)),
-            generation: AtomicU64::new(1),
+            rules: Published::new(Arc::new(acl)),
         }))
     }
 
@@ -36,8 +34,7 @@ impl AclFile {
         match load(&self.path) {
             Ok(acl) => {
                 tracing::info!(file = %self.path.display(), rules = acl.rules(), "ACL file reloaded");
-                *self.rules.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(acl);
-                self.generation.fetch_add(1, Ordering::Release);
+                self.rules.update(|rules| *rules = Arc::new(acl));
             }
             Err(e) => tracing::error!(
                 error = %e,
@@ -48,10 +45,10 @@ impl AclFile {
 
     /// Changes with every reload that loaded.
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        self.rules.generation()
     }
 
     pub fn current(&self) -> Arc<Acl> {
-        self.rules.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.rules.current()
     }
 }

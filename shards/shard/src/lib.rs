@@ -25,6 +25,7 @@ pub mod io;
 pub mod logins;
 pub mod mesh;
 pub mod net;
+mod published;
 pub mod ring;
 pub mod runtime;
 mod secure;

@@ -11,6 +11,7 @@
 //! The password file is read at start and again on SIGHUP; a file that does not load keeps
 //! the users in use, and the error is logged naming the file and line.
 
+use crate::published::Published;
 use crossbeam_channel::{Receiver, Sender};
 use ringmq_core::state::CredentialCheck;
 use ringmq_passwd::PasswordFile;
@@ -76,7 +77,7 @@ struct Job {
 /// The password file and the verifier threads, shared by every shard.
 pub struct Verifier {
     path: PathBuf,
-    file: Mutex<Arc<PasswordFile>>,
+    file: Published<Arc<PasswordFile>>,
     jobs: Sender<Job>,
 }
 
@@ -89,7 +90,7 @@ impl Verifier {
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         let v = Arc::new(Verifier {
             path,
-            file: Mutex::new(Arc::new(file)),
+            file: Published::new(Arc::new(file)),
             jobs: tx,
         });
         for i in 0..threads.max(1) {
@@ -108,7 +109,7 @@ impl Verifier {
         match PasswordFile::load(&self.path) {
             Ok(f) => {
                 tracing::info!(file = %self.path.display(), users = f.len(), "password file reloaded");
-                *self.file.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(f);
+                self.file.update(|file| *file = Arc::new(f));
             }
             Err(e) => tracing::error!(
                 error = %e,
@@ -118,7 +119,7 @@ impl Verifier {
     }
 
     fn current(&self) -> Arc<PasswordFile> {
-        self.file.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.file.current()
     }
 }
 

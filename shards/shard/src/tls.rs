@@ -136,17 +136,11 @@ fn pem_all<T: PemObject>(path: &Path, what: &str) -> Result<Vec<T>, String> {
 }
 
 /// TLS settings reloaded on SIGHUP, for the shards to take at their next tick.
-pub struct Reload {
-    generation: std::sync::atomic::AtomicU64,
-    current: std::sync::Mutex<TlsContext>,
-}
+pub struct Reload(crate::published::Published<TlsContext>);
 
 impl Reload {
     pub fn new(ctx: TlsContext) -> Arc<Reload> {
-        Arc::new(Reload {
-            generation: std::sync::atomic::AtomicU64::new(0),
-            current: std::sync::Mutex::new(ctx),
-        })
+        Arc::new(Reload(crate::published::Published::new(ctx)))
     }
 
     /// Loads the files again; on success the shards take the new settings, else the error is
@@ -154,13 +148,12 @@ impl Reload {
     pub fn reload(&self, cfg: &ringmq_core::Config) {
         match context(cfg) {
             Ok(Some(mut new)) => {
-                let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(config) = Arc::get_mut(&mut new.config) {
-                    config.ticketer = current.config.ticketer.clone();
-                }
-                *current = new;
-                self.generation
-                    .fetch_add(1, std::sync::atomic::Ordering::Release);
+                self.0.update(|current| {
+                    if let Some(config) = Arc::get_mut(&mut new.config) {
+                        config.ticketer = current.config.ticketer.clone();
+                    }
+                    *current = new;
+                });
                 tracing::info!("SIGHUP: TLS certificate, key, CA and CRL files reloaded");
             }
             Ok(None) => {}
@@ -172,14 +165,11 @@ impl Reload {
     }
 
     pub fn generation(&self) -> u64 {
-        self.generation.load(std::sync::atomic::Ordering::Acquire)
+        self.0.generation()
     }
 
     pub fn current(&self) -> TlsContext {
-        self.current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.0.current()
     }
 }
 
