@@ -27,6 +27,7 @@
 
 mod declare;
 mod kind;
+mod listener;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -190,9 +191,13 @@ pub fn file_layer(text: &str, path: &Path) -> Result<Layer, ConfigError> {
             (Kind::Addrs | Kind::Listeners, toml::Value::Array(items)) => {
                 let mut v = Vec::new();
                 for item in items {
-                    match item.as_str() {
-                        Some(s) => v.push(s.to_owned()),
-                        None => return Err(invalid(spec, &shown, &source)),
+                    match item {
+                        toml::Value::String(s) => v.push(s.to_owned()),
+                        // A `[[listener]]` table, as inline TOML text (`config/listener.rs`).
+                        toml::Value::Table(_) if matches!(spec.kind, Kind::Listeners) => {
+                            v.push(item.to_string())
+                        }
+                        _ => return Err(invalid(spec, &shown, &source)),
                     }
                 }
                 v
@@ -276,10 +281,26 @@ fn choose_listeners(s: &mut Settings, listen_given: bool) -> Result<(), ConfigEr
                 .into(),
         ));
     }
-    if let Some(l) = s.listener.iter().find(|l| l.is_tls()) {
-        if s.tls_cert.is_empty() || s.tls_key.is_empty() {
+    if s.listener.len() + s.listen.len() > 255 {
+        return Err(ConfigError("at most 255 listeners".into()));
+    }
+    for l in s.listener.iter().filter(|l| l.is_tls()) {
+        let own = l.own.as_deref().cloned().unwrap_or_default();
+        let cert = own.tls_cert.is_some() || !s.tls_cert.is_empty();
+        let key = own.tls_key.is_some() || !s.tls_key.is_empty();
+        if !cert || !key {
             return Err(ConfigError(format!(
-                "listener {l} needs tls_cert and tls_key (--tls-cert FILE --tls-key FILE)"
+                "listener {l} needs tls_cert and tls_key (--tls-cert FILE --tls-key FILE, or \
+                 in its [[listener]] table)"
+            )));
+        }
+        let ca = own.tls_ca.is_some() || !s.tls_ca.is_empty();
+        let require = own.require_certificate.unwrap_or(s.require_certificate);
+        let crl = own.tls_crl.is_some() || !s.tls_crl.is_empty();
+        if (require || crl) && !ca {
+            return Err(ConfigError(format!(
+                "listener {l}: require_certificate and tls_crl need tls_ca, the CA file \
+                 client certificates are verified against"
             )));
         }
     }

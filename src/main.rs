@@ -125,7 +125,7 @@ fn main() {
         "ringmq {} starting",
         env!("CARGO_PKG_VERSION")
     );
-    let tls = ringmq_shard::tls::context(&cfg).unwrap_or_else(|e| {
+    let tls = ringmq_shard::certs::contexts(&cfg).unwrap_or_else(|e| {
         eprintln!("ringmq: {e}");
         std::process::exit(2);
     });

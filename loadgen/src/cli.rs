@@ -240,6 +240,11 @@ pub(crate) struct Idle {
 pub(crate) struct Storm {
     #[arg(long, default_value_t = 1000)]
     pub(crate) devices: u32,
+    /// Connect every device once and disconnect it before the measured storm, whose figures
+    /// (connects/s, CONNACK times, connect_start_s) are then those of the second round: with
+    /// --tls, each device resumes the session (ticket) its first connection got.
+    #[arg(long)]
+    pub(crate) warm_up: bool,
 }
 
 impl Global {

@@ -146,8 +146,9 @@ fn tls_config(
     if !g.tls_resume {
         cfg.resumption = rustls::client::Resumption::disabled();
     } else {
-        // Enough tickets for every device of a large fleet to resume.
-        cfg.resumption = rustls::client::Resumption::in_memory_sessions(1 << 20);
+        // Each device gets a store of its own (`Exec::device_tls`): a shared one keeps only a
+        // few tickets per server name, so most of a fleet's reconnects would be full.
+        cfg.resumption = rustls::client::Resumption::in_memory_sessions(2);
     }
     let name = ServerName::try_from(g.tls_server_name.clone())
         .map_err(|e| format!("--tls-server-name: {e}"))?;
@@ -197,6 +198,8 @@ impl LocalRun {
             tls: tls_config(g)?,
             username: g.username.clone(),
             password: g.password.clone(),
+            warm_up: matches!(&cli.scenario, Scenario::ConnectStorm(s) if s.warm_up),
+            tls_resume: g.tls_resume,
         });
         // Device g goes to process g % P, then executor (g / P) % T.
         let total = cli.scenario.devices();

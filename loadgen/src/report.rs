@@ -65,6 +65,11 @@ pub(crate) struct ResultJson {
     pub(crate) connack_us: Summary,
     pub(crate) connect_per_s: f64,
     pub(crate) ramp_up_s: f64,
+    /// Seconds from the start of the run to the first connect measured (after a warm-up
+    /// round, the second round's).
+    pub(crate) connect_start_s: f64,
+    /// Connections whose TLS handshake resumed an earlier session.
+    pub(crate) tls_resumed: u64,
     pub(crate) loadgen: LoadgenJson,
     pub(crate) broker: Option<BrokerJson>,
     pub(crate) histogram_b64: String,
@@ -175,7 +180,11 @@ pub(crate) fn build_result(
         queued_latency_us: summarize(&q),
         queued_histogram_b64: hist_to_b64(&q),
     });
-    let _ = o.t0;
+    let connect_start_s = if c.first_attempt_ns > o.t0 {
+        round2((c.first_attempt_ns - o.t0) as f64 / 1e9 * 1000.0) / 1000.0
+    } else {
+        0.0
+    };
     Ok((
         ResultJson {
             scenario: cli.scenario.name().into(),
@@ -207,6 +216,8 @@ pub(crate) fn build_result(
                 0.0
             },
             ramp_up_s: round2(ramp_s * 1000.0) / 1000.0,
+            connect_start_s,
+            tls_resumed: c.tls_resumed,
             loadgen: LoadgenJson {
                 cpu_pct: round2(cpu_pct),
                 rss_kb,

@@ -95,6 +95,9 @@ pub struct Counters {
     /// more, e.g. 0x97 Quota exceeded): not in `acked`, and their latency not recorded.
     #[serde(default)]
     pub refused: u64,
+    /// Connections whose TLS handshake resumed an earlier session (a ticket).
+    #[serde(default)]
+    pub tls_resumed: u64,
     /// CLOCK_MONOTONIC ns of the first connection attempt, 0 = none.
     pub first_attempt_ns: u64,
     /// CLOCK_MONOTONIC ns of the last device becoming ready, 0 = none.
@@ -120,6 +123,7 @@ impl Counters {
         self.acked += o.acked;
         self.acked_in_window += o.acked_in_window;
         self.refused += o.refused;
+        self.tls_resumed += o.tls_resumed;
         if o.first_attempt_ns != 0
             && (self.first_attempt_ns == 0 || o.first_attempt_ns < self.first_attempt_ns)
         {

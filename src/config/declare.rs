@@ -137,7 +137,7 @@ plain_value!(Option<SocketAddr>, Addr(a) => a,
 plain_value!(Vec<SocketAddr>, Addrs(a) => a,
     this => Array(this.iter().map(|a| toml::Value::String(a.to_string())).collect()));
 plain_value!(Vec<Listener>, Listeners(l) => l,
-    this => Array(this.iter().map(|l| toml::Value::String(l.to_string())).collect()));
+    this => Array(this.iter().map(super::listener::to_toml).collect()));
 plain_value!(Fsync, Fsync(f) => f, this => String(match this {
     Fsync::Always => "always".to_owned(),
     Fsync::Never => "never".to_owned(),

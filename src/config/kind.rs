@@ -62,7 +62,7 @@ impl Kind {
             Kind::Pow2 { min, max } => format!("a power of two from {min} to {max}"),
             Kind::Addrs => "a list of ADDR:PORT socket addresses (e.g. 127.0.0.1:1883)".into(),
             Kind::Listeners => "a list of listener URLs: mqtt://ADDR:PORT or mqtts://ADDR:PORT \
-                 (e.g. mqtts://0.0.0.0:8883)"
+                 (e.g. mqtts://0.0.0.0:8883), or of [[listener]] tables with a url"
                 .into(),
             Kind::AddrOrNone => "an ADDR:PORT socket address (e.g. 127.0.0.1:9883) or none".into(),
             Kind::Path => "a path".into(),
@@ -105,8 +105,16 @@ pub fn check(spec: &Spec, raw: &Raw) -> Result<Val, ConfigError> {
         Kind::Int { min, max } => in_range(min, max, false),
         Kind::Pow2 { min, max } => in_range(min, max, true),
         Kind::Listeners => {
-            let urls = raw.values.iter().filter(|s| !s.trim().is_empty());
-            let parsed = urls.map(|s| Listener::parse(s).ok_or_else(bad));
+            let items = raw.values.iter().filter(|s| !s.trim().is_empty());
+            let parsed = items.map(|s| match super::listener::parse(s) {
+                Ok(l) => Ok(l),
+                Err(_) if !s.trim().starts_with('{') => Err(bad()),
+                Err(e) => Err(ConfigError(format!(
+                    "invalid listener table {} (from {}): {e}",
+                    s.trim(),
+                    raw.source
+                ))),
+            });
             Ok(Val::Listeners(parsed.collect::<Result<_, _>>()?))
         }
         Kind::Addrs => {

@@ -49,7 +49,9 @@ settings! {
 
         /// Listener by URL (repeatable): mqtt://ADDR:PORT (plain MQTT) or mqtts://ADDR:PORT
         /// (MQTT over TLS, with tls_cert and tls_key). When any is given, listen's default is
-        /// not used (give listen too to keep a plain address).
+        /// not used (give listen too to keep a plain address). In the config file a
+        /// [[listener]] table gives one its own TLS files, SNI certificates, allow_anonymous
+        /// and limits (docs/configuration.md).
         listener: Vec<Listener> = "", Kind::Listeners, "URL" => listeners;
 
         /// PEM file with the certificate chain of the TLS listeners (leaf first; RSA, ECDSA or
@@ -107,6 +109,16 @@ settings! {
 
         /// Largest number of client connections held at once; more are refused at accept.
         max_connections: usize = "1000000", ANY, "N" => max_connections;
+
+        /// Connections each listener accepts per second (0: no limit; a [[listener]] table may
+        /// set its own). Past it a shard stops accepting on that listener until the rate allows
+        /// one more: the connections wait in the kernel's backlog.
+        max_accept_rate: u32 = "0", int(0, 4_294_967_295), "N" => max_accept_rate;
+
+        /// TLS handshakes each TLS listener has in progress at once (0: no limit; a
+        /// [[listener]] table may set its own). At the limit, accepting on that listener waits
+        /// until a handshake ends.
+        max_handshakes: usize = "0", ANY, "N" => max_handshakes;
 
         /// Largest MQTT packet accepted from a client, in bytes (64 to 268435460), fixed header
         /// included (advertised to MQTT 5 clients as Maximum Packet Size). Larger packets close

@@ -363,14 +363,15 @@ class Packet:
 # ----------------------------------------------------------------- client
 
 class RawClient:
-    def __init__(self, host, port, timeout=5.0, version=4, tls=None):
+    def __init__(self, host, port, timeout=5.0, version=4, tls=None,
+                 server_hostname="localhost"):
         """``tls``: an ``ssl.SSLContext`` to speak MQTT over TLS with."""
         self.host, self.port = host, port
         self.version = version
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if tls is not None:
-            self.sock = tls.wrap_socket(self.sock, server_hostname="localhost")
+            self.sock = tls.wrap_socket(self.sock, server_hostname=server_hostname)
         self.buf = bytearray()
         self.pending = []
         self.closed = False

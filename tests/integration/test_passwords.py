@@ -242,8 +242,11 @@ def test_a_connect_answered_after_a_newer_one_does_not_take_it_over(pw_broker, p
     assert r.returncode == 0, r.stderr
     b = pw_broker()
     a = R.RawClient(b.host, b.port, version=5)
-    newer = R.RawClient(b.host, b.port, version=5)
     a.send(R.connect_packet("same-id", version=5, username="slow", password="s"))
+    # Connections are ordered by when their shard accepted them: with two shards, a busy one
+    # could accept A after the other accepted B. A moment lets A's shard accept it first.
+    time.sleep(0.3)
+    newer = R.RawClient(b.host, b.port, version=5)
     newer.send(R.connect_packet("same-id", version=5, clean=False, username="alice",
                                 password="secret",
                                 properties={"session_expiry_interval": 300}))

@@ -5,7 +5,7 @@ use super::*;
 
 impl Exec {
     pub(super) fn connect_more(&mut self, now: u64) {
-        let elapsed = now.saturating_sub(self.cfg.ramp_start_ns) as f64 / 1e9;
+        let elapsed = now.saturating_sub(self.ramp_start_ns) as f64 / 1e9;
         let allowed = (elapsed * self.cfg.connect_rate) as usize + 1;
         while self.next_connect < self.specs.len()
             && self.next_connect < allowed
@@ -177,8 +177,10 @@ impl Exec {
         self.devs[i].t_connect_ns = now;
         // TLS: the session holds the CONNECT until its handshake is done; the connect time
         // counts the handshake.
-        if let Some((config, name)) = &self.cfg.tls {
-            match rustls::ClientConnection::new(config.clone(), name.clone()) {
+        let cfg = self.cfg.clone();
+        if let Some((config, name)) = &cfg.tls {
+            let config = self.device_tls(i, config);
+            match rustls::ClientConnection::new(config, name.clone()) {
                 Ok(c) => self.devs[i].tls = Some(Box::new(c)),
                 Err(e) => return self.fail(i, format!("TLS: {e}")),
             }
@@ -201,6 +203,10 @@ impl Exec {
             }
         }
         self.connack.saturating_record(us.max(1));
+        let resumed = self.devs[i].tls.as_ref().and_then(|t| t.handshake_kind());
+        if resumed == Some(rustls::HandshakeKind::Resumed) {
+            self.c.tls_resumed += 1;
+        }
         match self.specs[i].role {
             Role::Sub => self.subscribe(i),
             Role::Pub => {
@@ -323,6 +329,50 @@ impl Exec {
             Role::Plain => {}
         }
         self.c.last_ready_ns = now;
+    }
+
+    /// Device `i`'s TLS settings: the run's, with a ticket store of its own (when the run
+    /// resumes sessions at all).
+    fn device_tls(
+        &mut self,
+        i: usize,
+        run: &Arc<rustls::ClientConfig>,
+    ) -> Arc<rustls::ClientConfig> {
+        if !self.cfg.tls_resume {
+            return run.clone();
+        }
+        if self.tls_dev.len() <= i {
+            self.tls_dev.resize(i + 1, None);
+        }
+        self.tls_dev[i]
+            .get_or_insert_with(|| {
+                let mut own = (**run).clone();
+                own.resumption = rustls::client::Resumption::in_memory_sessions(2);
+                Arc::new(own)
+            })
+            .clone()
+    }
+
+    /// connect-storm --warm-up: every device connected once; they leave with a clean
+    /// DISCONNECT and the measured round starts now, with the counters of the connect phase
+    /// cleared (errors stay).
+    pub(super) fn warm_up_done(&mut self, now: u64) {
+        self.close_all();
+        self.warming = false;
+        self.devs.clear();
+        self.next_connect = 0;
+        self.settled = 0;
+        self.pending_handshakes = 0;
+        self.up = 0;
+        self.subs_up = 0;
+        self.ramp_start_ns = now_ns().max(now);
+        self.c.connected = 0;
+        self.c.subs_connected = 0;
+        self.c.pubs_connected = 0;
+        self.c.tls_resumed = 0;
+        self.c.first_attempt_ns = 0;
+        self.c.last_ready_ns = 0;
+        self.connack.reset();
     }
 
     pub(super) fn close_all(&mut self) {

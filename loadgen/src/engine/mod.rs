@@ -103,6 +103,10 @@ pub struct RunCfg {
     )>,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// connect-storm --warm-up: a first round connects and disconnects every device.
+    pub warm_up: bool,
+    /// TLS sessions are resumed: each device keeps its own tickets.
+    pub tls_resume: bool,
 }
 
 /// session-churn settings: `devices` subscribers `bench/churn/<i>` cycling per `plan`;
@@ -280,6 +284,13 @@ pub struct Exec {
     topic_hdrs: Vec<(Vec<u8>, Option<usize>)>,
     disc: Vec<u8>,
     next_connect: usize,
+    /// When connecting started (the second round's start after a warm-up).
+    ramp_start_ns: u64,
+    /// A warm-up round is still to be completed.
+    warming: bool,
+    /// Each device's own TLS settings, so that it keeps the tickets of its own sessions (a
+    /// shared store keeps only a few per server name); made at its first connect.
+    tls_dev: Vec<Option<Arc<rustls::ClientConfig>>>,
     pending_handshakes: usize,
     settled: usize,
     up: u64,
@@ -298,6 +309,7 @@ fn qos_u8(q: QoS) -> u8 {
 
 impl Exec {
     pub fn new(cfg: Arc<RunCfg>, idx: usize, shared: Arc<Shared>, specs: Vec<DevSpec>) -> Exec {
+        let (ramp_start_ns, warming) = (cfg.ramp_start_ns, cfg.warm_up);
         // SAFETY: epoll_create1 has no preconditions.
         let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         assert!(ep >= 0, "epoll_create1 failed");
@@ -344,6 +356,9 @@ impl Exec {
             topic_hdrs: Vec::new(),
             disc: disc.to_vec(),
             next_connect: 0,
+            ramp_start_ns,
+            warming,
+            tls_dev: Vec::new(),
             pending_handshakes: 0,
             settled: 0,
             up: 0,
@@ -418,7 +433,9 @@ impl Exec {
         match self.phase {
             Phase::Ramp => {
                 self.connect_more(now);
-                if self.settled == self.specs.len() || now >= self.cfg.ramp_deadline_ns {
+                if self.warming && self.settled == self.specs.len() {
+                    self.warm_up_done(now);
+                } else if self.settled == self.specs.len() || now >= self.cfg.ramp_deadline_ns {
                     self.abandon_handshakes();
                     if self.cfg.churn.is_none() {
                         self.specs = Vec::new();

@@ -71,7 +71,7 @@ impl Exec {
             return;
         }
         let h = crate::payload::read_header(&p.payload);
-        if h.is_some_and(|h| h.ts_ns < self.cfg.ramp_start_ns) {
+        if h.is_some_and(|h| h.ts_ns < self.ramp_start_ns) {
             // Sent before this run started: left over from an earlier run.
             self.c.stale += 1;
             return;

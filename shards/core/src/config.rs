@@ -14,11 +14,58 @@ pub enum Scheme {
     Mqtts,
 }
 
-/// A listener as `--listener` gives it: `mqtt://ADDR:PORT` or `mqtts://ADDR:PORT`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A listener: a URL as `--listener` gives it (`mqtt://ADDR:PORT`, `mqtts://ADDR:PORT`), or a
+/// `[[listener]]` table of the config file with settings of its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listener {
     pub scheme: Scheme,
     pub addr: SocketAddr,
+    /// Settings of its own (a table); `None`, a URL alone, takes every one from the global ones.
+    pub own: Option<Box<ListenerSettings>>,
+}
+
+/// What a `[[listener]]` table sets for its listener alone; `None` takes the global setting of
+/// the same name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListenerSettings {
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_crl: Option<PathBuf>,
+    pub require_certificate: Option<bool>,
+    pub use_identity_as_username: Option<bool>,
+    pub allow_anonymous: Option<bool>,
+    pub max_connections: Option<usize>,
+    pub max_accept_rate: Option<u32>,
+    pub max_handshakes: Option<usize>,
+    /// Further certificates, each served to clients that ask for one of its DNS names (SNI).
+    pub sni: Vec<SniCert>,
+}
+
+/// A certificate chain and its key, chosen by the server name a TLS client asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SniCert {
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+}
+
+/// A listener's settings with the global ones filled in ([`Config::effective`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Effective {
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_crl: Option<PathBuf>,
+    pub require_certificate: bool,
+    pub use_identity_as_username: bool,
+    pub allow_anonymous: bool,
+    /// Connections from this listener held by the whole process (0: no limit of its own).
+    pub max_connections: usize,
+    /// Connections accepted per second (0: no limit).
+    pub max_accept_rate: u32,
+    /// TLS handshakes in progress at once (0: no limit).
+    pub max_handshakes: usize,
+    pub sni: Vec<SniCert>,
 }
 
 impl Listener {
@@ -26,6 +73,7 @@ impl Listener {
         Listener {
             scheme: Scheme::Mqtt,
             addr,
+            own: None,
         }
     }
 
@@ -38,21 +86,30 @@ impl Listener {
             _ => return None,
         };
         let addr = rest.strip_suffix('/').unwrap_or(rest).parse().ok()?;
-        Some(Listener { scheme, addr })
+        Some(Listener {
+            scheme,
+            addr,
+            own: None,
+        })
     }
 
     pub fn is_tls(&self) -> bool {
         self.scheme == Scheme::Mqtts
     }
-}
 
-impl std::fmt::Display for Listener {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    /// The URL alone, without the settings of its own.
+    pub fn url(&self) -> String {
         let scheme = match self.scheme {
             Scheme::Mqtt => "mqtt",
             Scheme::Mqtts => "mqtts",
         };
-        write!(f, "{scheme}://{}", self.addr)
+        format!("{scheme}://{}", self.addr)
+    }
+}
+
+impl std::fmt::Display for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url())
     }
 }
 
@@ -88,6 +145,12 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Connections held by the whole process; more are refused at accept.
     pub max_connections: usize,
+    /// Connections each listener accepts per second (0: no limit); a listener's table may
+    /// set its own.
+    pub max_accept_rate: u32,
+    /// TLS handshakes each TLS listener has in progress at once (0: no limit); a listener's
+    /// table may set its own.
+    pub max_handshakes: usize,
     /// Largest packet accepted from a client, fixed header included; advertised in CONNACK.
     pub max_packet_size: usize,
     /// Unacknowledged QoS 1/2 PUBLISHes per direction per client; advertised as Receive Maximum.
@@ -187,15 +250,56 @@ impl Config {
     /// Every listener: the URLs of `listeners`, then `listen` as plain MQTT.
     pub fn all_listeners(&self) -> Vec<Listener> {
         let plain = self.listen.iter().map(|&a| Listener::plain(a));
-        self.listeners.iter().copied().chain(plain).collect()
+        self.listeners.iter().cloned().chain(plain).collect()
     }
 
-    /// Whether a client that does not authenticate (no password checked, no certificate
-    /// identity, no enhanced authentication) is accepted: by default only while no
-    /// authentication source is configured.
-    pub fn anonymous_allowed(&self) -> bool {
-        self.allow_anonymous
-            .unwrap_or(self.password_file.is_none() && !self.use_identity_as_username)
+    /// Listener `index` of [`Config::all_listeners`], without building the list.
+    pub fn listener(&self, index: usize) -> Option<Listener> {
+        match self.listeners.get(index) {
+            Some(l) => Some(l.clone()),
+            None => self
+                .listen
+                .get(index - self.listeners.len())
+                .map(|&a| Listener::plain(a)),
+        }
+    }
+
+    /// The settings listener `l` runs with: its own where its table sets them, else the
+    /// global ones.
+    pub fn effective(&self, l: &Listener) -> Effective {
+        let own = l.own.as_deref().cloned().unwrap_or_default();
+        let use_identity = own
+            .use_identity_as_username
+            .unwrap_or(self.use_identity_as_username);
+        Effective {
+            tls_cert: own.tls_cert.or_else(|| self.tls_cert.clone()),
+            tls_key: own.tls_key.or_else(|| self.tls_key.clone()),
+            tls_ca: own.tls_ca.or_else(|| self.tls_ca.clone()),
+            tls_crl: own.tls_crl.or_else(|| self.tls_crl.clone()),
+            require_certificate: own.require_certificate.unwrap_or(self.require_certificate),
+            use_identity_as_username: use_identity,
+            allow_anonymous: own
+                .allow_anonymous
+                .or(self.allow_anonymous)
+                .unwrap_or(self.password_file.is_none() && !use_identity),
+            max_connections: own.max_connections.unwrap_or(0),
+            max_accept_rate: own.max_accept_rate.unwrap_or(self.max_accept_rate),
+            max_handshakes: own.max_handshakes.unwrap_or(self.max_handshakes),
+            sni: own.sni,
+        }
+    }
+
+    /// Whether a client of listener `index` that does not authenticate (no password
+    /// checked, no certificate identity, no enhanced authentication) is accepted: by default
+    /// only while no authentication source is configured for it.
+    pub fn anonymous_allowed(&self, index: usize) -> bool {
+        let own = self.listeners.get(index).and_then(|l| l.own.as_deref());
+        let identity = own
+            .and_then(|o| o.use_identity_as_username)
+            .unwrap_or(self.use_identity_as_username);
+        own.and_then(|o| o.allow_anonymous)
+            .or(self.allow_anonymous)
+            .unwrap_or(self.password_file.is_none() && !identity)
     }
 }
 
@@ -216,6 +320,8 @@ impl Default for Config {
             shards: 1,
             data_dir: PathBuf::from("./data"),
             max_connections: 1_000_000,
+            max_accept_rate: 0,
+            max_handshakes: 0,
             max_packet_size: 1024 * 1024,
             max_inflight: 32,
             max_queued_messages: 100_000,

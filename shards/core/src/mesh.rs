@@ -100,6 +100,8 @@ pub struct Handoff {
     /// The accepted socket; the receiving shard owns it (the glommio driver sends a duplicate
     /// descriptor).
     pub socket: crate::state::SocketId,
+    /// The listener it was accepted on.
+    pub listener: u8,
     pub connect: Box<Connect>,
     /// Bytes read after the CONNECT packet.
     pub leftover: Bytes,

@@ -107,7 +107,7 @@ fn an_idle_device_costs_the_core_a_bounded_number_of_bytes() {
         })
         .collect();
     let t0 = live();
-    let keys: Vec<usize> = (0..n).map(|i| st.add_conn(SocketId(i as i32))).collect();
+    let keys: Vec<usize> = (0..n).map(|i| st.add_conn(SocketId(i as i32), 0)).collect();
     let t1 = live();
     for (key, (c, _)) in keys.iter().zip(&packets) {
         feed(&mut st, *key, c);

@@ -8,6 +8,12 @@ use hdrhistogram::Histogram;
 pub struct Counters {
     pub connections_accepted: u64,
     pub connections_refused: u64,
+    /// Refused because their listener held its own `max_connections`.
+    pub connections_refused_listener: u64,
+    /// Times a shard stopped accepting on a listener for its accept rate, or for its
+    /// handshakes in progress.
+    pub accept_pauses_rate: u64,
+    pub accept_pauses_handshakes: u64,
     /// Receives the kernel ended because every receive buffer of the shard was in use (armed
     /// again at once, after the batch gave its buffers back).
     pub receive_buffers_exhausted: u64,
@@ -128,6 +134,9 @@ impl Counters {
         add!(
             connections_accepted,
             connections_refused,
+            connections_refused_listener,
+            accept_pauses_rate,
+            accept_pauses_handshakes,
             receive_buffers_exhausted,
             tls_handshakes,
             tls_handshake_failures,

@@ -34,6 +34,26 @@ fn counter_rows(c: &Counters, codes: &[u8]) -> Vec<CounterRow> {
             c.connections_refused,
         ),
         (
+            "connections_refused",
+            "Connections refused at accept, by reason.",
+            Some(("reason", "listener_max_connections".to_owned())),
+            c.connections_refused_listener,
+        ),
+        (
+            "accept_pauses",
+            "Times a shard stopped accepting on a listener, by reason (its max_accept_rate, \
+             its max_handshakes).",
+            Some(("reason", "rate".to_owned())),
+            c.accept_pauses_rate,
+        ),
+        (
+            "accept_pauses",
+            "Times a shard stopped accepting on a listener, by reason (its max_accept_rate, \
+             its max_handshakes).",
+            Some(("reason", "handshakes".to_owned())),
+            c.accept_pauses_handshakes,
+        ),
+        (
             "receive_buffers_exhausted",
             "Receives ended because all of the shard's receive buffers were in use; re-armed.",
             None,

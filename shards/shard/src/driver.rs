@@ -8,18 +8,18 @@
 //! eventfd, then hands every completion posted meanwhile to the core in one call, so the
 //! writes they cause are gathered per connection for the whole batch.
 
+use crate::certs::Contexts;
 use crate::io;
 use crate::mesh::Mesh;
 use crate::net::{Armed, Net};
 use crate::ring::{Cqe, Op};
 use crate::secure::Tls;
-use crate::tls::TlsContext;
 use glommio::channels::local_channel::LocalSender;
 use ringmq_core::env::{Clock, Entropy};
 use ringmq_core::mesh::{ScrapeToken, ShardMsg};
 use ringmq_core::metrics::ShardMetrics;
 use ringmq_core::state::{Adopted, Phase, Read, READ_CHUNK};
-use ringmq_core::{Close, Effects, ShardState, SocketId};
+use ringmq_core::{Close, Effects, ShardState};
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -66,6 +66,8 @@ pub struct Shard {
     pub bell: RefCell<Option<LocalSender<()>>>,
     /// Connections held by the whole process, for `--max-connections`.
     pub conn_count: Arc<AtomicUsize>,
+    /// What each listener lets in (`admit.rs`).
+    pub(crate) gates: RefCell<crate::admit::Gates>,
     /// Password checks waiting for, or at, the verifier threads (`--password-file`).
     pub logins: RefCell<Option<crate::logins::Logins>>,
     /// The effects of the previous event, emptied: swapped with the core's at each event so
@@ -77,7 +79,7 @@ impl Shard {
     pub fn new(
         state: ShardState,
         net: Net,
-        tls: Option<TlsContext>,
+        tls: Contexts,
         mesh: Mesh,
         conn_count: Arc<AtomicUsize>,
     ) -> Shard {
@@ -91,6 +93,7 @@ impl Shard {
             metrics_pending: RefCell::new(HashMap::new()),
             bell: RefCell::new(None),
             conn_count,
+            gates: RefCell::default(),
             logins: RefCell::new(None),
         }
     }
@@ -210,12 +213,12 @@ impl Shard {
         };
         let fd = conn.socket.0;
         if self.tls.borrow().is_tls(fd) {
-            if !conn.write_blocked {
+            if !conn.write_blocked() {
                 self.tls_write(st, key, fd);
             }
             return;
         }
-        if conn.write_blocked || conn.out.is_empty() {
+        if conn.write_blocked() || conn.out.is_empty() {
             return;
         }
         let Some(chunks) = conn.out.chunks_mut() else {
@@ -224,14 +227,14 @@ impl Shard {
         match io::send_chunks(fd, chunks) {
             Ok(n) => {
                 let blocked = !chunks.is_empty();
-                conn.write_blocked = blocked;
+                conn.set_write_blocked(blocked);
                 st.wrote(key, n);
                 if blocked {
                     self.net.borrow_mut().arm_writable(key, fd);
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                conn.write_blocked = true;
+                conn.set_write_blocked(true);
                 self.net.borrow_mut().arm_writable(key, fd);
             }
             Err(_) => st.write_failed(key),
@@ -247,14 +250,16 @@ impl Shard {
         };
         if !self.tls_finish(st, key, fd) {
             let conn = &mut st.conns[key];
-            if let Some(chunks) = conn.out.chunks_mut().filter(|_| !conn.write_blocked) {
+            let blocked = conn.write_blocked();
+            if let Some(chunks) = conn.out.chunks_mut().filter(|_| !blocked) {
                 let _ = io::send_chunks(fd, chunks);
             }
         }
-        let close = st.conns[key].close;
+        let (close, listener) = (st.conns[key].close, st.conns[key].listener);
         st.finish_conn(key);
         if close != Some(Close::Handoff) {
             self.conn_count.fetch_sub(1, Ordering::Relaxed);
+            self.left(listener.into());
         }
         let mut net = self.net.borrow_mut();
         net.release(key);
@@ -332,6 +337,9 @@ impl Shard {
             net.close_lingering(Instant::now(), false);
             more
         };
+        if self.accepts_to_resume() {
+            self.with_state(|st| self.resume_accepts(st, false));
+        }
         let mut n = 0;
         while !self.net.borrow().cqes.is_empty() {
             n += self.with_state(|st| {
@@ -405,7 +413,7 @@ impl Shard {
                 net.slots[index].writable = false;
                 drop(net);
                 if let Some(conn) = st.conns.get_mut(index) {
-                    conn.write_blocked = false;
+                    conn.set_write_blocked(false);
                     let fd = conn.socket.0;
                     st.want_write(index);
                     // A handshake's output is the session's, not the core's.
@@ -480,27 +488,15 @@ impl Shard {
         }
     }
 
-    /// A connection from listener `index`, or why its accept ended.
+    /// A connection from listener `index`, or why its accept ended. One accepted while the
+    /// listener's gate holds accepting back (its accept rate, its handshakes) waits with the
+    /// gate, unread, until the gate lets it in (`admit.rs`).
     fn on_accept(&self, st: &mut ShardState, index: usize, c: Cqe) {
         if c.res >= 0 {
-            let fd = c.res;
-            let max = st.cfg.max_connections;
-            if self.conn_count.fetch_add(1, Ordering::Relaxed) >= max {
-                self.conn_count.fetch_sub(1, Ordering::Relaxed);
-                st.counters.connections_refused += 1;
-                tracing::debug!("connection refused: --max-connections reached");
-                io::close_fd(fd);
+            if self.accept_gated(index) {
+                self.hold(index, c.res);
             } else {
-                if !self.tls_accept(index, fd) {
-                    self.conn_count.fetch_sub(1, Ordering::Relaxed);
-                    io::close_fd(fd);
-                    return self.rearm_accept(index, c);
-                }
-                // TCP_NODELAY is inherited from the listening socket.
-                let key = st.add_conn(SocketId(fd));
-                let mut net = self.net.borrow_mut();
-                net.slot(key).adopted = false;
-                net.arm_recv(key, fd, false);
+                self.take_conn(st, index, c.res);
             }
         }
         self.rearm_accept(index, c);
@@ -512,15 +508,21 @@ impl Shard {
             return;
         }
         let mut net = self.net.borrow_mut();
+        net.accept_ended(index);
         if crate::runtime::shutting_down() {
             return;
         }
-        if c.res < 0 {
+        if c.res == -libc::ECANCELED {
+            // Cancelled by the listener's gate (`admit.rs`): armed again when it allows.
+            if !self.accept_gated(index) {
+                net.arm_accept(index);
+            }
+        } else if c.res < 0 {
             // Out of descriptors or memory: retried at the next tick rather than spinning.
             let e = std::io::Error::from_raw_os_error(-c.res);
             tracing::warn!(error = %e, "accept failed");
             net.accept_paused.push(index);
-        } else {
+        } else if !self.accept_gated(index) {
             net.arm_accept(index);
         }
     }
@@ -532,24 +534,28 @@ impl Shard {
             let mut net = self.net.borrow_mut();
             net.close_lingering(Instant::now(), false);
             for index in std::mem::take(&mut net.accept_paused) {
-                net.arm_accept(index);
+                if !self.accept_gated(index) {
+                    net.arm_accept(index);
+                }
             }
         }
+        self.with_state(|st| self.resume_accepts(st, true));
         while self.turn_ring().1 {}
     }
 
     /// Starts accepting on a listening socket; `tls`: its connections speak TLS.
-    pub fn listen(&self, fd: std::os::fd::RawFd, tls: bool) {
-        self.tls.borrow_mut().listeners.push(tls);
+    pub(crate) fn listen(&self, fd: std::os::fd::RawFd, tls: bool, gate: crate::admit::Gate) {
+        self.add_gate(gate, tls);
         let mut net = self.net.borrow_mut();
-        net.listeners.push(fd);
-        let index = net.listeners.len() - 1;
+        let index = net.add_listener(fd);
         net.arm_accept(index);
         net.ring.submit();
     }
 
-    /// At shutdown: sockets still lingering are closed now.
+    /// At shutdown: sockets still lingering, and connections waiting at a listener's gate,
+    /// are closed now.
     pub fn close_all_lingering(&self) {
+        self.close_held();
         self.net.borrow_mut().close_lingering(Instant::now(), true);
     }
 
@@ -601,8 +607,11 @@ impl Shard {
                         true
                     }
                     Err(e) => {
-                        // Out of descriptors: the connection closes without CONNACK.
+                        // Out of descriptors: the connection closes without CONNACK, and
+                        // no shard counts it any more.
                         tracing::warn!(error = %e, "cannot pass a connection to its home shard");
+                        self.conn_count.fetch_sub(1, Ordering::Relaxed);
+                        self.left(h.listener.into());
                         false
                     }
                 }

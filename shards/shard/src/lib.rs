@@ -10,6 +10,8 @@
 //!   closes and lingering sockets.
 //! - [`ring`]: the network ring itself (io_uring, multishot receives into provided buffers).
 //! - [`mesh`]: the channel mesh between shards, sending and receiving.
+//! - [`certs`]: each TLS listener's rustls settings from its files (SNI, mutual TLS, reload).
+//! - `admit`: what a listener lets in (its connection limit, accept rate, handshakes).
 //! - [`access`]: the ACL file, loaded and reloaded for the shards' cores.
 //! - [`logins`]: password checks on verifier threads, answers back to the shard.
 //! - [`io`]: the socket calls made directly: vectored `sendmsg`, `recv` for a takeover's drain.
@@ -20,6 +22,8 @@
 //! on the shard `fnv1a_64(topic) % shards`.
 
 pub mod access;
+mod admit;
+pub mod certs;
 pub mod driver;
 pub mod io;
 pub mod logins;

@@ -50,6 +50,8 @@ pub struct Net {
     /// Completions reaped and not yet handled, in the order the kernel posted them.
     pub cqes: VecDeque<Cqe>,
     pub listeners: Vec<RawFd>,
+    /// Whether each listener's multishot accept is armed (or its cancellation not yet done).
+    accept_armed: Vec<bool>,
     /// Listeners whose accept ended on an error (out of descriptors): re-armed at the tick.
     pub accept_paused: Vec<usize>,
     /// Sockets whose write side is shut after the last packet, closed at their deadline
@@ -64,6 +66,7 @@ impl Net {
             slots: Vec::new(),
             cqes: VecDeque::new(),
             listeners: Vec::new(),
+            accept_armed: Vec::new(),
             accept_paused: Vec::new(),
             lingering: VecDeque::new(),
         }
@@ -165,12 +168,35 @@ impl Net {
         self.ring.push(e.user_data(tag(Op::Cancel, 0, 0)));
     }
 
-    /// Arms the multishot accept of listener `index`.
+    /// Adds a listening socket; its index is the listener's.
+    pub fn add_listener(&mut self, fd: RawFd) -> usize {
+        self.listeners.push(fd);
+        self.accept_armed.push(false);
+        self.listeners.len() - 1
+    }
+
+    /// Arms the multishot accept of listener `index`, unless it is armed.
     pub fn arm_accept(&mut self, index: usize) {
+        if std::mem::replace(&mut self.accept_armed[index], true) {
+            return;
+        }
         let e = opcode::AcceptMulti::new(types::Fd(self.listeners[index]))
             .flags(libc::SOCK_CLOEXEC)
             .build();
         self.ring.push(e.user_data(tag(Op::Accept, 0, index)));
+    }
+
+    /// Stops accepting on listener `index`: its multishot accept is cancelled (connections
+    /// it completes meanwhile are still handled).
+    pub fn cancel_accept(&mut self, index: usize) {
+        if self.accept_armed[index] {
+            self.cancel(tag(Op::Accept, 0, index));
+        }
+    }
+
+    /// Listener `index`'s multishot accept ended (the kernel posted its last completion).
+    pub fn accept_ended(&mut self, index: usize) {
+        self.accept_armed[index] = false;
     }
 
     /// A graceful close: the write side is shut down after the last packet and the socket

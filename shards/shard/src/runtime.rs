@@ -3,13 +3,13 @@
 //! through [`Shard::with_state`].
 
 use crate::access::AclFile;
+use crate::certs::Contexts;
 use crate::driver::{logins_loop, net_loop, OsEntropy, Shard, SystemClock};
 use crate::io;
 use crate::logins::{Logins, Verifier};
 use crate::mesh::{self, Mesh};
 use crate::net::Net;
 use crate::ring::NetRing;
-use crate::tls::TlsContext;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
@@ -55,7 +55,7 @@ pub fn current() -> Rc<Shard> {
 /// Starts every shard and blocks until they all end.
 pub fn run(
     cfg: Config,
-    tls: Option<TlsContext>,
+    tls: Contexts,
     passwords: Option<Arc<Verifier>>,
     acl: Option<Arc<AclFile>>,
 ) -> std::io::Result<()> {
@@ -65,6 +65,9 @@ pub fn run(
     check_shard_count(&cfg.data_dir, cfg.shards)?;
     let cfg = Arc::new(cfg);
     let conn_count = Arc::new(AtomicUsize::new(0));
+    // Each listener's process-wide counts (connections, handshakes), shared by the shards.
+    let listener_counts: Vec<Arc<crate::admit::Counts>> =
+        cfg.all_listeners().iter().map(|_| Arc::default()).collect();
     let mesh = (cfg.shards > 1)
         .then(|| MeshBuilder::<Batch, _>::full(cfg.shards, cfg.mesh_channel_batches));
     // Bound here, before any shard starts, so that a bad or taken address is a clear startup
@@ -81,14 +84,17 @@ pub fn run(
         }
         None => None,
     };
-    let reload = tls.as_ref().map(|t| crate::tls::Reload::new(t.clone()));
+    let reload = tls.any().then(|| crate::certs::Reload::new(tls.clone()));
     watch_signals(cfg.clone(), reload.clone(), passwords.clone(), acl.clone())?;
     let mut handles = Vec::new();
     for i in 0..cfg.shards {
         let metrics_fd = if i == 0 { metrics_fd.take() } else { None };
         let cfg = cfg.clone();
         let mesh = mesh.clone();
-        let conn_count = conn_count.clone();
+        let counts = Counted {
+            conn_count: conn_count.clone(),
+            listeners: listener_counts.clone(),
+        };
         let tls = tls.clone();
         let reload = reload.clone();
         let passwords = passwords.clone();
@@ -108,7 +114,7 @@ pub fn run(
                     passwords,
                     acl,
                 };
-                let r = shard_main(cfg, mesh, conn_count, metrics_fd, security).await;
+                let r = shard_main(cfg, mesh, counts, metrics_fd, security).await;
                 if let Err(e) = &r {
                     // One shard missing would leave its clients' sessions unreachable: the
                     // whole process stops.
@@ -160,16 +166,24 @@ fn check_shard_count(data_dir: &std::path::Path, shards: usize) -> std::io::Resu
 
 /// What a shard authenticates with: TLS and its reloads, and the password verifiers.
 struct Security {
-    tls: Option<TlsContext>,
-    reload: Option<Arc<crate::tls::Reload>>,
+    tls: Contexts,
+    reload: Option<Arc<crate::certs::Reload>>,
     passwords: Option<Arc<Verifier>>,
     acl: Option<Arc<AclFile>>,
+}
+
+/// The process-wide connection counts a shard shares with the others.
+struct Counted {
+    /// Every connection, for `--max-connections`.
+    conn_count: Arc<AtomicUsize>,
+    /// Each listener's, by its index in `Config::all_listeners`.
+    listeners: Vec<Arc<crate::admit::Counts>>,
 }
 
 async fn shard_main(
     cfg: Arc<Config>,
     mesh: Option<MeshBuilder<Batch, glommio::channels::channel_mesh::Full>>,
-    conn_count: Arc<AtomicUsize>,
+    counted: Counted,
     metrics_fd: Option<RawFd>,
     security: Security,
 ) -> std::io::Result<()> {
@@ -213,7 +227,13 @@ async fn shard_main(
     let ring = NetRing::new(buffers)
         .map_err(|e| std::io::Error::other(format!("cannot set up the network ring: {e}")))?;
     let eventfd = io::dup_fd(ring.eventfd())?;
-    let shard = Rc::new(Shard::new(state, Net::new(ring), tls, mesh, conn_count));
+    let shard = Rc::new(Shard::new(
+        state,
+        Net::new(ring),
+        tls,
+        mesh,
+        counted.conn_count,
+    ));
     *shard.bell.borrow_mut() = Some(bell_tx);
     SHARD.with(|s| *s.borrow_mut() = Some(shard.clone()));
     if let Some(a) = &acl {
@@ -280,12 +300,20 @@ async fn shard_main(
         glommio::spawn_local(sys_loop(cfg.sys_interval)).detach();
     }
 
-    for l in cfg.all_listeners() {
+    for (l, counts) in cfg.all_listeners().iter().zip(counted.listeners) {
         let fd = io::listen_socket(l.addr, LISTEN_BACKLOG)
             .map_err(|e| std::io::Error::other(format!("cannot listen on {l}: {e}")))?;
         listen_fds.push(fd);
         tracing::info!(shard = id, listener = %l, "listening");
-        shard.listen(fd, l.is_tls());
+        let eff = cfg.effective(l);
+        let gate = crate::admit::Gate::new(
+            counts,
+            eff.max_connections,
+            eff.max_accept_rate,
+            eff.max_handshakes,
+            cfg.shards,
+        );
+        shard.listen(fd, l.is_tls(), gate);
     }
 
     loop {
@@ -331,7 +359,7 @@ async fn shard_main(
 /// logged.
 fn watch_signals(
     cfg: Arc<Config>,
-    reload: Option<Arc<crate::tls::Reload>>,
+    reload: Option<Arc<crate::certs::Reload>>,
     passwords: Option<Arc<Verifier>>,
     acl: Option<Arc<AclFile>>,
 ) -> std::io::Result<()> {

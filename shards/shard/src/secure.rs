@@ -2,9 +2,10 @@
 //! buffers, and the read, write, close and hand-over paths of a connection accepted on an
 //! `mqtts://` listener. The session itself is [`crate::tls::TlsConn`].
 
+use crate::certs::Contexts;
 use crate::driver::Shard;
 use crate::io;
-use crate::tls::{TlsConn, TlsContext, MAX_RECORD};
+use crate::tls::{TlsConn, MAX_RECORD};
 use bytes::Buf;
 use ringmq_core::state::{Adopted, Read, Transport};
 use ringmq_core::{Close, ShardState};
@@ -18,11 +19,11 @@ const ENCRYPT_BATCH: usize = 4 * MAX_RECORD;
 /// The TLS side of a shard.
 #[derive(Default)]
 pub struct Tls {
-    pub ctx: Option<TlsContext>,
+    /// Each listener's settings (by index, as the network ring numbers them); `None` for
+    /// plain listeners.
+    pub ctx: Contexts,
     /// The generation of `Reload` that `ctx` comes from.
     generation: u64,
-    /// Whether each listener (by index, as the network ring numbers them) speaks TLS.
-    pub listeners: Vec<bool>,
     /// The TLS connections, indexed by socket descriptor (small, dense integers): a pointer
     /// per descriptor, 8 bytes against a hash map's 20 to 40 per TLS connection; empty while
     /// no TLS connection was accepted.
@@ -48,7 +49,7 @@ const HANDSHAKE_BUDGET: Duration = Duration::from_micros(500);
 const MAX_DEFERRED: usize = 64 * 1024 + 1024;
 
 impl Tls {
-    pub fn new(ctx: Option<TlsContext>) -> Tls {
+    pub fn new(ctx: Contexts) -> Tls {
         Tls {
             ctx,
             ..Tls::default()
@@ -194,11 +195,11 @@ impl Shard {
 
     /// Takes TLS settings reloaded since the last look (at the tick: a lock taken only when
     /// a reload happened).
-    pub fn take_reload(&self, reload: &crate::tls::Reload) {
+    pub fn take_reload(&self, reload: &crate::certs::Reload) {
         let generation = reload.generation();
         let mut tls = self.tls.borrow_mut();
         if tls.generation != generation {
-            tls.ctx = Some(reload.current());
+            tls.ctx = reload.current();
             tls.generation = generation;
         }
     }
@@ -207,10 +208,10 @@ impl Shard {
     /// (then it is closed).
     pub(crate) fn tls_accept(&self, listener: usize, fd: RawFd) -> bool {
         let mut tls = self.tls.borrow_mut();
-        if !tls.listeners.get(listener).copied().unwrap_or(false) {
+        if !self.listener_is_tls(listener) {
             return true;
         }
-        let Some(ctx) = tls.ctx.as_ref() else {
+        let Some(ctx) = tls.ctx.get(listener) else {
             return false;
         };
         match TlsConn::new(ctx) {
@@ -250,7 +251,12 @@ impl Shard {
                 resumed = tc.resumed(),
                 "TLS handshake done"
             );
-            let use_identity = tls.ctx.as_ref().is_some_and(|c| c.use_identity_as_username);
+            let listener = st.conns.get(key).map_or(0, |c| usize::from(c.listener));
+            self.handshake_done(listener);
+            let use_identity = tls
+                .ctx
+                .get(listener)
+                .is_some_and(|c| c.use_identity_as_username);
             if use_identity {
                 let id = tc
                     .peer_certificates()
@@ -277,7 +283,7 @@ impl Shard {
 
     fn tls_blocked(&self, st: &mut ShardState, key: usize, fd: RawFd) {
         if let Some(conn) = st.conns.get_mut(key) {
-            conn.write_blocked = true;
+            conn.set_write_blocked(true);
         }
         self.net.borrow_mut().arm_writable(key, fd);
     }
@@ -337,10 +343,13 @@ impl Shard {
         };
         if !tc.is_established() {
             st.counters.tls_handshake_failures += 1;
+            if let Some(c) = st.conns.get(key) {
+                self.handshake_done(c.listener.into());
+            }
         }
         let conn = st.conns.get_mut(key);
         tls.out.clear();
-        if let Some(conn) = conn.filter(|c| !c.write_blocked && tc.unsent.is_empty()) {
+        if let Some(conn) = conn.filter(|c| !c.write_blocked() && tc.unsent.is_empty()) {
             let queued = conn.out.take();
             tls.plain.clear();
             for c in &queued {

@@ -6,172 +6,13 @@
 //! queued is gathered, encrypted into a shard buffer and sent at once; only what the socket
 //! does not take is kept (until it is writable). Handshake messages go the same way.
 
+pub use crate::certs::{provider, TlsContext};
 use bytes::BytesMut;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
-use rustls::server::{ServerConnectionData, UnbufferedServerConnection, WebPkiClientVerifier};
+use rustls::pki_types::CertificateDer;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{
     ConnectionState, EncodeError, EncryptError, UnbufferedStatus, WriteTraffic,
 };
-use rustls::{RootCertStore, ServerConfig};
-use std::path::Path;
-use std::sync::Arc;
-
-/// The TLS settings every TLS listener shares, built once at start.
-#[derive(Clone)]
-pub struct TlsContext {
-    pub config: Arc<ServerConfig>,
-    /// The client certificate's identity replaces the CONNECT's username.
-    pub use_identity_as_username: bool,
-}
-
-impl std::fmt::Debug for TlsContext {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsContext").finish_non_exhaustive()
-    }
-}
-
-/// rustls with `ring`: it builds with a C compiler alone, and its suites are the modern ones
-/// (AES-GCM, ChaCha20-Poly1305, ECDHE only). Key exchange prefers X25519, then P-256: the
-/// provider's own default puts P-384 first, which ring computes without assembly (a full
-/// handshake cost 0.6 ms of broker CPU with it). Suites prefer AES-128-GCM with SHA-256 (the
-/// server's order wins, see `context`): SHA-384's transcript and key schedule ran without
-/// hardware help and took 8.6% of the CPU of a connect storm, SHA-256 has it. ring has no
-/// post-quantum key exchange, hence its deprecation.
-pub fn provider() -> rustls::crypto::CryptoProvider {
-    use rustls::crypto::ring::{cipher_suite as cs, kx_group};
-    #[allow(deprecated)]
-    let base = rustls::crypto::ring::default_provider();
-    rustls::crypto::CryptoProvider {
-        kx_groups: vec![kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1],
-        cipher_suites: vec![
-            cs::TLS13_AES_128_GCM_SHA256,
-            cs::TLS13_AES_256_GCM_SHA384,
-            cs::TLS13_CHACHA20_POLY1305_SHA256,
-            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-            cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-            cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
-            cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-            cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-            cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
-        ],
-        ..base
-    }
-}
-
-/// Builds the TLS settings from the configured files; `None` when no listener needs TLS.
-/// Errors name the file and what is wrong with it.
-pub fn context(cfg: &ringmq_core::Config) -> Result<Option<TlsContext>, String> {
-    if !cfg.all_listeners().iter().any(|l| l.is_tls()) {
-        return Ok(None);
-    }
-    let (Some(cert), Some(key)) = (&cfg.tls_cert, &cfg.tls_key) else {
-        return Err("a TLS listener needs tls_cert and tls_key".into());
-    };
-    let provider = Arc::new(provider());
-    let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&versions)
-        .map_err(|e| format!("TLS set-up: {e}"))?;
-    let builder = match &cfg.tls_ca {
-        None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for c in certs(ca)? {
-                roots
-                    .add(c)
-                    .map_err(|e| format!("tls_ca {}: {e}", ca.display()))?;
-            }
-            let mut v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-            if let Some(crl) = &cfg.tls_crl {
-                v = v.with_crls(crls(crl)?).only_check_end_entity_revocation();
-            }
-            if !cfg.require_certificate {
-                v = v.allow_unauthenticated();
-            }
-            let v = v
-                .build()
-                .map_err(|e| format!("tls_ca {}: {e}", ca.display()))?;
-            builder.with_client_cert_verifier(v)
-        }
-    };
-    let chain = certs(cert)?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("tls_key {}: no usable private key: {e}", key.display()))?;
-    let mut config = builder
-        .with_single_cert(chain, key)
-        .map_err(|e| format!("tls_cert {} with tls_key: {e}", cert.display()))?;
-    config.alpn_protocols = vec![b"mqtt".to_vec()];
-    // The suite order of `provider`, whatever the client prefers.
-    config.ignore_client_order = true;
-    config.ticketer =
-        rustls::crypto::ring::Ticketer::new().map_err(|e| format!("TLS tickets: {e}"))?;
-    // One ticket per full handshake: a device resumes one connection at a time.
-    config.send_tls13_tickets = 1;
-    Ok(Some(TlsContext {
-        config: Arc::new(config),
-        use_identity_as_username: cfg.use_identity_as_username,
-    }))
-}
-
-fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    pem_all(path, "certificate")
-}
-
-fn crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
-    pem_all(path, "CRL").map_err(|e| format!("tls_crl {e}"))
-}
-
-/// Every PEM object of one kind in a file; an error names the file, also when it has none.
-fn pem_all<T: PemObject>(path: &Path, what: &str) -> Result<Vec<T>, String> {
-    let named = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-    let all = T::pem_file_iter(path)
-        .map_err(|e| named(&e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| named(&e))?;
-    if all.is_empty() {
-        return Err(format!("{}: no PEM {what} in it", path.display()));
-    }
-    Ok(all)
-}
-
-/// TLS settings reloaded on SIGHUP, for the shards to take at their next tick.
-pub struct Reload(crate::published::Published<TlsContext>);
-
-impl Reload {
-    pub fn new(ctx: TlsContext) -> Arc<Reload> {
-        Arc::new(Reload(crate::published::Published::new(ctx)))
-    }
-
-    /// Loads the files again; on success the shards take the new settings, else the error is
-    /// logged and the settings in use stay. Session tickets issued before stay valid.
-    pub fn reload(&self, cfg: &ringmq_core::Config) {
-        match context(cfg) {
-            Ok(Some(mut new)) => {
-                self.0.update(|current| {
-                    if let Some(config) = Arc::get_mut(&mut new.config) {
-                        config.ticketer = current.config.ticketer.clone();
-                    }
-                    *current = new;
-                });
-                tracing::info!("SIGHUP: TLS certificate, key, CA and CRL files reloaded");
-            }
-            Ok(None) => {}
-            Err(e) => tracing::error!(
-                error = %e,
-                "SIGHUP: TLS files not reloaded, the settings in use stay"
-            ),
-        }
-    }
-
-    pub fn generation(&self) -> u64 {
-        self.0.generation()
-    }
-
-    pub fn current(&self) -> TlsContext {
-        self.0.current()
-    }
-}
 
 /// What one delivery of bytes did.
 #[derive(Debug, Default)]
@@ -509,7 +350,9 @@ mod tests {
     use super::*;
     use rustls::pki_types::ServerName;
     use rustls::ClientConnection;
+    use rustls::RootCertStore;
     use std::io::{Read, Write};
+    use std::sync::Arc;
 
     /// A server context for `localhost` and the roots a client trusts it with, from a
     /// self-signed certificate made now.
@@ -528,7 +371,7 @@ mod tests {
             tls_key: Some(key),
             ..ringmq_core::Config::default()
         };
-        let ctx = context(&cfg).unwrap().unwrap();
+        let ctx = crate::certs::contexts(&cfg).unwrap().0[0].clone().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         let mut roots = RootCertStore::empty();
         roots.add(ck.cert.der().clone()).unwrap();

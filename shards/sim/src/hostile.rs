@@ -148,7 +148,7 @@ impl Hostile {
                 // A new connection lands on a shard the input picks, like the kernel would.
                 let k = bytes.first().map_or(0, |b| usize::from(*b)) % self.shards.len();
                 self.opened += 1;
-                let key = self.shards[k].st.add_conn(SocketId(self.opened));
+                let key = self.shards[k].st.add_conn(SocketId(self.opened), 0);
                 self.conns[c] = Some((k, key));
                 self.sockets[c] = self.opened;
                 (k, key)

@@ -417,7 +417,7 @@ impl Sim {
                     .st
                     .conns
                     .iter()
-                    .filter(|(_, c)| c.write_blocked && c.close.is_none())
+                    .filter(|(_, c)| c.write_blocked() && c.close.is_none())
                     .map(move |(key, _)| (k, key))
             })
             .collect();
@@ -553,7 +553,7 @@ impl Sim {
         self.live.push(c);
         // Accepted by a shard of the kernel's choosing (SO_REUSEPORT).
         let k = self.rng.index(self.p.nshards);
-        let key = self.call(k, |st| st.add_conn(SocketId(c as i32)));
+        let key = self.call(k, |st| st.add_conn(SocketId(c as i32), 0));
         self.conns[c].owner = Some((k, key));
         self.stats.connections += 1;
         c

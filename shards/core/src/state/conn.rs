@@ -5,14 +5,15 @@ use super::*;
 
 impl ShardState {
     /// Registers an accepted socket; the driver starts reading it.
-    pub fn add_conn(&mut self, socket: SocketId) -> usize {
+    /// A connection accepted on listener `listener` (its index in `Config::all_listeners`).
+    pub fn add_conn(&mut self, socket: SocketId, listener: u8) -> usize {
         let now = self.now_ms();
         // Strictly increasing on a shard, so that of two connections accepted in the same
         // microsecond the later is still the newer one (stale CONNECTs, connect.rs).
         let now_us = self.now_us().max(self.last_opened_us + 1);
         self.last_opened_us = now_us;
         self.counters.connections_accepted += 1;
-        let key = self.conns.insert(Conn::new(socket, now, now_us));
+        let key = self.conns.insert(Conn::new(socket, listener, now, now_us));
         self.watch_conn(key);
         key
     }

@@ -113,7 +113,7 @@ impl ShardState {
             c.client_id = id.clone();
             assigned = Some(id);
         }
-        match self.login(&c, identified) {
+        match self.login(key, &c, identified) {
             Login::Pass => {}
             Login::Refuse(reason) => return self.reject(key, reason),
             Login::Check => return self.check_password(key, c, assigned),
@@ -282,6 +282,7 @@ impl ShardState {
         let home = home_shard(connect.client_id.as_bytes(), self.nshards);
         self.fx.batches[home].push(ShardMsg::Handoff(Box::new(Handoff {
             socket: self.conns[key].socket,
+            listener: self.conns[key].listener,
             connect,
             leftover,
             opened_at: self.start + std::time::Duration::from_micros(self.conns[key].opened_us),
@@ -300,11 +301,14 @@ impl ShardState {
             .opened_at
             .saturating_duration_since(self.start)
             .as_micros() as u64;
-        let key = self.conns.insert(Conn::new(h.socket, now, opened_us));
+        let key = self
+            .conns
+            .insert(Conn::new(h.socket, h.listener, now, opened_us));
         self.watch_conn(key);
         self.fx.adopted.push(Adopted {
             key,
             socket: h.socket,
+            listener: h.listener,
             transport: h.transport,
         });
         self.note_connect(key, &h.connect);

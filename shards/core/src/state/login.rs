@@ -15,8 +15,8 @@ pub(super) enum Login {
 
 impl ShardState {
     /// Whether a CONNECT may go on as it is, must have its password checked, or is refused
-    /// for not authenticating.
-    pub(super) fn login(&self, c: &Connect, identified: bool) -> Login {
+    /// for not authenticating (on connection `key`'s listener).
+    pub(super) fn login(&self, key: usize, c: &Connect, identified: bool) -> Login {
         // A certificate identity is authenticated by the TLS handshake; an authentication
         // method by its exchange, on the home shard.
         let method = c.protocol.is_v5() && c.properties.authentication_method.is_some();
@@ -26,7 +26,7 @@ impl ShardState {
         if c.username.is_some() && self.cfg.password_file.is_some() {
             return Login::Check;
         }
-        if self.cfg.anonymous_allowed() {
+        if self.cfg.anonymous_allowed(self.conns[key].listener.into()) {
             Login::Pass
         } else {
             Login::Refuse(ReasonCode::NOT_AUTHORIZED)

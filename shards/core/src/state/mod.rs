@@ -151,10 +151,13 @@ pub struct Conn {
     pub socket: SocketId,
     pub phase: Phase,
     pub version: ProtocolVersion,
-    pub write_blocked: bool,
-    pub dirty: bool,
+    /// [`Conn::write_blocked`] and [`Conn::dirty`], as bits: the listener's byte needed the
+    /// room of one of them.
+    flags: u8,
     pub close: Option<Close>,
     pub keep_alive_s: u16,
+    /// The listener it was accepted on (its index in `Config::all_listeners`).
+    pub listener: u8,
     /// The deadline (ms, low 32 bits) of the connection's timer entry that counts.
     timer_due: u32,
     /// The attached session; session ids start at 1.
@@ -170,7 +173,37 @@ pub struct Conn {
     extra: Option<Box<ConnExtra>>,
 }
 
+const WRITE_BLOCKED: u8 = 1;
+const DIRTY: u8 = 2;
+
 impl Conn {
+    /// The socket did not take all of the output: nothing more is written until it is
+    /// writable again.
+    pub fn write_blocked(&self) -> bool {
+        self.flags & WRITE_BLOCKED != 0
+    }
+
+    pub fn set_write_blocked(&mut self, blocked: bool) {
+        self.set_flag(WRITE_BLOCKED, blocked);
+    }
+
+    /// Output was queued and the connection is in `Effects::writes`.
+    pub fn dirty(&self) -> bool {
+        self.flags & DIRTY != 0
+    }
+
+    pub fn set_dirty(&mut self, dirty: bool) {
+        self.set_flag(DIRTY, dirty);
+    }
+
+    fn set_flag(&mut self, bit: u8, on: bool) {
+        if on {
+            self.flags |= bit;
+        } else {
+            self.flags &= !bit;
+        }
+    }
+
     /// Whether the broker stopped reading it (`Effects::reads`): the driver arms no receive
     /// and the simulator delivers no bytes while this holds.
     pub fn reads_paused(&self) -> bool {
@@ -278,13 +311,13 @@ impl Conn {
         self.partial = (!buf.is_empty()).then(|| Box::new(buf));
     }
 
-    fn new(socket: SocketId, now_ms: u64, now_us: u64) -> Conn {
+    fn new(socket: SocketId, listener: u8, now_ms: u64, now_us: u64) -> Conn {
         Conn {
             socket,
+            listener,
             phase: Phase::AwaitConnect,
             version: ProtocolVersion::V311,
-            write_blocked: false,
-            dirty: false,
+            flags: 0,
             close: None,
             keep_alive_s: 0,
             timer_due: 0,
@@ -391,6 +424,7 @@ impl Routed {
 pub struct Adopted {
     pub key: usize,
     pub socket: SocketId,
+    pub listener: u8,
     /// The driver's state of the connection's transport, as the handing shard left it.
     pub transport: Option<Transport>,
 }

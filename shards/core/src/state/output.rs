@@ -168,8 +168,8 @@ impl ShardState {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if !conn.dirty && !conn.out.is_empty() {
-            conn.dirty = true;
+        if !conn.dirty() && !conn.out.is_empty() {
+            conn.set_dirty(true);
             self.fx.writes.push(key);
         }
     }
@@ -232,7 +232,7 @@ impl ShardState {
         let fx = spare;
         for &key in &fx.writes {
             if let Some(c) = self.conns.get_mut(key) {
-                c.dirty = false;
+                c.set_dirty(false);
             }
         }
         fx.writes.retain(|&k| self.conns.contains(k));

@@ -214,7 +214,7 @@ impl Sim {
         let Some(conn) = self.shards[k].st.conns.get_mut(key) else {
             return;
         };
-        if conn.write_blocked || conn.out.is_empty() {
+        if conn.write_blocked() || conn.out.is_empty() {
             return;
         }
         let c = conn.socket.0 as usize;
@@ -232,12 +232,12 @@ impl Sim {
             self.rng.range(0, total as u64) as usize
         };
         if n == 0 {
-            conn.write_blocked = true;
+            conn.set_write_blocked(true);
             return;
         }
         let bytes = take_front(conn.out.chunks_mut().expect("output queued"), n);
         let blocked = !conn.out.is_empty();
-        conn.write_blocked = blocked;
+        conn.set_write_blocked(blocked);
         self.shards[k].st.wrote(key, n);
         self.emit(c, k, &bytes);
     }
@@ -248,18 +248,18 @@ impl Sim {
         let Some(conn) = self.shards[k].st.conns.get_mut(key) else {
             return;
         };
-        if !conn.write_blocked || conn.close.is_some() {
+        if !conn.write_blocked() || conn.close.is_some() {
             return;
         }
         let Some(front) = conn.out.chunks_mut().and_then(|q| q.front()) else {
-            conn.write_blocked = false;
+            conn.set_write_blocked(false);
             return;
         };
         let len = front.len() as u64;
         let n = self.rng.range(1, len) as usize;
         let c = conn.socket.0 as usize;
         let bytes = take_front(conn.out.chunks_mut().expect("output queued"), n);
-        conn.write_blocked = false;
+        conn.set_write_blocked(false);
         self.shards[k].st.wrote(key, n);
         self.shards[k].st.want_write(key);
         self.emit(c, k, &bytes);
@@ -291,7 +291,7 @@ impl Sim {
                 }
             }
         }
-        if !conn.out.is_empty() && !conn.write_blocked && !self.conns[c].reset {
+        if !conn.out.is_empty() && !conn.write_blocked() && !self.conns[c].reset {
             let total = conn.out.bytes();
             let bytes = take_front(conn.out.chunks_mut().expect("output queued"), total);
             self.emit(c, k, &bytes);

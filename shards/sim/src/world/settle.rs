@@ -37,7 +37,7 @@ impl Sim {
                         .st
                         .conns
                         .iter()
-                        .find(|(_, c)| c.write_blocked && c.close.is_none())
+                        .find(|(_, c)| c.write_blocked() && c.close.is_none())
                         .map(|(key, _)| key);
                     let Some(key) = blocked else { break };
                     self.writable(k, key);
