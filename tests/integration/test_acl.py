@@ -311,3 +311,35 @@ def test_a_will_is_checked_again_when_it_is_published(nshards, acl_file, tmp_pat
         assert b.alive()
     finally:
         b.stop()
+
+
+def test_a_shared_subscription_member_the_acl_denies_passes_the_message_on(nshards, acl_file,
+                                                                           tmp_path):
+    """Two members of one shared subscription; the ACL keeps dave from reading team/secret/#
+    (his read rule covers the filter, a deny rule carves that out). Every message of that
+    topic goes to carol, none is lost on dave's turn [MQTT-4.8.2-5: each message to one member]."""
+    acl_file.write_text(ACL + "\nuser carol\ntopic read team/#\n"
+                        "\nuser dave\ntopic read team/#\ntopic deny team/secret/#\n"
+                        "\nuser boss\ntopic write team/#\n")
+    b = Broker(nshards, ["--acl-file", str(acl_file), "--allow-anonymous", "true"])
+    try:
+        carol = client(b, "carol-1", user="carol")
+        dave = client(b, "dave-1", user="dave")
+        assert subscribe(carol, 1, "$share/g/team/#") == [1]
+        assert subscribe(dave, 1, "$share/g/team/#") == [1]
+        boss = client(b, "boss-1", user="boss")
+        for i in range(10):
+            assert publish(boss, "team/secret/plan", b"s%d" % i, pid=i + 1) == 0
+        for i in range(10):
+            assert publish(boss, "team/news", b"n%d" % i, pid=i + 11) == 0
+        got_carol = payloads(carol, timeout=2.0)
+        got_dave = payloads(dave, timeout=0.5)
+        assert sorted(p for p in got_carol if p.startswith(b"s")) == \
+            sorted(b"s%d" % i for i in range(10)), got_carol
+        assert not [p for p in got_dave if p.startswith(b"s")], got_dave
+        # The news is shared between the two, each message once.
+        news = sorted(p for p in got_carol + got_dave if p.startswith(b"n"))
+        assert news == sorted(b"n%d" % i for i in range(10)), (got_carol, got_dave)
+        assert b.alive()
+    finally:
+        b.stop()

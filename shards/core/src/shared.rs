@@ -111,6 +111,11 @@ impl SharedGroups {
         None
     }
 
+    /// Members of a group, on every shard.
+    pub fn members(&self, id: GroupId) -> usize {
+        self.groups.get(&id).map_or(0, |g| g.members.len())
+    }
+
     pub fn key(&self, id: GroupId) -> Option<&ByteStr> {
         self.groups.get(&id).map(|g| &g.key)
     }

@@ -200,6 +200,13 @@ impl Hostile {
     }
 
     /// What shard `k`'s driver reports of its backlog towards `peer`.
+    /// Every shard takes `acl` (as after a reload).
+    pub(crate) fn set_acl(&mut self, acl: std::sync::Arc<ringmq_core::acl::Acl>) {
+        for sh in &mut self.shards {
+            sh.st.set_acl(Some(acl.clone()));
+        }
+    }
+
     pub(crate) fn set_peer_backlog(&mut self, k: usize, peer: usize, n: usize) {
         self.shards[k].st.set_peer_backlog(peer, n);
         self.apply(k);
@@ -262,6 +269,11 @@ impl Hostile {
                 }
             }
             for (peer, batch) in fx.batches.into_iter().enumerate() {
+                // glommio's channel mesh has no channel from a shard to itself.
+                assert!(
+                    batch.is_empty() || peer != k,
+                    "shard {k} sent a mesh batch to itself: {batch:?}"
+                );
                 if !batch.is_empty() {
                     self.mesh.push_back((peer, batch));
                 }

@@ -29,6 +29,8 @@ pub struct Hello<'a> {
     pub expiry: Option<u32>,
     /// Will topic and MQTT 5 Will Delay Interval.
     pub will: Option<(&'a str, u32)>,
+    /// The CONNECT's username (trusted: scenarios check no password).
+    pub username: Option<&'a str>,
 }
 
 impl Hello<'_> {
@@ -40,6 +42,7 @@ impl Hello<'_> {
             keep_alive: 0,
             expiry: None,
             will: None,
+            username: None,
         }
     }
 }
@@ -84,7 +87,7 @@ impl Scenario {
             keep_alive: hello.keep_alive,
             client_id: ByteStr::from(hello.client_id),
             will,
-            username: None,
+            username: hello.username.map(ByteStr::from),
             password: None,
             properties: Properties {
                 session_expiry_interval: hello.expiry,
@@ -92,6 +95,13 @@ impl Scenario {
             },
         };
         self.send(c, &Packet::Connect(Box::new(connect)));
+    }
+
+    /// Every shard takes these ACL rules (Mosquitto's format), as after a reload; the broker
+    /// must have been made with `acl_file` set, so that sessions keep their usernames.
+    pub fn set_acl(&mut self, rules: &str) {
+        let acl = std::sync::Arc::new(ringmq_core::acl::Acl::parse(rules).expect("valid rules"));
+        self.h.set_acl(acl);
     }
 
     pub fn subscribe(&mut self, c: usize, filter: &str, qos: QoS) {

@@ -541,3 +541,60 @@ fn an_mqtt5_publisher_to_a_connected_slow_subscriber_waits_rather_than_being_ref
         assert!(answers.iter().all(|a| a.1 == 0), "{n} shards: {answers:?}");
     });
 }
+
+#[test]
+fn a_shared_member_the_acl_denies_passes_each_message_to_one_that_may_read() {
+    // Issue 13: members of $share/g/team/# on both shards; the ACL keeps dave (on the
+    // publisher's shard's peer) from reading team/secret/#. Every QoS 1 message goes to carol
+    // and is acknowledged [MQTT-4.8.2-5: to one member; none lost on dave's turn]. With two
+    // shards a message offered to dave first travels to his shard and back to carol, on the
+    // publisher's shard, whose acknowledgement must not be sent to itself over the mesh.
+    const RULES: &str = "user carol\ntopic read team/#\n\nuser dave\ntopic read team/#\n\
+                         topic deny team/secret/#\n\nuser boss\ntopic write team/#\n";
+    each_shard_count(|n| {
+        let mut s = Scenario::with(n, |c| c.acl_file = Some("/scenario/acl".into()));
+        s.set_acl(RULES);
+        let (carol, dave, boss) = (
+            id_on("carol", 0, n),
+            id_on("dave", 1, n),
+            id_on("boss", 0, n),
+        );
+        for (c, id, user) in [(0, &carol, "carol"), (1, &dave, "dave"), (2, &boss, "boss")] {
+            let mut h = Hello::new(V311, id);
+            h.username = Some(user);
+            s.connect(c, h);
+            connack(&s.received(c));
+        }
+        s.subscribe(0, "$share/g/team/#", QoS::AtLeastOnce);
+        s.subscribe(1, "$share/g/team/#", QoS::AtLeastOnce);
+        s.advance(ms(10));
+        assert!(matches!(s.received(0).as_slice(), [Packet::SubAck(_)]));
+        assert!(matches!(s.received(1).as_slice(), [Packet::SubAck(_)]));
+        for i in 0..6u16 {
+            s.publish_at(2, "team/secret/plan", b"s", QoS::AtLeastOnce, i + 1);
+        }
+        s.advance(ms(100));
+        let acked = s
+            .received(2)
+            .iter()
+            .filter(|p| matches!(p, Packet::PubAck(_)))
+            .count();
+        assert_eq!(acked, 6, "{n} shards: every PUBLISH acknowledged");
+        // carol's window is 4 (the scenarios' inflight): she acknowledges as they come.
+        let mut delivered = 0;
+        for _ in 0..5 {
+            for p in s.received(0) {
+                if let Packet::Publish(p) = p {
+                    delivered += 1;
+                    s.puback(0, p.packet_id.expect("QoS 1"));
+                }
+            }
+            s.advance(ms(10));
+        }
+        assert_eq!(delivered, 6, "{n} shards");
+        assert!(
+            publishes(&s.received(1)).is_empty(),
+            "{n} shards: dave got one"
+        );
+    });
+}

@@ -156,6 +156,17 @@ impl ShardState {
         if need != JournalSeq::NONE {
             self.after_sync(need, AfterSync::MeshAck { peer, token, taken });
         } else {
+            self.send_publish_ack(peer, token, taken);
+        }
+    }
+
+    /// Answers the shard that holds a publisher's acknowledgement. That can be this shard: a
+    /// shared subscription's member elsewhere that could not take the message passed it to
+    /// a member here, on the publisher's shard (the mesh has no channel to oneself).
+    pub(super) fn send_publish_ack(&mut self, peer: usize, token: AckToken, taken: Taken) {
+        if peer == self.id {
+            self.on_publish_ack(token, taken);
+        } else {
             self.fx.batches[peer].push(ShardMsg::PublishAck { token, taken });
         }
     }

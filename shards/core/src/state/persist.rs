@@ -108,7 +108,7 @@ impl ShardState {
             match w {
                 AfterSync::ReleaseAcks(sid) => self.release_acks(sid),
                 AfterSync::MeshAck { peer, token, taken } => {
-                    self.fx.batches[peer].push(ShardMsg::PublishAck { token, taken })
+                    self.send_publish_ack(peer, token, taken)
                 }
                 AfterSync::SubAck {
                     to,

@@ -494,14 +494,20 @@ impl ShardState {
             groups.clear();
             self.shared.matching(&msg.topic, &mut groups);
             for &gid in &groups {
-                let Some(m) = self.shared.pick(gid, None) else {
-                    continue;
-                };
-                if m.shard as usize == self.id {
-                    routed.matched_here |= self.deliver_shared_local(m.session, gid, &msg);
-                } else {
-                    self.send_to_member(gid, m, &msg, ack);
-                    routed.awaiting += usize::from(ack.is_some());
+                // A member here that cannot take it (the ACL) passes it to the next one.
+                for _ in 0..self.shared.members(gid) {
+                    let Some(m) = self.shared.pick(gid, None) else {
+                        break;
+                    };
+                    if m.shard as usize != self.id {
+                        self.send_to_member(gid, m, &msg, ack);
+                        routed.awaiting += usize::from(ack.is_some());
+                        break;
+                    }
+                    if self.deliver_shared_local(m.session, gid, &msg) {
+                        routed.matched_here = true;
+                        break;
+                    }
                 }
             }
             let any = !groups.is_empty();
@@ -542,18 +548,24 @@ impl ShardState {
         self.counters.cross_shard_out += 1;
     }
 
-    /// Delivers to a local member of a shared subscription, with that subscription's options.
+    /// Delivers to a local member of a shared subscription, with that subscription's options;
+    /// false if it cannot take it (no such session or subscription, or the ACL keeps it from
+    /// reading the topic), and the caller offers it to another member.
     pub(super) fn deliver_shared_local(&mut self, sid: u64, gid: GroupId, msg: &Message) -> bool {
         let Some(key) = self.shared.key(gid) else {
             return false;
         };
-        let Some(sub) = self
-            .sessions
-            .get(&sid)
-            .and_then(|s| s.subscriptions.get(key))
-        else {
+        let Some(s) = self.sessions.get(&sid) else {
             return false;
         };
+        let Some(sub) = s.subscriptions.get(key) else {
+            return false;
+        };
+        if !Self::may_read(self.acl.as_deref(), s, &msg.topic) {
+            // Not delivered: the caller offers it to another member.
+            self.counters.acl_denied_delivery += 1;
+            return false;
+        }
         let qos = sub.options.qos.min(msg.qos);
         let retain = sub.options.retain_as_published && msg.retain;
         let ids: Vec<u32> = sub.subscription_id.into_iter().collect();
