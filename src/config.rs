@@ -281,6 +281,12 @@ fn choose_listeners(s: &mut Settings, listen_given: bool) -> Result<(), ConfigEr
                 .into(),
         ));
     }
+    if !s.ws_path.starts_with('/') {
+        return Err(ConfigError(format!(
+            "invalid value {} for ws_path: expected a path starting with /",
+            quoted(&s.ws_path)
+        )));
+    }
     if s.listener.len() + s.listen.len() > 255 {
         return Err(ConfigError("at most 255 listeners".into()));
     }

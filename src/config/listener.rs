@@ -30,6 +30,7 @@ pub const KEYS: &[&str] = &[
     "max_accept_rate",
     "max_handshakes",
     "sni",
+    "ws_path",
 ];
 
 /// A listener from one element of the `listener` list: a URL, or an inline table.
@@ -72,6 +73,11 @@ fn from_table(t: &toml::Table) -> Result<Listener, String> {
         max_accept_rate: int(t, "max_accept_rate", u32::MAX.into())?.map(|n| n as u32),
         max_handshakes: int(t, "max_handshakes", usize::MAX as u64)?.map(|n| n as usize),
         sni: sni(t)?,
+        ws_path: match t.get("ws_path") {
+            None => None,
+            Some(toml::Value::String(p)) if p.starts_with('/') => Some(p.clone()),
+            Some(_) => return Err("ws_path must be a path starting with /".into()),
+        },
     };
     let tls_only = [
         ("tls_cert", own.tls_cert.is_some()),
@@ -88,6 +94,11 @@ fn from_table(t: &toml::Table) -> Result<Listener, String> {
     ];
     if let Some((k, _)) = tls_only.iter().find(|(_, set)| *set && !l.is_tls()) {
         return Err(format!("{k} is for TLS listeners; {url} is not one"));
+    }
+    if own.ws_path.is_some() && !l.is_ws() {
+        return Err(format!(
+            "ws_path is for WebSocket listeners; {url} is not one"
+        ));
     }
     if own != ListenerSettings::default() {
         l.own = Some(Box::new(own));
@@ -185,6 +196,9 @@ pub fn to_toml(l: &Listener) -> toml::Value {
             );
         }
     }
+    if let Some(p) = &own.ws_path {
+        t.insert("ws_path".into(), toml::Value::String(p.clone()));
+    }
     if !own.sni.is_empty() {
         let certs = own.sni.iter().map(|c| {
             let mut e = toml::Table::new();
@@ -213,6 +227,15 @@ mod tests {
         assert_eq!(own.allow_anonymous, Some(false));
         let printed = to_toml(&l).to_string();
         assert_eq!(parse(&printed).unwrap(), l);
+    }
+
+    #[test]
+    fn a_websocket_listener_keeps_its_path() {
+        let l = parse(r#"{ url = "ws://127.0.0.1:8080", ws_path = "/ws", max_connections = 5 }"#)
+            .unwrap();
+        assert!(l.is_ws());
+        assert_eq!(l.own.as_deref().unwrap().ws_path.as_deref(), Some("/ws"));
+        assert_eq!(parse(&to_toml(&l).to_string()).unwrap(), l);
     }
 
     #[test]
@@ -248,6 +271,18 @@ mod tests {
                 "true or false",
             ),
             ("{ url = ", "not a TOML table"),
+            (
+                r#"{ url = "mqtt://127.0.0.1:1", ws_path = "/x" }"#,
+                "ws_path is for WebSocket",
+            ),
+            (
+                r#"{ url = "ws://127.0.0.1:1", ws_path = "x" }"#,
+                "ws_path must be",
+            ),
+            (
+                r#"{ url = "ws://127.0.0.1:1", tls_cert = "c.pem" }"#,
+                "tls_cert is for TLS",
+            ),
         ];
         for (text, expected) in cases {
             let e = parse(text).unwrap_err();

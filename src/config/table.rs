@@ -47,8 +47,9 @@ settings! {
         /// SO_REUSEPORT.
         listen: Vec<SocketAddr> = "0.0.0.0:1883", Kind::Addrs, "ADDR:PORT" => listen;
 
-        /// Listener by URL (repeatable): mqtt://ADDR:PORT (plain MQTT) or mqtts://ADDR:PORT
-        /// (MQTT over TLS, with tls_cert and tls_key). When any is given, listen's default is
+        /// Listener by URL (repeatable): mqtt://ADDR:PORT (plain MQTT), mqtts://ADDR:PORT
+        /// (MQTT over TLS, with tls_cert and tls_key) or ws://ADDR:PORT (MQTT over WebSocket,
+        /// at ws_path). When any is given, listen's default is
         /// not used (give listen too to keep a plain address). In the config file a
         /// [[listener]] table gives one its own TLS files, SNI certificates, allow_anonymous
         /// and limits (docs/configuration.md).
@@ -119,6 +120,10 @@ settings! {
         /// [[listener]] table may set its own). At the limit, accepting on that listener waits
         /// until a handshake ends.
         max_handshakes: usize = "0", ANY, "N" => max_handshakes;
+
+        /// The HTTP request path ws:// listeners upgrade to MQTT over WebSocket (others get
+        /// 404); a [[listener]] table may set its own.
+        ws_path: String = "/mqtt", Kind::Text, "PATH" => ws_path;
 
         /// Largest MQTT packet accepted from a client, in bytes (64 to 268435460), fixed header
         /// included (advertised to MQTT 5 clients as Maximum Packet Size). Larger packets close

@@ -77,7 +77,8 @@ class SyncClient:
     paho never auto-reconnects (loop_start() would, which breaks takeover
     tests).  Every wait is bounded."""
 
-    def __init__(self, host, port, client_id="", protocol=mqtt.MQTTv311, clean=True):
+    def __init__(self, host, port, client_id="", protocol=mqtt.MQTTv311, clean=True,
+                 transport="tcp"):
         self.host, self.port = host, port
         self.protocol = protocol
         self.client_id = client_id
@@ -86,7 +87,12 @@ class SyncClient:
             kw["clean_session"] = clean
         self.clean = clean
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                             protocol=protocol, **kw)
+                             protocol=protocol, transport=transport, **kw)
+        if transport == "websockets":
+            # paho's WebSocket wrapper shares its buffers between the writing thread and the
+            # network thread (a BufferError, then a lost message, under large messages both
+            # ways): every write goes through the network thread, as for TLS below.
+            self.c.on_socket_register_write = lambda client, userdata, sock: None
         self.c.on_connect = self._on_connect
         self.c.on_disconnect = self._on_disconnect
         self.c.on_message = self._on_message
@@ -358,3 +364,12 @@ def refuses_bad_file(binary, tmp_path, flag, content, line):
                        capture_output=True, text=True, timeout=20)
     assert r.returncode == 2, r
     assert str(path) in r.stderr and "line %d" % line in r.stderr, r.stderr
+
+
+def stop_all(brokers):
+    """Stops every broker a test started; fails the test if one had crashed meanwhile (a
+    crash is a failure even when the test's own checks passed)."""
+    crashed = [b for b in brokers if not b.alive()]
+    for b in brokers:
+        b.stop()
+    assert not crashed, "broker crashed: %s" % [b.log_tail() for b in crashed]

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import RINGMQ_BIN, Broker
-from helpers import refuses_bad_file, wait_for_log, unique_topic
+from helpers import refuses_bad_file, wait_for_log, unique_topic, stop_all
 import rawmqtt as R
 
 pytestmark = pytest.mark.ringmq_only
@@ -59,10 +59,7 @@ def acl_broker(nshards, acl_file, tmp_path):
         return b
 
     yield make
-    crashed = [b for b in made if not b.alive()]
-    for b in made:
-        b.stop()
-    assert not crashed, [b.log_tail() for b in crashed]
+    stop_all(made)
 
 
 def client(b, cid, version=4, user=None, clean=True, **kw):

@@ -14,7 +14,7 @@ import pytest
 from cryptography import x509
 
 from conftest import RINGMQ_BIN, Broker, free_port
-from helpers import SyncClient, unique_topic
+from helpers import SyncClient, unique_topic, stop_all
 from pki import Pki
 import rawmqtt as R
 
@@ -54,10 +54,7 @@ def started(request, tmp_path):
         return b
 
     yield start
-    crashed = [b for b in made if not b.alive()]
-    for b in made:
-        b.stop()
-    assert not crashed, "broker crashed: %s" % [b.log_tail() for b in crashed]
+    stop_all(made)
 
 
 def metric(b, name, reason):

@@ -22,8 +22,9 @@ NODE_TIMEOUT = 20
 RINGMQ = os.environ.get("RINGMQ_TEST_BROKER", "ringmq").strip().lower() == "ringmq"
 
 
-def run_js(scenario, broker, ids, topic=None):
-    """Run one scenario against ``broker``; returns its JSON result."""
+def run_js(scenario, broker, ids, topic=None, extra=None):
+    """Run one scenario against ``broker``; returns its JSON result. ``extra``: more
+    arguments for the scenario."""
     node = shutil.which("node")
     if node is None:
         pytest.fail("node not found: run `make deps` (installs nodejs and npm, then MQTT.js into "
@@ -31,7 +32,8 @@ def run_js(scenario, broker, ids, topic=None):
     if not (JS_DIR / "node_modules" / "mqtt" / "package.json").is_file():
         pytest.fail("MQTT.js not installed in %s: run `make deps` (npm ci --prefix "
                     "tests/integration/js)" % (JS_DIR / "node_modules"), pytrace=False)
-    args = {"host": broker.host, "port": broker.port, "ids": ids, "topic": topic}
+    args = {"host": broker.host, "port": broker.port, "ids": ids, "topic": topic,
+            **(extra or {})}
     try:
         proc = subprocess.run([node, str(SCENARIO), scenario, json.dumps(args)], cwd=JS_DIR,
                               capture_output=True, text=True, timeout=NODE_TIMEOUT)

@@ -15,7 +15,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from conftest import RINGMQ_BIN, Broker, free_port
-from helpers import refuses_bad_file, wait_for_log, client_id_on_shard, unique_topic
+from helpers import refuses_bad_file, wait_for_log, client_id_on_shard, unique_topic, stop_all
 import rawmqtt as R
 
 pytestmark = pytest.mark.ringmq_only
@@ -49,10 +49,7 @@ def pw_broker(request, nshards, pwfile):
         return b
 
     yield make
-    crashed = [b for b in made if not b.alive()]
-    for b in made:
-        b.stop()
-    assert not crashed, [b.log_tail() for b in crashed]
+    stop_all(made)
 
 
 def connack(b, version, client_id="c", **kw):

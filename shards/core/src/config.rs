@@ -12,6 +12,8 @@ pub enum Scheme {
     Mqtt,
     /// MQTT over TLS over TCP.
     Mqtts,
+    /// MQTT over WebSocket (RFC 6455) over TCP.
+    Ws,
 }
 
 /// A listener: a URL as `--listener` gives it (`mqtt://ADDR:PORT`, `mqtts://ADDR:PORT`), or a
@@ -40,6 +42,8 @@ pub struct ListenerSettings {
     pub max_handshakes: Option<usize>,
     /// Further certificates, each served to clients that ask for one of its DNS names (SNI).
     pub sni: Vec<SniCert>,
+    /// The request path a WebSocket listener upgrades.
+    pub ws_path: Option<String>,
 }
 
 /// A certificate chain and its key, chosen by the server name a TLS client asks for.
@@ -66,6 +70,7 @@ pub struct Effective {
     /// TLS handshakes in progress at once (0: no limit).
     pub max_handshakes: usize,
     pub sni: Vec<SniCert>,
+    pub ws_path: String,
 }
 
 impl Listener {
@@ -83,6 +88,7 @@ impl Listener {
         let scheme = match scheme.to_ascii_lowercase().as_str() {
             "mqtt" | "tcp" => Scheme::Mqtt,
             "mqtts" | "ssl" | "tls" => Scheme::Mqtts,
+            "ws" => Scheme::Ws,
             _ => return None,
         };
         let addr = rest.strip_suffix('/').unwrap_or(rest).parse().ok()?;
@@ -97,11 +103,16 @@ impl Listener {
         self.scheme == Scheme::Mqtts
     }
 
+    pub fn is_ws(&self) -> bool {
+        self.scheme == Scheme::Ws
+    }
+
     /// The URL alone, without the settings of its own.
     pub fn url(&self) -> String {
         let scheme = match self.scheme {
             Scheme::Mqtt => "mqtt",
             Scheme::Mqtts => "mqtts",
+            Scheme::Ws => "ws",
         };
         format!("{scheme}://{}", self.addr)
     }
@@ -151,6 +162,9 @@ pub struct Config {
     /// TLS handshakes each TLS listener has in progress at once (0: no limit); a listener's
     /// table may set its own.
     pub max_handshakes: usize,
+    /// The request path WebSocket listeners upgrade (others get 404); a listener's table may
+    /// set its own.
+    pub ws_path: String,
     /// Largest packet accepted from a client, fixed header included; advertised in CONNACK.
     pub max_packet_size: usize,
     /// Unacknowledged QoS 1/2 PUBLISHes per direction per client; advertised as Receive Maximum.
@@ -286,6 +300,7 @@ impl Config {
             max_accept_rate: own.max_accept_rate.unwrap_or(self.max_accept_rate),
             max_handshakes: own.max_handshakes.unwrap_or(self.max_handshakes),
             sni: own.sni,
+            ws_path: own.ws_path.unwrap_or_else(|| self.ws_path.clone()),
         }
     }
 
@@ -322,6 +337,7 @@ impl Default for Config {
             max_connections: 1_000_000,
             max_accept_rate: 0,
             max_handshakes: 0,
+            ws_path: "/mqtt".into(),
             max_packet_size: 1024 * 1024,
             max_inflight: 32,
             max_queued_messages: 100_000,

@@ -259,6 +259,7 @@ impl Shard {
             io::close_fd(fd);
             return;
         }
+        self.ws_accept(index, fd);
         // TCP_NODELAY is inherited from the listening socket; at most 255 listeners (checked
         // by the configuration).
         let key = st.add_conn(SocketId(fd), index as u8);

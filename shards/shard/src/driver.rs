@@ -59,6 +59,8 @@ pub struct Shard {
     pub(crate) net: RefCell<Net>,
     /// The TLS sessions of the shard's `mqtts://` connections; borrowed like `net`.
     pub(crate) tls: RefCell<Tls>,
+    /// The WebSocket sessions of the shard's `ws://` connections; borrowed like `net`.
+    pub(crate) ws: RefCell<crate::wsdrive::Ws>,
     pub mesh: Mesh,
     /// Scrapes waiting for other shards' metrics, by token.
     pub metrics_pending: RefCell<HashMap<ScrapeToken, LocalSender<Box<ShardMetrics>>>>,
@@ -87,6 +89,7 @@ impl Shard {
         Shard {
             spare,
             tls: RefCell::new(Tls::new(tls)),
+            ws: RefCell::default(),
             state: RefCell::new(state),
             net: RefCell::new(net),
             mesh,
@@ -218,6 +221,12 @@ impl Shard {
             }
             return;
         }
+        if self.is_ws(fd) {
+            if !conn.write_blocked() {
+                self.ws_write(st, key, fd);
+            }
+            return;
+        }
         if conn.write_blocked() || conn.out.is_empty() {
             return;
         }
@@ -248,7 +257,7 @@ impl Shard {
         let Some(fd) = st.conns.get(key).map(|c| c.socket.0) else {
             return;
         };
-        if !self.tls_finish(st, key, fd) {
+        if !self.tls_finish(st, key, fd) && !self.ws_finish(st, key, fd) {
             let conn = &mut st.conns[key];
             let blocked = conn.write_blocked();
             if let Some(chunks) = conn.out.chunks_mut().filter(|_| !blocked) {
@@ -304,6 +313,8 @@ impl Shard {
             let fd = st.conns[key].socket.0;
             let read = if self.tls.borrow().is_tls(fd) {
                 self.tls_read_socket(st, key, fd)
+            } else if self.is_ws(fd) {
+                self.ws_read_socket(st, key, fd)
             } else {
                 read_socket(st, key)
             };
@@ -416,9 +427,12 @@ impl Shard {
                     conn.set_write_blocked(false);
                     let fd = conn.socket.0;
                     st.want_write(index);
-                    // A handshake's output is the session's, not the core's.
+                    // A handshake's output (TLS) or an upgrade response, pong or close frame
+                    // (WebSocket) is the session's, not the core's.
                     if self.tls.borrow().is_tls(fd) {
                         self.tls_write(st, index, fd);
+                    } else if self.is_ws(fd) {
+                        self.ws_write(st, index, fd);
                     }
                 }
             }
@@ -448,6 +462,17 @@ impl Shard {
                 if !self.tls_defer(fd, key) {
                     self.tls_read(st, key, fd, false);
                 }
+                net = self.net.borrow_mut();
+            } else if current && self.is_ws(fd) {
+                let n = c.res as usize;
+                {
+                    let mut ws = self.ws.borrow_mut();
+                    ws.work.clear();
+                    ws.work.extend_from_slice(net.ring.buffer(bid, n));
+                }
+                net.ring.give_back(bid);
+                drop(net);
+                self.ws_read(st, key, fd, false);
                 net = self.net.borrow_mut();
             } else if current {
                 let n = c.res as usize;
@@ -544,8 +569,15 @@ impl Shard {
     }
 
     /// Starts accepting on a listening socket; `tls`: its connections speak TLS.
-    pub(crate) fn listen(&self, fd: std::os::fd::RawFd, tls: bool, gate: crate::admit::Gate) {
+    pub(crate) fn listen(
+        &self,
+        fd: std::os::fd::RawFd,
+        tls: bool,
+        ws: Option<crate::ws::WsSettings>,
+        gate: crate::admit::Gate,
+    ) {
         self.add_gate(gate, tls);
+        self.ws.borrow_mut().settings.push(ws);
         let mut net = self.net.borrow_mut();
         let index = net.add_listener(fd);
         net.arm_accept(index);
@@ -600,7 +632,9 @@ impl Shard {
                 let ShardMsg::Handoff(h) = m else {
                     return true;
                 };
-                h.transport = self.tls_detach(h.socket.0);
+                h.transport = self
+                    .tls_detach(h.socket.0)
+                    .or_else(|| self.ws_detach(h.socket.0));
                 match io::dup_fd(h.socket.0) {
                     Ok(dup) => {
                         h.socket.0 = dup;

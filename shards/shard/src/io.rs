@@ -166,6 +166,74 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     Ok(lim.rlim_cur as u64)
 }
 
+/// What became of a connection's output after a try at sending it.
+pub(crate) enum Sent {
+    All,
+    Blocked,
+    Failed,
+}
+
+/// Sends `bytes` after whatever `unsent` still holds (TLS records, WebSocket frames); what the
+/// socket does not take stays in `unsent`.
+pub(crate) fn send(fd: RawFd, unsent: &mut crate::tls::Held, bytes: &[u8]) -> Sent {
+    if !unsent.is_empty() {
+        unsent.vec().extend_from_slice(bytes);
+        return Sent::Blocked;
+    }
+    if bytes.is_empty() {
+        return Sent::All;
+    }
+    match send_bytes(fd, bytes) {
+        Ok(n) if n == bytes.len() => Sent::All,
+        Ok(n) => {
+            unsent.vec().extend_from_slice(&bytes[n..]);
+            Sent::Blocked
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            unsent.vec().extend_from_slice(bytes);
+            Sent::Blocked
+        }
+        Err(_) => Sent::Failed,
+    }
+}
+
+/// Sends what the socket did not take before.
+pub(crate) fn flush(fd: RawFd, unsent: &mut crate::tls::Held) -> Sent {
+    if unsent.is_empty() {
+        return Sent::All;
+    }
+    match send_bytes(fd, unsent.as_slice()) {
+        Ok(n) if n == unsent.len() => {
+            unsent.consume(n);
+            Sent::All
+        }
+        Ok(n) => {
+            unsent.consume(n);
+            Sent::Blocked
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Sent::Blocked,
+        Err(_) => Sent::Failed,
+    }
+}
+
+/// Moves up to `limit` bytes of queued output into `into` (emptied first), for a transport
+/// that copies it anyway (encrypts it, frames it): what is taken leaves the queue.
+pub(crate) fn gather(chunks: &mut VecDeque<Bytes>, into: &mut Vec<u8>, limit: usize) {
+    into.clear();
+    while let Some(front) = chunks.front_mut() {
+        let take = front.len().min(limit - into.len());
+        into.extend_from_slice(&front[..take]);
+        if take == front.len() {
+            chunks.pop_front();
+        } else {
+            front.advance(take);
+        }
+        if into.len() >= limit {
+            break;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,6 +25,7 @@ pub mod access;
 mod admit;
 pub mod certs;
 pub mod driver;
+mod fdtable;
 pub mod io;
 pub mod logins;
 pub mod mesh;
@@ -34,6 +35,8 @@ pub mod ring;
 pub mod runtime;
 mod secure;
 pub mod tls;
+pub mod ws;
+mod wsdrive;
 
 pub use ringmq_core::{auth, config, Config};
 pub use runtime::{check_fd_limit, run};

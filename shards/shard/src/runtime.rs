@@ -313,7 +313,10 @@ async fn shard_main(
             eff.max_handshakes,
             cfg.shards,
         );
-        shard.listen(fd, l.is_tls(), gate);
+        let ws = l.is_ws().then(|| crate::ws::WsSettings {
+            path: eff.ws_path.clone(),
+        });
+        shard.listen(fd, l.is_tls(), ws, gate);
     }
 
     loop {

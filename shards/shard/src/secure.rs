@@ -4,9 +4,10 @@
 
 use crate::certs::Contexts;
 use crate::driver::Shard;
+use crate::fdtable::FdTable;
 use crate::io;
+use crate::io::{flush, send, Sent};
 use crate::tls::{TlsConn, MAX_RECORD};
-use bytes::Buf;
 use ringmq_core::state::{Adopted, Read, Transport};
 use ringmq_core::{Close, ShardState};
 use std::collections::VecDeque;
@@ -24,10 +25,8 @@ pub struct Tls {
     pub ctx: Contexts,
     /// The generation of `Reload` that `ctx` comes from.
     generation: u64,
-    /// The TLS connections, indexed by socket descriptor (small, dense integers): a pointer
-    /// per descriptor, 8 bytes against a hash map's 20 to 40 per TLS connection; empty while
-    /// no TLS connection was accepted.
-    conns: Vec<Option<Box<TlsConn>>>,
+    /// The TLS connections by socket descriptor.
+    conns: FdTable<TlsConn>,
     /// Ciphertext as received, before decryption.
     pub work: Vec<u8>,
     /// Ciphertext to send.
@@ -61,79 +60,7 @@ impl Tls {
     }
 
     pub fn is_tls(&self, fd: RawFd) -> bool {
-        self.get(fd).is_some()
-    }
-
-    fn get(&self, fd: RawFd) -> Option<&TlsConn> {
-        self.conns.get(fd as usize)?.as_deref()
-    }
-
-    fn insert(&mut self, fd: RawFd, tc: Box<TlsConn>) {
-        let i = fd as usize;
-        if self.conns.len() <= i {
-            self.conns.resize_with(i + 1, || None);
-        }
-        self.conns[i] = Some(tc);
-    }
-
-    fn remove(&mut self, fd: RawFd) -> Option<Box<TlsConn>> {
-        self.conns.get_mut(fd as usize)?.take()
-    }
-}
-
-/// The TLS session of descriptor `fd` (a function of the field, so that the shard's scratch
-/// buffers beside it can be borrowed at once).
-fn slot(conns: &mut [Option<Box<TlsConn>>], fd: RawFd) -> Option<&mut TlsConn> {
-    conns.get_mut(fd as usize)?.as_deref_mut()
-}
-
-/// What to do with a connection's output after trying to send ciphertext.
-enum Sent {
-    All,
-    Blocked,
-    Failed,
-}
-
-/// Sends `bytes` after whatever `tc` still holds; what the socket does not take stays in
-/// `tc.unsent`.
-fn send(fd: RawFd, tc: &mut TlsConn, bytes: &[u8]) -> Sent {
-    if !tc.unsent.is_empty() {
-        tc.unsent.vec().extend_from_slice(bytes);
-        return Sent::Blocked;
-    }
-    if bytes.is_empty() {
-        return Sent::All;
-    }
-    match io::send_bytes(fd, bytes) {
-        Ok(n) if n == bytes.len() => Sent::All,
-        Ok(n) => {
-            tc.unsent.vec().extend_from_slice(&bytes[n..]);
-            Sent::Blocked
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-            tc.unsent.vec().extend_from_slice(bytes);
-            Sent::Blocked
-        }
-        Err(_) => Sent::Failed,
-    }
-}
-
-/// Sends what the socket did not take before.
-fn flush(fd: RawFd, tc: &mut TlsConn) -> Sent {
-    if tc.unsent.is_empty() {
-        return Sent::All;
-    }
-    match io::send_bytes(fd, tc.unsent.as_slice()) {
-        Ok(n) if n == tc.unsent.len() => {
-            tc.unsent.consume(n);
-            Sent::All
-        }
-        Ok(n) => {
-            tc.unsent.consume(n);
-            Sent::Blocked
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Sent::Blocked,
-        Err(_) => Sent::Failed,
+        self.conns.get(fd).is_some()
     }
 }
 
@@ -143,7 +70,7 @@ impl Shard {
     pub(crate) fn tls_defer(&self, fd: RawFd, key: usize) -> bool {
         let mut guard = self.tls.borrow_mut();
         let tls = &mut *guard;
-        let Some(tc) = slot(&mut tls.conns, fd) else {
+        let Some(tc) = tls.conns.get_mut(fd) else {
             return false;
         };
         // Past rustls' largest handshake message the bytes go to it now, to be refused:
@@ -177,7 +104,7 @@ impl Shard {
                     .conns
                     .get(key)
                     .is_some_and(|c| c.socket.0 == fd && c.close.is_none());
-                match slot(&mut tls.conns, fd).filter(|_| current) {
+                match tls.conns.get_mut(fd).filter(|_| current) {
                     Some(tc) => {
                         tc.queued = false;
                         tls.work.clear();
@@ -216,7 +143,7 @@ impl Shard {
         };
         match TlsConn::new(ctx) {
             Ok(tc) => {
-                tls.insert(fd, tc);
+                tls.conns.insert(fd, tc);
                 true
             }
             Err(e) => {
@@ -231,14 +158,14 @@ impl Shard {
     pub(crate) fn tls_read(&self, st: &mut ShardState, key: usize, fd: RawFd, eof: bool) -> Read {
         let mut guard = self.tls.borrow_mut();
         let tls = &mut *guard;
-        let Some(tc) = slot(&mut tls.conns, fd) else {
+        let Some(tc) = tls.conns.get_mut(fd) else {
             return Read::Closed;
         };
         let mut plain = st.read_buffer(key);
         let room = plain.capacity() - plain.len();
         tls.out.clear();
         let got = tc.receive(&mut tls.work, &mut plain, &mut tls.out);
-        let sent = send(fd, tc, &tls.out);
+        let sent = send(fd, &mut tc.unsent, &tls.out);
         if got.established {
             st.counters.tls_handshakes += 1;
             st.counters.tls_resumed += u64::from(tc.resumed());
@@ -293,27 +220,15 @@ impl Shard {
     pub(crate) fn tls_write(&self, st: &mut ShardState, key: usize, fd: RawFd) {
         let mut guard = self.tls.borrow_mut();
         let tls = &mut *guard;
-        let Some(tc) = slot(&mut tls.conns, fd) else {
+        let Some(tc) = tls.conns.get_mut(fd) else {
             return;
         };
-        let mut sent = flush(fd, tc);
+        let mut sent = flush(fd, &mut tc.unsent);
         while matches!(sent, Sent::All) && tc.is_established() {
             let Some(chunks) = st.conns.get_mut(key).and_then(|c| c.out.chunks_mut()) else {
                 break;
             };
-            tls.plain.clear();
-            while let Some(front) = chunks.front_mut() {
-                let take = front.len().min(ENCRYPT_BATCH - tls.plain.len());
-                tls.plain.extend_from_slice(&front[..take]);
-                if take == front.len() {
-                    chunks.pop_front();
-                } else {
-                    front.advance(take);
-                }
-                if tls.plain.len() >= ENCRYPT_BATCH {
-                    break;
-                }
-            }
+            io::gather(chunks, &mut tls.plain, ENCRYPT_BATCH);
             if tls.plain.is_empty() {
                 break;
             }
@@ -323,7 +238,7 @@ impl Shard {
                 break;
             }
             st.wrote(key, tls.plain.len());
-            sent = send(fd, tc, &tls.out);
+            sent = send(fd, &mut tc.unsent, &tls.out);
         }
         drop(guard);
         match sent {
@@ -338,7 +253,7 @@ impl Shard {
     pub(crate) fn tls_finish(&self, st: &mut ShardState, key: usize, fd: RawFd) -> bool {
         let mut guard = self.tls.borrow_mut();
         let tls = &mut *guard;
-        let Some(mut tc) = tls.remove(fd) else {
+        let Some(mut tc) = tls.conns.remove(fd) else {
             return false;
         };
         if !tc.is_established() {
@@ -389,7 +304,7 @@ impl Shard {
     /// A connection handed to its home shard takes its TLS session along.
     pub(crate) fn tls_detach(&self, fd: RawFd) -> Option<Transport> {
         let mut tls = self.tls.borrow_mut();
-        tls.remove(fd).map(|tc| tc as Transport)
+        tls.conns.remove(fd).map(|tc| tc as Transport)
     }
 
     /// A connection adopted from another shard: its TLS session, if it came with one.
@@ -397,9 +312,13 @@ impl Shard {
         let Some(t) = a.transport.take() else { return };
         match t.downcast::<TlsConn>() {
             Ok(tc) => {
-                self.tls.borrow_mut().insert(a.socket.0, tc);
+                self.tls.borrow_mut().conns.insert(a.socket.0, tc);
             }
-            Err(_) => tracing::error!("a handed-over connection brought an unknown transport"),
+            Err(t) => {
+                if self.ws_adopt(a.socket.0, t).is_err() {
+                    tracing::error!("a handed-over connection brought an unknown transport");
+                }
+            }
         }
     }
 }

@@ -62,7 +62,7 @@ function msgRecord(topic, payload, packet) {
 // Resolves {client, connack, error, closed, messages, events}; messages are collected from the start.
 function open(clientId, opts = {}) {
   return new Promise((resolve, reject) => {
-    const client = mqtt.connect(URL, {
+    const client = mqtt.connect(opts.url || URL, {
       protocolVersion: 5,
       clientId,
       reconnectPeriod: 0,
@@ -84,7 +84,7 @@ function open(clientId, opts = {}) {
       h.received.push(rec);
       if (p.cmd === 'connack' && !h.connack) {
         h.connack = {
-          reasonCode: p.reasonCode,
+          reasonCode: p.reasonCode ?? p.returnCode,
           sessionPresent: !!p.sessionPresent,
           properties: plain(p.properties || {}),
         };
@@ -459,6 +459,32 @@ const scenarios = {
     const h = await open(ids.a);
     await waitFor(() => h.closed, 3000, 'the connection to close');
     return { connack: h.connack, closed: h.closed, error: h.error };
+  },
+
+  // MQTT over WebSocket (ws://ADDR:PORT/mqtt) with MQTT 5 and 3.1.1, beside plain TCP: the
+  // subscriber over WebSocket, the publisher over TCP, and the other way round.
+  async websocket({ ids, topic, wsport, host }) {
+    const ws = { url: `ws://${host}:${wsport}/mqtt` };
+    const out = {};
+    for (const version of [5, 4]) {
+      const wsSub = await connected(`${ids.sub}-v${version}`, { ...ws, protocolVersion: version });
+      await subscribe(wsSub, `${topic}/${version}/down`, { qos: 1 });
+      const tcpSub = await connected(`${ids.pub}-s${version}`, { protocolVersion: version });
+      await subscribe(tcpSub, `${topic}/${version}/up`, { qos: 1 });
+      const wsPub = await connected(`${ids.pub}-v${version}`, { ...ws, protocolVersion: version });
+      const big = 'x'.repeat(200000);
+      for (let i = 0; i < 3; i++) await publish(tcpSub, `${topic}/${version}/down`, `d${i}`, { qos: 1 });
+      await publish(tcpSub, `${topic}/${version}/down`, big, { qos: 1 });
+      for (let i = 0; i < 3; i++) await publish(wsPub, `${topic}/${version}/up`, `u${i}`, { qos: 1 });
+      await waitFor(() => wsSub.messages.length >= 4 && tcpSub.messages.length >= 3, 5000,
+        'messages both ways');
+      out[`v${version}`] = {
+        down: wsSub.messages.map((m) => (m.len > 100 ? `len:${m.len}` : m.payload)),
+        up: tcpSub.messages.map((m) => m.payload),
+      };
+      for (const h of [wsSub, tcpSub, wsPub]) await close(h);
+    }
+    return out;
   },
 
   // Maximum QoS from --max-qos 1.
