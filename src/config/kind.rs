@@ -61,8 +61,8 @@ impl Kind {
             Kind::Int { min, max } => format!("an integer from {min} to {max}"),
             Kind::Pow2 { min, max } => format!("a power of two from {min} to {max}"),
             Kind::Addrs => "a list of ADDR:PORT socket addresses (e.g. 127.0.0.1:1883)".into(),
-            Kind::Listeners => "a list of listener URLs: mqtt://ADDR:PORT, mqtts://ADDR:PORT or \
-                 ws://ADDR:PORT (e.g. mqtts://0.0.0.0:8883), or of [[listener]] tables with a url"
+            Kind::Listeners => "a list of listener URLs: mqtt://ADDR:PORT, mqtts://ADDR:PORT, \
+                 ws://ADDR:PORT or wss://ADDR:PORT (e.g. mqtts://0.0.0.0:8883), or of [[listener]] tables with a url"
                 .into(),
             Kind::AddrOrNone => "an ADDR:PORT socket address (e.g. 127.0.0.1:9883) or none".into(),
             Kind::Path => "a path".into(),

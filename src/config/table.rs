@@ -48,8 +48,8 @@ settings! {
         listen: Vec<SocketAddr> = "0.0.0.0:1883", Kind::Addrs, "ADDR:PORT" => listen;
 
         /// Listener by URL (repeatable): mqtt://ADDR:PORT (plain MQTT), mqtts://ADDR:PORT
-        /// (MQTT over TLS, with tls_cert and tls_key) or ws://ADDR:PORT (MQTT over WebSocket,
-        /// at ws_path). When any is given, listen's default is
+        /// (MQTT over TLS, with tls_cert and tls_key), ws://ADDR:PORT (MQTT over WebSocket, at
+        /// ws_path) or wss://ADDR:PORT (the same over TLS). When any is given, listen's default is
         /// not used (give listen too to keep a plain address). In the config file a
         /// [[listener]] table gives one its own TLS files, SNI certificates, allow_anonymous
         /// and limits (docs/configuration.md).

@@ -335,6 +335,9 @@ url = "mqtt://127.0.0.1:1883"
     ('tls_cert = "c.pem"', "needs url"),
     ('url = "mqtts://127.0.0.1:8883"', "needs tls_cert and tls_key"),
     ('url = "mqtt://127.0.0.1:1883"\nmax_accept_rate = "fast"', "max_accept_rate must be"),
+    ('url = "ws://127.0.0.1:8080"\ntls_ca = "ca.pem"', "tls_ca is for TLS listeners"),
+    ('url = "mqtts://127.0.0.1:8883"\nws_path = "/mqtt"', "ws_path is for WebSocket"),
+    ('url = "wss://127.0.0.1:8443"', "needs tls_cert and tls_key"),
 ])
 def test_a_bad_listener_table_stops_the_start_naming_it(tmp_path, table, message):
     conf = tmp_path / "bad.toml"

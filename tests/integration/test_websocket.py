@@ -323,3 +323,71 @@ def test_a_silent_connection_is_closed_at_the_connect_deadline(ws_broker):
     assert s.recv(10) == b""
     assert 0.5 < time.monotonic() - t < 4
     s.close()
+
+
+# -- wss:// ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    from pki import Pki
+    return Pki(tmp_path_factory.mktemp("pki"))
+
+
+def wss_broker(ws_broker, pki, extra=()):
+    port = free_port()
+    b = ws_broker(["--listener", "wss://127.0.0.1:%d" % port, "--tls-cert", str(pki.server_cert),
+                   "--tls-key", str(pki.server_key)] + list(extra))
+    b.wss_port = port
+    return b
+
+
+@pytest.mark.parametrize("protocol", [mqtt.MQTTv311, mqtt.MQTTv5], ids=["v311", "v5"])
+def test_paho_over_secure_websocket_exchanges_messages_with_ws_and_tcp_clients(
+        ws_broker, pki, nshards, protocol):
+    """wss:// is WebSocket over the TLS of mqtts:// (ALPN http/1.1, as browsers offer):
+    paho-mqtt with transport="websockets" and --cafile-like trust, to a ws:// and a TCP
+    client, up to 300 KB (several TLS records and WebSocket frames per message)."""
+    b = wss_broker(ws_broker, pki)
+    topic = unique_topic("wss")
+    wss = SyncClient("127.0.0.1", b.wss_port,
+                     client_id=client_id_on_shard("wss-a", nshards - 1, nshards),
+                     protocol=protocol, transport="websockets").tls(pki.ca.pem)
+    wss.c.ws_set_options(path="/mqtt")
+    wss.connect()
+    wss.subscribe(topic + "/down", qos=1)
+    ws = ws_client(b, client_id_on_shard("ws-b", 0, nshards), protocol)
+    ws.connect()
+    ws.subscribe(topic + "/up", qos=1)
+    tcp = SyncClient("127.0.0.1", b.port, client_id="tcp-b", protocol=protocol)
+    tcp.connect()
+    sizes = [0, 126, 65536, 300_000]
+    for n in sizes:
+        tcp.publish(topic + "/down", bytes([n % 251]) * n, qos=1)
+        wss.publish(topic + "/up", bytes([n % 13]) * n, qos=1)
+    assert [m.payload for m in wss.get_n(len(sizes))] == [bytes([n % 251]) * n for n in sizes]
+    assert [m.payload for m in ws.get_n(len(sizes))] == [bytes([n % 13]) * n for n in sizes]
+    for c in (wss, ws, tcp):
+        c.disconnect()
+
+
+def test_secure_websocket_with_client_certificates(ws_broker, pki):
+    """Mutual TLS works on wss:// as on mqtts://: a client with a certificate from the CA
+    connects, one without is refused in the handshake."""
+    b = wss_broker(ws_broker, pki, ["--tls-ca", str(pki.ca.pem), "--require-certificate",
+                                    "true", "--use-identity-as-username", "true"])
+    import ssl
+    ctx = ssl.create_default_context(cafile=str(pki.ca.pem))
+    ctx.load_cert_chain(str(pki.client[0]), str(pki.client[1]))
+    url = "wss://localhost:%d/mqtt" % b.wss_port
+    with wsclient.connect(url, ssl=ctx, subprotocols=["mqtt"], compression=None) as c:
+        assert c.subprotocol == "mqtt"
+        c.send(R.connect_packet("wss-mtls"))
+        assert c.recv(timeout=5)[:4] == b"\x20\x02\x00\x00"
+        c.send(R.pingreq_packet())
+        assert c.recv(timeout=5) == b"\xd0\x00"
+    bare = ssl.create_default_context(cafile=str(pki.ca.pem))
+    with pytest.raises(Exception):
+        with wsclient.connect(url, ssl=bare, subprotocols=["mqtt"], compression=None,
+                              open_timeout=5) as c:
+            c.send(R.connect_packet("wss-no-cert"))
+            c.recv(timeout=5)

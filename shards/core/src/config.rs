@@ -14,6 +14,8 @@ pub enum Scheme {
     Mqtts,
     /// MQTT over WebSocket (RFC 6455) over TCP.
     Ws,
+    /// MQTT over WebSocket over TLS.
+    Wss,
 }
 
 /// A listener: a URL as `--listener` gives it (`mqtt://ADDR:PORT`, `mqtts://ADDR:PORT`), or a
@@ -89,6 +91,7 @@ impl Listener {
             "mqtt" | "tcp" => Scheme::Mqtt,
             "mqtts" | "ssl" | "tls" => Scheme::Mqtts,
             "ws" => Scheme::Ws,
+            "wss" => Scheme::Wss,
             _ => return None,
         };
         let addr = rest.strip_suffix('/').unwrap_or(rest).parse().ok()?;
@@ -100,11 +103,11 @@ impl Listener {
     }
 
     pub fn is_tls(&self) -> bool {
-        self.scheme == Scheme::Mqtts
+        matches!(self.scheme, Scheme::Mqtts | Scheme::Wss)
     }
 
     pub fn is_ws(&self) -> bool {
-        self.scheme == Scheme::Ws
+        matches!(self.scheme, Scheme::Ws | Scheme::Wss)
     }
 
     /// The URL alone, without the settings of its own.
@@ -113,6 +116,7 @@ impl Listener {
             Scheme::Mqtt => "mqtt",
             Scheme::Mqtts => "mqtts",
             Scheme::Ws => "ws",
+            Scheme::Wss => "wss",
         };
         format!("{scheme}://{}", self.addr)
     }

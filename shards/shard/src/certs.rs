@@ -78,13 +78,15 @@ pub fn contexts(cfg: &ringmq_core::Config) -> Result<Contexts, String> {
             out.push(None);
             continue;
         }
-        let ctx = context(&cfg.effective(l)).map_err(|e| format!("listener {l}: {e}"))?;
+        let ctx =
+            context(&cfg.effective(l), l.is_ws()).map_err(|e| format!("listener {l}: {e}"))?;
         out.push(Some(ctx));
     }
     Ok(Contexts(out))
 }
 
-fn context(eff: &ringmq_core::config::Effective) -> Result<TlsContext, String> {
+/// `ws`: WebSocket over TLS, whose clients (browsers) offer ALPN `http/1.1`.
+fn context(eff: &ringmq_core::config::Effective, ws: bool) -> Result<TlsContext, String> {
     let (Some(cert), Some(key)) = (&eff.tls_cert, &eff.tls_key) else {
         return Err("a TLS listener needs tls_cert and tls_key".into());
     };
@@ -144,7 +146,11 @@ fn context(eff: &ringmq_core::config::Effective) -> Result<TlsContext, String> {
         }
         builder.with_cert_resolver(Arc::new(by_name))
     };
-    config.alpn_protocols = vec![b"mqtt".to_vec()];
+    config.alpn_protocols = if ws {
+        vec![b"http/1.1".to_vec()]
+    } else {
+        vec![b"mqtt".to_vec()]
+    };
     // The suite order of `provider`, whatever the client prefers.
     config.ignore_client_order = true;
     config.ticketer =

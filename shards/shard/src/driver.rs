@@ -123,7 +123,7 @@ impl Shard {
                 self.pass_sockets(&mut fx);
             }
             for mut a in fx.adopted.drain(..) {
-                self.tls_adopt(&mut a);
+                self.transport_adopt(&mut a);
                 self.adopt(st, a);
             }
             for i in 0..fx.drains.len() {
@@ -632,9 +632,7 @@ impl Shard {
                 let ShardMsg::Handoff(h) = m else {
                     return true;
                 };
-                h.transport = self
-                    .tls_detach(h.socket.0)
-                    .or_else(|| self.ws_detach(h.socket.0));
+                h.transport = self.transport_detach(h.socket.0);
                 match io::dup_fd(h.socket.0) {
                     Ok(dup) => {
                         h.socket.0 = dup;

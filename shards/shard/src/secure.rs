@@ -33,9 +33,18 @@ pub struct Tls {
     out: Vec<u8>,
     /// Plaintext gathered for encryption.
     plain: Vec<u8>,
+    /// `wss://`: decrypted bytes before unframing, and frames before encryption.
+    clear: bytes::BytesMut,
+    framed: Vec<u8>,
     /// Connections whose handshake bytes wait for the handshake budget, in arrival order
     /// (key and descriptor).
     backlog: VecDeque<(usize, RawFd)>,
+}
+
+/// What travels with a handed-over connection: its TLS session and its WebSocket state.
+struct Layers {
+    tls: Option<Box<TlsConn>>,
+    ws: Option<Box<crate::ws::WsConn>>,
 }
 
 /// Time a shard spends on handshakes in one turn once the connections with traffic had
@@ -164,7 +173,24 @@ impl Shard {
         let mut plain = st.read_buffer(key);
         let room = plain.capacity() - plain.len();
         tls.out.clear();
-        let got = tc.receive(&mut tls.work, &mut plain, &mut tls.out);
+        // wss://: what TLS decrypts is WebSocket frames, unframed for the core; the
+        // WebSocket's own output (upgrade response, pongs, close frames) is encrypted.
+        let wss = self.is_ws(fd);
+        let got = if wss {
+            tls.clear.clear();
+            tc.receive(&mut tls.work, &mut tls.clear, &mut tls.out)
+        } else {
+            tc.receive(&mut tls.work, &mut plain, &mut tls.out)
+        };
+        let mut unframed = None;
+        if wss && !tls.clear.is_empty() {
+            tls.framed.clear();
+            unframed = self.ws_unframe(st, key, fd, &tls.clear, &mut plain, &mut tls.framed);
+            if !tls.framed.is_empty() {
+                tc.encrypt(&tls.framed, &mut tls.out);
+            }
+        }
+        let plain_len = unframed.as_ref().map_or(got.plain, |r| r.plain);
         let sent = send(fd, &mut tc.unsent, &tls.out);
         if got.established {
             st.counters.tls_handshakes += 1;
@@ -194,10 +220,14 @@ impl Shard {
         }
         drop(guard);
         let eof = eof || got.peer_closed;
-        let read = st.on_read(key, plain, got.plain, room, eof);
+        let read = st.on_read(key, plain, plain_len, room, eof);
         if let Some(e) = got.error {
             tracing::debug!(shard = st.id, conn = key, error = %e, "TLS connection failed");
             st.close_conn(key, Close::Transport);
+            return Read::Closed;
+        }
+        if let Some(why) = unframed.and_then(|r| r.closed) {
+            self.ws_ended(st, key, why);
             return Read::Closed;
         }
         match sent {
@@ -224,7 +254,9 @@ impl Shard {
             return;
         };
         let mut sent = flush(fd, &mut tc.unsent);
-        while matches!(sent, Sent::All) && tc.is_established() {
+        // wss://: core output waits for the WebSocket upgrade, then goes in frames.
+        let ws = self.ws_open(fd);
+        while matches!(sent, Sent::All) && tc.is_established() && ws != Some(false) {
             let Some(chunks) = st.conns.get_mut(key).and_then(|c| c.out.chunks_mut()) else {
                 break;
             };
@@ -233,7 +265,14 @@ impl Shard {
                 break;
             }
             tls.out.clear();
-            if !tc.encrypt(&tls.plain, &mut tls.out) {
+            let clear = if ws.is_some() {
+                tls.framed.clear();
+                crate::ws::WsConn::frame(&tls.plain, &mut tls.framed);
+                &tls.framed
+            } else {
+                &tls.plain
+            };
+            if !tc.encrypt(clear, &mut tls.out) {
                 sent = Sent::Failed;
                 break;
             }
@@ -256,6 +295,7 @@ impl Shard {
         let Some(mut tc) = tls.conns.remove(fd) else {
             return false;
         };
+        let mut ws = self.ws_take(fd);
         if !tc.is_established() {
             st.counters.tls_handshake_failures += 1;
             if let Some(c) = st.conns.get(key) {
@@ -270,8 +310,22 @@ impl Shard {
             for c in &queued {
                 tls.plain.extend_from_slice(c);
             }
-            if !tls.plain.is_empty() {
-                tc.encrypt(&tls.plain, &mut tls.out);
+            match ws.as_mut() {
+                // wss://: the last output in a frame, then the WebSocket close frame.
+                Some(w) => {
+                    tls.framed.clear();
+                    if w.is_open() && !tls.plain.is_empty() {
+                        crate::ws::WsConn::frame(&tls.plain, &mut tls.framed);
+                    }
+                    w.close(crate::ws::CLOSE_NORMAL, &mut tls.framed);
+                    if !tls.framed.is_empty() {
+                        tc.encrypt(&tls.framed, &mut tls.out);
+                    }
+                }
+                None if !tls.plain.is_empty() => {
+                    tc.encrypt(&tls.plain, &mut tls.out);
+                }
+                None => {}
             }
             tc.close_notify(&mut tls.out);
             let _ = io::send_bytes(fd, &tls.out);
@@ -302,23 +356,28 @@ impl Shard {
     }
 
     /// A connection handed to its home shard takes its TLS session along.
-    pub(crate) fn tls_detach(&self, fd: RawFd) -> Option<Transport> {
-        let mut tls = self.tls.borrow_mut();
-        tls.conns.remove(fd).map(|tc| tc as Transport)
+    /// A connection handed to its home shard takes its transport along: its TLS session,
+    /// its WebSocket state, or both (`wss://`).
+    pub(crate) fn transport_detach(&self, fd: RawFd) -> Option<Transport> {
+        let tls = self.tls.borrow_mut().conns.remove(fd);
+        let ws = self.ws_take(fd);
+        (tls.is_some() || ws.is_some()).then(|| Box::new(Layers { tls, ws }) as Transport)
     }
 
-    /// A connection adopted from another shard: its TLS session, if it came with one.
-    pub(crate) fn tls_adopt(&self, a: &mut Adopted) {
+    /// A connection adopted from another shard: its transport, if it came with one.
+    pub(crate) fn transport_adopt(&self, a: &mut Adopted) {
         let Some(t) = a.transport.take() else { return };
-        match t.downcast::<TlsConn>() {
-            Ok(tc) => {
-                self.tls.borrow_mut().conns.insert(a.socket.0, tc);
-            }
-            Err(t) => {
-                if self.ws_adopt(a.socket.0, t).is_err() {
-                    tracing::error!("a handed-over connection brought an unknown transport");
+        match t.downcast::<Layers>() {
+            Ok(layers) => {
+                let Layers { tls, ws } = *layers;
+                if let Some(tc) = tls {
+                    self.tls.borrow_mut().conns.insert(a.socket.0, tc);
+                }
+                if let Some(wc) = ws {
+                    self.ws_put(a.socket.0, wc);
                 }
             }
+            Err(_) => tracing::error!("a handed-over connection brought an unknown transport"),
         }
     }
 }

@@ -6,7 +6,7 @@ use crate::driver::Shard;
 use crate::fdtable::FdTable;
 use crate::io::{self, flush, send, Sent};
 use crate::ws::{Why, WsConn, WsSettings, CLOSE_NORMAL};
-use ringmq_core::state::{Read, Transport};
+use ringmq_core::state::Read;
 use ringmq_core::{Close, ShardState};
 use std::os::fd::RawFd;
 
@@ -75,20 +75,25 @@ impl Shard {
         }
         let read = st.on_read(key, plain, got.plain, room, eof);
         if let Some(why) = got.closed {
-            tracing::debug!(shard = st.id, conn = key, ?why, "WebSocket connection ends");
-            // The peer's close frame without DISCONNECT ends the connection like a network
-            // close (the will goes); a refused upgrade or a broken frame is a transport failure.
-            let close = match why {
-                Why::PeerClosed => Close::Eof,
-                Why::Refused(_) | Why::Protocol(..) => Close::Transport,
-            };
-            if st.conns.get(key).is_some_and(|c| c.close.is_none()) {
-                st.close_conn(key, close);
-            }
+            self.ws_ended(st, key, why);
             return Read::Closed;
         }
         self.after_send(st, key, fd, sent);
         read
+    }
+
+    /// The WebSocket layer ends the connection. The peer's close frame without DISCONNECT
+    /// ends it like a network close (the will goes); a refused upgrade or a broken frame is a
+    /// transport failure.
+    pub(crate) fn ws_ended(&self, st: &mut ShardState, key: usize, why: Why) {
+        tracing::debug!(shard = st.id, conn = key, ?why, "WebSocket connection ends");
+        let close = match why {
+            Why::PeerClosed => Close::Eof,
+            Why::Refused(_) | Why::Protocol(..) => Close::Transport,
+        };
+        if st.conns.get(key).is_some_and(|c| c.close.is_none()) {
+            st.close_conn(key, close);
+        }
     }
 
     fn after_send(&self, st: &mut ShardState, key: usize, fd: RawFd, sent: Sent) {
@@ -179,20 +184,41 @@ impl Shard {
         true
     }
 
-    /// A connection handed to its home shard takes its WebSocket session along.
-    pub(crate) fn ws_detach(&self, fd: RawFd) -> Option<Transport> {
-        self.ws
-            .borrow_mut()
-            .conns
-            .remove(fd)
-            .map(|wc| wc as Transport)
+    /// Takes a connection's WebSocket state out of the table (its end, or its hand-over).
+    pub(crate) fn ws_take(&self, fd: RawFd) -> Option<Box<WsConn>> {
+        self.ws.borrow_mut().conns.remove(fd)
     }
 
-    /// A connection adopted from another shard: its WebSocket session, if the transport it
-    /// brought is one (else the transport is given back).
-    pub(crate) fn ws_adopt(&self, fd: RawFd, t: Transport) -> Result<(), Transport> {
-        let wc = t.downcast::<WsConn>()?;
+    /// A handed-over connection's WebSocket state.
+    pub(crate) fn ws_put(&self, fd: RawFd, wc: Box<WsConn>) {
         self.ws.borrow_mut().conns.insert(fd, wc);
-        Ok(())
+    }
+
+    /// Whether a WebSocket connection has upgraded; `None` if `fd` is not one.
+    pub(crate) fn ws_open(&self, fd: RawFd) -> Option<bool> {
+        self.ws.borrow().conns.get(fd).map(WsConn::is_open)
+    }
+
+    /// `wss://`: decrypted bytes to unframe; MQTT bytes go to `plain`, the WebSocket's own
+    /// output (to encrypt) to `out`. `None` if `fd` is not a WebSocket connection.
+    pub(crate) fn ws_unframe(
+        &self,
+        st: &ShardState,
+        key: usize,
+        fd: RawFd,
+        input: &[u8],
+        plain: &mut bytes::BytesMut,
+        out: &mut Vec<u8>,
+    ) -> Option<crate::ws::Received> {
+        let mut guard = self.ws.borrow_mut();
+        let ws = &mut *guard;
+        let listener = st.conns.get(key).map_or(0, |c| usize::from(c.listener));
+        let settings = ws.settings.get(listener)?.as_ref()?;
+        let wc = ws.conns.get_mut(fd)?;
+        let got = wc.receive(input, settings, plain, out);
+        if got.upgraded {
+            tracing::debug!(shard = st.id, conn = key, protocol = ?wc.protocol, "WebSocket upgrade done");
+        }
+        Some(got)
     }
 }
