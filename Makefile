@@ -24,7 +24,7 @@ deps:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends mosquitto mosquitto-clients prometheus openssl ca-certificates testssl.sh >/dev/null; \
 	fi
-	@if ! $(PYTHON) -c "import paho.mqtt, pytest, prometheus_client, cryptography" 2>/dev/null; then \
+	@if ! $(PYTHON) -c "import paho.mqtt, pytest, prometheus_client, cryptography, websockets" 2>/dev/null; then \
 	  echo "installing python test dependencies"; \
 	  $(PYTHON) -m pip install -q -r tests/integration/requirements.txt; \
 	fi
@@ -32,6 +32,11 @@ deps:
 	  echo "installing nodejs and npm (MQTT.js scenarios, tests/integration/test_mqttjs.py)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; \
+	fi
+	@if ! command -v chromium >/dev/null; then \
+	  echo "installing chromium (MQTT.js in a headless browser, tests/integration/test_browser.py)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
 	fi
 	@if [ ! -d tests/integration/js/node_modules ]; then \
 	  echo "installing MQTT.js (npm ci in tests/integration/js)"; \
