@@ -302,8 +302,11 @@ class Broker:
         pre = ["taskset", "-c", cfg.broker_cpus] if spec.pinned and cfg.broker_cpus else []
         if spec.kind == "ringmq":
             listen = ["--listen", f"127.0.0.1:{self.port}"]
+            scheme = ("wss" if cfg.tls_dir else "ws") if cfg.ws else "mqtts"
+            if cfg.ws and not cfg.tls_dir:
+                listen = ["--listener", f"ws://127.0.0.1:{self.port}"]
             if cfg.tls_dir:
-                listen = ["--listener", f"mqtts://127.0.0.1:{self.port}",
+                listen = ["--listener", f"{scheme}://127.0.0.1:{self.port}",
                           "--tls-cert", os.path.join(cfg.tls_dir, "server.pem"),
                           "--tls-key", os.path.join(cfg.tls_dir, "server.key")]
             return pre + [cfg.ringmq] + listen + [
@@ -318,8 +321,12 @@ class Broker:
         # Settings equivalent to ringmq's: same inflight window and queue
         # bound, no persistence, unlimited connections, TCP_NODELAY (ringmq
         # sets it on every accepted socket), errors only to stderr.
-        return "\n".join([
-            f"listener {self.port} 127.0.0.1",
+        # --ws: Mosquitto 2.0.x cannot start with a WebSocket listener alone, nor bind one
+        # to an address (libwebsockets binds every interface): a plain listener no client
+        # uses comes first, then the WebSocket one the loadgen connects to.
+        first = ([f"listener {self.cfg.next_port()} 127.0.0.1", f"listener {self.port}",
+                  "protocol websockets"] if self.cfg.ws else [f"listener {self.port} 127.0.0.1"])
+        lines = first + [
             "allow_anonymous true",
             f"max_inflight_messages {self.cfg.max_inflight}",
             f"max_queued_messages {self.cfg.max_queued}",
@@ -328,9 +335,11 @@ class Broker:
             "set_tcp_nodelay true",
             "log_dest stderr",
             "log_type error",
-        ] + ([f"certfile {os.path.join(self.cfg.tls_dir, 'server.pem')}",
-              f"keyfile {os.path.join(self.cfg.tls_dir, 'server.key')}"] if self.cfg.tls_dir else [])
-          + [""])
+        ]
+        if self.cfg.tls_dir:  # the last listener's (the WebSocket one with --ws)
+            lines += [f"certfile {os.path.join(self.cfg.tls_dir, 'server.pem')}",
+                      f"keyfile {os.path.join(self.cfg.tls_dir, 'server.key')}"]
+        return "\n".join(lines + [""])
 
     def start(self, ready_timeout: float = 15.0) -> None:
         if self.spec.kind == "mosquitto":
@@ -657,6 +666,8 @@ class Config:
     snapshot_dir: str | None = None
     # --tls: both brokers listen with TLS only, with the ECDSA P-256 certificate made here.
     tls_dir: str | None = None
+    # --ws: both brokers listen with MQTT over WebSocket only (over TLS with --tls too).
+    ws: bool = False
     argv: list[str] = field(default_factory=list)
     _port_i: int = 0
 
@@ -719,7 +730,8 @@ def loadgen_command(cfg: Config, scn: Scenario, port: int, broker_pid: int,
 
 
 def tls_args(cfg: Config) -> list[str]:
-    return ["--tls", "--tls-ca", os.path.join(cfg.tls_dir, "ca.pem")] if cfg.tls_dir else []
+    ws = ["--ws"] if cfg.ws else []
+    return ws + (["--tls", "--tls-ca", os.path.join(cfg.tls_dir, "ca.pem")] if cfg.tls_dir else [])
 
 
 def make_tls_dir() -> str:
@@ -1200,7 +1212,10 @@ def write_report(cfg: Config, info: dict, records: list[dict], brokers: list[str
               f"drain {fmt_num(cfg.drain)} s, MQTT {cfg.mqtt_version}, payload {cfg.payload} B, "
               f"max inflight {cfg.max_inflight}, max queued {cfg.max_queued}"
               + (", **over TLS** (ECDSA P-256 server certificate, TLS 1.3 negotiated by both)"
-                 if cfg.tls_dir else ""))
+                 if cfg.tls_dir else "")
+              + (", **over WebSocket** (ringmq `ws://` listener; Mosquitto `protocol websockets`, "
+                 "libwebsockets, beside an unused plain listener it needs to start)"
+                 if cfg.ws else ""))
     L_.append("- broker CPU % (harness) = utime+stime from /proc/PID/stat over the loadgen's measurement window "
               f"(its last {fmt_num(cfg.duration)} s before the drain), sampled every {cfg.sample_interval} s; "
               "peak RSS = VmHWM from /proc/PID/status")
@@ -1591,6 +1606,9 @@ def parse_args(argv):
     p.add_argument("--tls", action="store_true",
                    help="both brokers listen with TLS only (an ECDSA P-256 certificate made for the "
                         "run); the loadgen connects with --tls")
+    p.add_argument("--ws", action="store_true",
+                   help="both brokers listen with MQTT over WebSocket only (with --tls: over TLS); "
+                        "the loadgen connects with --ws")
     p.add_argument("--max-inflight", type=int, default=32)
     p.add_argument("--max-queued", type=int, default=1000)
     p.add_argument("--window", type=int, default=None, help="--window for fan-in/fan-out (loadgen default if unset)")
@@ -1660,7 +1678,7 @@ def make_cfg(a, argv) -> Config:
         loadgen=a.loadgen, out_root=Path(a.out),
         tag=a.tag if a.tag is not None else ("-quick" if quick else ""), sample_interval=a.sample_interval,
         idle_connect_rate=a.idle_connect_rate, argv=list(argv),
-        tls_dir=make_tls_dir() if a.tls else None)
+        tls_dir=make_tls_dir() if a.tls else None, ws=a.ws)
 
 
 def main(argv=None) -> int:

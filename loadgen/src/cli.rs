@@ -94,6 +94,12 @@ pub(crate) struct Global {
     /// earlier connection got; false makes every handshake a full one.
     #[arg(long, default_value_t = true, global = true, action = clap::ArgAction::Set)]
     pub(crate) tls_resume: bool,
+    /// MQTT over WebSocket (the broker's ws:// listener at --port; with --tls, wss://).
+    #[arg(long, global = true)]
+    pub(crate) ws: bool,
+    /// The request path of the WebSocket upgrade (with --ws).
+    #[arg(long, default_value = "/mqtt", global = true)]
+    pub(crate) ws_path: String,
     /// Username (and --password) in every CONNECT.
     #[arg(long, global = true)]
     pub(crate) username: Option<String>,

@@ -142,7 +142,12 @@ fn tls_config(
         }
         _ => b.with_no_client_auth(),
     };
-    cfg.alpn_protocols = vec![b"mqtt".to_vec()];
+    // WebSocket over TLS offers what browsers do.
+    cfg.alpn_protocols = if g.ws {
+        vec![b"http/1.1".to_vec()]
+    } else {
+        vec![b"mqtt".to_vec()]
+    };
     if !g.tls_resume {
         cfg.resumption = rustls::client::Resumption::disabled();
     } else {
@@ -200,6 +205,7 @@ impl LocalRun {
             password: g.password.clone(),
             warm_up: matches!(&cli.scenario, Scenario::ConnectStorm(s) if s.warm_up),
             tls_resume: g.tls_resume,
+            ws: g.ws.then(|| g.ws_path.clone()),
         });
         // Device g goes to process g % P, then executor (g / P) % T.
         let total = cli.scenario.devices();

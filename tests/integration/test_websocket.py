@@ -391,3 +391,23 @@ def test_secure_websocket_with_client_certificates(ws_broker, pki):
                               open_timeout=5) as c:
             c.send(R.connect_packet("wss-no-cert"))
             c.recv(timeout=5)
+
+
+def test_the_loadgen_speaks_websocket_and_secure_websocket(ws_broker, pki, tmp_path):
+    """The bundled load generator over ws:// and wss://: a QoS 1 fan-in loses nothing."""
+    import json
+    import subprocess
+    from conftest import RINGMQ_BIN
+    loadgen = RINGMQ_BIN.parent / "ringmq-loadgen"
+    b = wss_broker(ws_broker, pki)
+    for name, port, extra in [("ws", b.ws_port, []),
+                              ("wss", b.wss_port, ["--tls", "--tls-ca", str(pki.ca.pem)])]:
+        out = tmp_path / ("%s.json" % name)
+        r = subprocess.run([str(loadgen), "--port", str(port), "--ws", "--quiet", "--json", str(out),
+                            "--qos", "1", "--duration", "1", "--ramp-up", "5"] + extra
+                           + ["fan-in", "--publishers", "20"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        v = json.loads(out.read_text())
+        assert v["errors"] == 0 and v["lost"] == 0 and v["sent"] > 0, (name, v)
+        assert v["acked"] == v["sent"], (name, v)

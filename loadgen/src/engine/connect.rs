@@ -49,6 +49,7 @@ impl Exec {
             rx: Vec::new(),
             tx: Vec::new(),
             tls: None,
+            ws: None,
         };
         debug_assert_eq!(self.devs.len(), i);
         if self.cfg.churn.is_some() {
@@ -108,6 +109,7 @@ impl Exec {
         d.rx = Vec::new();
         d.tx = Vec::new();
         d.tls = None;
+        d.ws = None;
         match prev {
             St::TcpConnecting | St::WaitConnAck | St::WaitSubAck => match self.churn.get_mut(i) {
                 Some(c) if c.reconnecting => c.reconnecting = false,
@@ -184,6 +186,11 @@ impl Exec {
                 Ok(c) => self.devs[i].tls = Some(Box::new(c)),
                 Err(e) => return self.fail(i, format!("TLS: {e}")),
             }
+        }
+        // WebSocket: the upgrade request first; the CONNECT waits for its answer.
+        if let Some(path) = &cfg.ws {
+            self.devs[i].ws = Some(ws::WsClient::new(global as u64 ^ now));
+            self.send_wire(i, &ws::request(path, global as u64 ^ now));
         }
         self.send(i, &b);
     }

@@ -67,9 +67,22 @@ impl Exec {
         }
     }
 
+    /// Sends MQTT bytes: in a WebSocket frame with --ws (kept until the upgrade is done),
+    /// then as [`Exec::send_wire`] does.
+    pub(super) fn send(&mut self, i: usize, data: &[u8]) {
+        let Some(ws) = self.devs[i].ws.as_mut() else {
+            return self.send_wire(i, data);
+        };
+        let mut out = std::mem::take(&mut self.wsout);
+        out.clear();
+        ws.wrap(data, &mut out);
+        self.send_wire(i, &out);
+        self.wsout = out;
+    }
+
     /// Sends `data` now if nothing is queued, keeps what the kernel did not take. With TLS,
     /// `data` is encrypted first (and may be empty: what the session has to send goes).
-    pub(super) fn send(&mut self, i: usize, data: &[u8]) {
+    pub(super) fn send_wire(&mut self, i: usize, data: &[u8]) {
         let d = &mut self.devs[i];
         if d.fd < 0 {
             return;
@@ -95,23 +108,45 @@ impl Exec {
 
     /// Gives the TLS session of device `i` what its socket delivered; the plaintext goes to
     /// `rbuf`. Nothing to do without TLS (the bytes are in `rbuf` already).
-    fn tls_in(&mut self, i: usize, mut cipher: &[u8], rbuf: &mut BytesMut) -> Result<(), String> {
-        let Some(tls) = self.devs[i].tls.as_mut() else {
-            return Ok(());
-        };
-        use std::io::Read;
-        while !cipher.is_empty() {
-            tls.read_tls(&mut cipher).map_err(|e| format!("TLS: {e}"))?;
-            tls.process_new_packets().map_err(|e| format!("TLS: {e}"))?;
-            let mut plain = [0u8; 16 * 1024];
-            loop {
-                match tls.reader().read(&mut plain) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => rbuf.extend_from_slice(&plain[..n]),
-                }
-            }
+    fn tls_in(&mut self, i: usize, cipher: &[u8], rbuf: &mut BytesMut) -> Result<(), String> {
+        if self.devs[i].ws.is_some() {
+            return self.ws_in(i, cipher, rbuf);
         }
-        Ok(())
+        match self.devs[i].tls.as_mut() {
+            Some(tls) => tls_decrypt(tls, cipher, rbuf),
+            None => Ok(()),
+        }
+    }
+
+    /// WebSocket: the socket's bytes (decrypted first with TLS) unframed into `rbuf`; the
+    /// MQTT bytes kept during the upgrade go once it is done.
+    fn ws_in(&mut self, i: usize, wire: &[u8], rbuf: &mut BytesMut) -> Result<(), String> {
+        let mut clear = std::mem::take(&mut self.wsin);
+        clear.clear();
+        let tls = self.devs[i].tls.take();
+        let r = match tls {
+            Some(mut t) => {
+                let r = tls_decrypt(&mut t, wire, &mut clear);
+                self.devs[i].tls = Some(t);
+                r
+            }
+            None => {
+                clear.extend_from_slice(wire);
+                Ok(())
+            }
+        };
+        let mut out = std::mem::take(&mut self.wsout);
+        out.clear();
+        let r = r.and_then(|()| match self.devs[i].ws.as_mut() {
+            Some(ws) => ws.unwrap(&clear, rbuf, &mut out),
+            None => Ok(()),
+        });
+        if r.is_ok() && !out.is_empty() {
+            self.send_wire(i, &out);
+        }
+        self.wsout = out;
+        self.wsin = clear;
+        r
     }
 
     fn send_raw(&mut self, i: usize, data: &[u8]) {
@@ -161,7 +196,8 @@ impl Exec {
         let mut rounds = 0;
         let mut failure: Option<String> = None;
         let closing = self.devs[i].st == St::Closing;
-        let tls = self.devs[i].tls.is_some();
+        // With TLS or WebSocket the socket's bytes are read apart and unwrapped into `rbuf`.
+        let tls = self.devs[i].tls.is_some() || self.devs[i].ws.is_some();
         let mut cbuf = std::mem::take(&mut self.cbuf);
         loop {
             // With TLS the socket's bytes go to the session, and the plaintext to `rbuf`.
@@ -277,6 +313,27 @@ impl Exec {
         }
         self.ping = ping;
     }
+}
+
+/// Gives a TLS session ciphertext; the plaintext is appended to `plain`.
+fn tls_decrypt(
+    tls: &mut rustls::ClientConnection,
+    mut cipher: &[u8],
+    plain: &mut BytesMut,
+) -> Result<(), String> {
+    use std::io::Read;
+    while !cipher.is_empty() {
+        tls.read_tls(&mut cipher).map_err(|e| format!("TLS: {e}"))?;
+        tls.process_new_packets().map_err(|e| format!("TLS: {e}"))?;
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match tls.reader().read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => plain.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One non-blocking `recv` into `spare`: bytes read, 0 at the end, -1 with errno set.

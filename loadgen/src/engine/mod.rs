@@ -28,6 +28,7 @@ mod connect;
 mod io;
 mod packets;
 mod publish;
+mod ws;
 
 use io::raw_send;
 pub use publish::publish_header;
@@ -107,6 +108,8 @@ pub struct RunCfg {
     pub warm_up: bool,
     /// TLS sessions are resumed: each device keeps its own tickets.
     pub tls_resume: bool,
+    /// MQTT over WebSocket at this request path (`--ws`).
+    pub ws: Option<String>,
 }
 
 /// session-churn settings: `devices` subscribers `bench/churn/<i>` cycling per `plan`;
@@ -204,6 +207,8 @@ struct Dev {
     tx: Vec<u8>,
     /// The TLS session, with --tls.
     tls: Option<Box<rustls::ClientConnection>>,
+    /// The WebSocket state, with --ws.
+    ws: Option<Box<ws::WsClient>>,
 }
 
 struct PubSt {
@@ -262,6 +267,9 @@ pub struct Exec {
     rbuf: BytesMut,
     /// Ciphertext as received (TLS).
     cbuf: Vec<u8>,
+    /// WebSocket: frames to send, and what TLS decrypted before unframing.
+    wsout: Vec<u8>,
+    wsin: BytesMut,
     /// Ciphertext to send (TLS).
     wtls: Vec<u8>,
     wbuf: Vec<u8>,
@@ -338,6 +346,8 @@ impl Exec {
             subs: Vec::new(),
             rbuf: BytesMut::with_capacity(RBUF_CAP),
             cbuf: Vec::new(),
+            wsout: Vec::new(),
+            wsin: BytesMut::new(),
             wtls: Vec::new(),
             wbuf: Vec::with_capacity(256 * 1024),
             obuf: BytesMut::with_capacity(16 * 1024),
