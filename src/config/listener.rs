@@ -31,6 +31,7 @@ pub const KEYS: &[&str] = &[
     "max_handshakes",
     "sni",
     "ws_path",
+    "ws_origins",
 ];
 
 /// A listener from one element of the `listener` list: a URL, or an inline table.
@@ -78,6 +79,15 @@ fn from_table(t: &toml::Table) -> Result<Listener, String> {
             Some(toml::Value::String(p)) if p.starts_with('/') => Some(p.clone()),
             Some(_) => return Err("ws_path must be a path starting with /".into()),
         },
+        ws_origins: match t.get("ws_origins") {
+            None => Vec::new(),
+            Some(toml::Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_str().filter(|s| !s.is_empty()).map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .ok_or("ws_origins must be a list of origins (\"https://app.example.com\")")?,
+            Some(_) => return Err("ws_origins must be a list of origins".into()),
+        },
     };
     let tls_only = [
         ("tls_cert", own.tls_cert.is_some()),
@@ -95,10 +105,12 @@ fn from_table(t: &toml::Table) -> Result<Listener, String> {
     if let Some((k, _)) = tls_only.iter().find(|(_, set)| *set && !l.is_tls()) {
         return Err(format!("{k} is for TLS listeners; {url} is not one"));
     }
-    if own.ws_path.is_some() && !l.is_ws() {
-        return Err(format!(
-            "ws_path is for WebSocket listeners; {url} is not one"
-        ));
+    let ws_only = [
+        ("ws_path", own.ws_path.is_some()),
+        ("ws_origins", !own.ws_origins.is_empty()),
+    ];
+    if let Some((k, _)) = ws_only.iter().find(|(_, set)| *set && !l.is_ws()) {
+        return Err(format!("{k} is for WebSocket listeners; {url} is not one"));
     }
     if own != ListenerSettings::default() {
         l.own = Some(Box::new(own));
@@ -199,6 +211,10 @@ pub fn to_toml(l: &Listener) -> toml::Value {
     if let Some(p) = &own.ws_path {
         t.insert("ws_path".into(), toml::Value::String(p.clone()));
     }
+    if !own.ws_origins.is_empty() {
+        let list = own.ws_origins.iter().cloned().map(toml::Value::String);
+        t.insert("ws_origins".into(), toml::Value::Array(list.collect()));
+    }
     if !own.sni.is_empty() {
         let certs = own.sni.iter().map(|c| {
             let mut e = toml::Table::new();
@@ -231,8 +247,11 @@ mod tests {
 
     #[test]
     fn a_websocket_listener_keeps_its_path() {
-        let l = parse(r#"{ url = "ws://127.0.0.1:8080", ws_path = "/ws", max_connections = 5 }"#)
-            .unwrap();
+        let l = parse(
+            r#"{ url = "ws://127.0.0.1:8080", ws_path = "/ws", max_connections = 5,
+                 ws_origins = ["https://a.example", "http://localhost:3000"] }"#,
+        )
+        .unwrap();
         assert!(l.is_ws());
         assert_eq!(l.own.as_deref().unwrap().ws_path.as_deref(), Some("/ws"));
         assert_eq!(parse(&to_toml(&l).to_string()).unwrap(), l);
@@ -278,6 +297,14 @@ mod tests {
             (
                 r#"{ url = "ws://127.0.0.1:1", ws_path = "x" }"#,
                 "ws_path must be",
+            ),
+            (
+                r#"{ url = "mqtts://127.0.0.1:1", ws_origins = ["https://a"] }"#,
+                "ws_origins is for WebSocket",
+            ),
+            (
+                r#"{ url = "ws://127.0.0.1:1", ws_origins = [1] }"#,
+                "ws_origins must be",
             ),
             (
                 r#"{ url = "ws://127.0.0.1:1", tls_cert = "c.pem" }"#,

@@ -411,3 +411,22 @@ def test_the_loadgen_speaks_websocket_and_secure_websocket(ws_broker, pki, tmp_p
         v = json.loads(out.read_text())
         assert v["errors"] == 0 and v["lost"] == 0 and v["sent"] > 0, (name, v)
         assert v["acked"] == v["sent"], (name, v)
+
+
+def test_an_origin_allow_list_refuses_other_browser_origins(tmp_path, nshards):
+    """A listener's ws_origins: a browser's Origin not on the list gets 403; a listed one (any
+    case) and a request without Origin (not a browser) are upgraded."""
+    port = free_port()
+    conf = tmp_path / "ws.toml"
+    conf.write_text('[[listener]]\nurl = "ws://127.0.0.1:%d"\n'
+                    'ws_origins = ["https://app.example", "http://localhost:3000"]\n' % port)
+    b = Broker(nshards, ["--config", str(conf)])
+    try:
+        for origin, status in [("https://evil.example", 403), ("https://APP.example", 101),
+                               ("http://localhost:3000", 101), (None, 101)]:
+            extra = "Origin: %s\r\n" % origin if origin else ""
+            s, got, _, _ = upgrade(port, extra=extra)
+            assert got == status, origin
+            s.close()
+    finally:
+        stop_all([b])

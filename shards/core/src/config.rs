@@ -46,6 +46,8 @@ pub struct ListenerSettings {
     pub sni: Vec<SniCert>,
     /// The request path a WebSocket listener upgrades.
     pub ws_path: Option<String>,
+    /// The `Origin` values a WebSocket listener accepts (empty: any).
+    pub ws_origins: Vec<String>,
 }
 
 /// A certificate chain and its key, chosen by the server name a TLS client asks for.
@@ -73,6 +75,7 @@ pub struct Effective {
     pub max_handshakes: usize,
     pub sni: Vec<SniCert>,
     pub ws_path: String,
+    pub ws_origins: Vec<String>,
 }
 
 impl Listener {
@@ -305,6 +308,7 @@ impl Config {
             max_handshakes: own.max_handshakes.unwrap_or(self.max_handshakes),
             sni: own.sni,
             ws_path: own.ws_path.unwrap_or_else(|| self.ws_path.clone()),
+            ws_origins: own.ws_origins,
         }
     }
 

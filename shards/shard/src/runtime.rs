@@ -315,6 +315,7 @@ async fn shard_main(
         );
         let ws = l.is_ws().then(|| crate::ws::WsSettings {
             path: eff.ws_path.clone(),
+            origins: eff.ws_origins.clone(),
         });
         shard.listen(fd, l.is_tls(), ws, gate);
     }

@@ -29,6 +29,9 @@ pub const CLOSE_UNSUPPORTED: u16 = 1003;
 pub struct WsSettings {
     /// The only request path upgraded; others get 404.
     pub path: String,
+    /// The `Origin` values accepted (compared without case); empty: any. A request without
+    /// `Origin` (not from a browser) is accepted.
+    pub origins: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -372,6 +375,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 fn refuse(status: u16, why: &str, out: &mut Vec<u8>) -> u16 {
     let reason = match status {
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         426 => "Upgrade Required",
@@ -426,6 +430,16 @@ fn answer(
     };
     if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
         return Err(refuse(400, "not a WebSocket upgrade request", out));
+    }
+    if let Some(origin) = header("origin").next().map(str::trim) {
+        let allowed = settings.origins.is_empty()
+            || settings
+                .origins
+                .iter()
+                .any(|o| o.eq_ignore_ascii_case(origin));
+        if !allowed {
+            return Err(refuse(403, "origin not allowed", out));
+        }
     }
     if !header("sec-websocket-version").any(|v| v.trim() == "13") {
         return Err(refuse(426, "WebSocket version 13 required", out));
@@ -488,6 +502,7 @@ mod tests {
     fn settings() -> WsSettings {
         WsSettings {
             path: "/mqtt".into(),
+            origins: Vec::new(),
         }
     }
 
@@ -653,6 +668,31 @@ mod tests {
             let r = ws.receive(request.as_bytes(), &settings(), &mut plain, &mut out);
             assert!(r.upgraded, "{offer}");
             assert_eq!(ws.protocol, echoed);
+        }
+    }
+
+    #[test]
+    fn an_origin_allow_list_refuses_other_origins_with_403() {
+        let s = WsSettings {
+            path: "/mqtt".into(),
+            origins: vec!["https://app.example".into()],
+        };
+        for (origin, upgraded) in [
+            (Some("https://App.Example"), true),
+            (Some("https://evil.example"), false),
+            (None, true),
+        ] {
+            let request = match origin {
+                Some(o) => REQUEST.replace("Host: x\r\n", &format!("Host: x\r\nOrigin: {o}\r\n")),
+                None => REQUEST.to_owned(),
+            };
+            let mut ws = WsConn::default();
+            let (mut plain, mut out) = (BytesMut::new(), Vec::new());
+            let r = ws.receive(request.as_bytes(), &s, &mut plain, &mut out);
+            assert_eq!(r.upgraded, upgraded, "{origin:?}");
+            if !upgraded {
+                assert_eq!(r.closed, Some(Why::Refused(403)));
+            }
         }
     }
 
