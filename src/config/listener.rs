@@ -32,6 +32,7 @@ pub const KEYS: &[&str] = &[
     "sni",
     "ws_path",
     "ws_origins",
+    "proxy_protocol",
 ];
 
 /// A listener from one element of the `listener` list: a URL, or an inline table.
@@ -79,6 +80,7 @@ fn from_table(t: &toml::Table) -> Result<Listener, String> {
             Some(toml::Value::String(p)) if p.starts_with('/') => Some(p.clone()),
             Some(_) => return Err("ws_path must be a path starting with /".into()),
         },
+        proxy_protocol: boolean(t, "proxy_protocol")?.unwrap_or(false),
         ws_origins: match t.get("ws_origins") {
             None => Vec::new(),
             Some(toml::Value::Array(items)) => items
@@ -210,6 +212,9 @@ pub fn to_toml(l: &Listener) -> toml::Value {
     }
     if let Some(p) = &own.ws_path {
         t.insert("ws_path".into(), toml::Value::String(p.clone()));
+    }
+    if own.proxy_protocol {
+        t.insert("proxy_protocol".into(), toml::Value::Boolean(true));
     }
     if !own.ws_origins.is_empty() {
         let list = own.ws_origins.iter().cloned().map(toml::Value::String);

@@ -556,9 +556,9 @@ def test_the_loadgen_speaks_tls_with_client_certificates_and_resumes(tls_factory
 ], ids=["v1", "v2"])
 def test_a_proxy_protocol_header_is_refused_on_listeners_not_configured_for_it(tls_factory, pki,
                                                                               header):
-    """No listener takes PROXY protocol yet: a header before the CONNECT (plain) or the
-    ClientHello (TLS) closes the connection without a CONNACK, as bad input, and costs the
-    broker nothing."""
+    """On listeners not configured for PROXY protocol (test_proxy_protocol.py covers those
+    that are), a header before the CONNECT (plain) or the ClientHello (TLS) closes the
+    connection without a CONNACK, as bad input, and costs the broker nothing."""
     b = tls_factory(metrics=True)
     connect = R.connect_packet("proxied")
     plain = R.RawClient("127.0.0.1", b.port)

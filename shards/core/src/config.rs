@@ -48,6 +48,8 @@ pub struct ListenerSettings {
     pub ws_path: Option<String>,
     /// The `Origin` values a WebSocket listener accepts (empty: any).
     pub ws_origins: Vec<String>,
+    /// Connections start with a PROXY protocol (v1 or v2) header from a load balancer.
+    pub proxy_protocol: bool,
 }
 
 /// A certificate chain and its key, chosen by the server name a TLS client asks for.
@@ -76,6 +78,7 @@ pub struct Effective {
     pub sni: Vec<SniCert>,
     pub ws_path: String,
     pub ws_origins: Vec<String>,
+    pub proxy_protocol: bool,
 }
 
 impl Listener {
@@ -309,6 +312,7 @@ impl Config {
             sni: own.sni,
             ws_path: own.ws_path.unwrap_or_else(|| self.ws_path.clone()),
             ws_origins: own.ws_origins,
+            proxy_protocol: own.proxy_protocol,
         }
     }
 

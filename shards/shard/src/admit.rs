@@ -260,6 +260,7 @@ impl Shard {
             return;
         }
         self.ws_accept(index, fd);
+        self.proxy_accept(index, fd);
         // TCP_NODELAY is inherited from the listening socket; at most 255 listeners (checked
         // by the configuration).
         let key = st.add_conn(SocketId(fd), index as u8);

@@ -61,6 +61,8 @@ pub struct Shard {
     pub(crate) tls: RefCell<Tls>,
     /// The WebSocket sessions of the shard's `ws://` connections; borrowed like `net`.
     pub(crate) ws: RefCell<crate::wsdrive::Ws>,
+    /// Connections waiting for their PROXY protocol header; borrowed like `net`.
+    pub(crate) proxy: RefCell<crate::proxy::Proxy>,
     pub mesh: Mesh,
     /// Scrapes waiting for other shards' metrics, by token.
     pub metrics_pending: RefCell<HashMap<ScrapeToken, LocalSender<Box<ShardMetrics>>>>,
@@ -90,6 +92,7 @@ impl Shard {
             spare,
             tls: RefCell::new(Tls::new(tls)),
             ws: RefCell::default(),
+            proxy: RefCell::default(),
             state: RefCell::new(state),
             net: RefCell::new(net),
             mesh,
@@ -257,6 +260,7 @@ impl Shard {
         let Some(fd) = st.conns.get(key).map(|c| c.socket.0) else {
             return;
         };
+        self.proxy_finish(fd);
         if !self.tls_finish(st, key, fd) && !self.ws_finish(st, key, fd) {
             let conn = &mut st.conns[key];
             let blocked = conn.write_blocked();
@@ -450,7 +454,21 @@ impl Shard {
         }
         if let (true, Some(bid)) = (c.res > 0, c.buffer()) {
             let fd = st.conns.get(key).map_or(-1, |c| c.socket.0);
-            if current && self.tls.borrow().is_tls(fd) {
+            if current && self.proxy_waiting(fd) {
+                let n = c.res as usize;
+                {
+                    let mut p = self.proxy.borrow_mut();
+                    p.work.clear();
+                    p.work.extend_from_slice(net.ring.buffer(bid, n));
+                }
+                net.ring.give_back(bid);
+                drop(net);
+                // What follows the header goes on as if it had just arrived.
+                if let Some(rest) = self.proxy_read(st, key, fd).filter(|r| !r.is_empty()) {
+                    self.deliver(st, key, fd, &rest);
+                }
+                net = self.net.borrow_mut();
+            } else if current && self.tls.borrow().is_tls(fd) {
                 let n = c.res as usize;
                 {
                     let mut tls = self.tls.borrow_mut();
@@ -510,6 +528,33 @@ impl Shard {
             if let Some(conn) = st.conns.get(key).filter(|c| c.close.is_none()) {
                 net.arm_recv(key, conn.socket.0, conn.phase != Phase::AwaitConnect);
             }
+        }
+    }
+
+    /// Bytes for a connection that did not come straight from the ring (what followed a PROXY
+    /// header), through the connection's layers as the ring's would go.
+    fn deliver(&self, st: &mut ShardState, key: usize, fd: std::os::fd::RawFd, bytes: &[u8]) {
+        if self.tls.borrow().is_tls(fd) {
+            {
+                let mut tls = self.tls.borrow_mut();
+                tls.work.clear();
+                tls.work.extend_from_slice(bytes);
+            }
+            if !self.tls_defer(fd, key) {
+                self.tls_read(st, key, fd, false);
+            }
+        } else if self.is_ws(fd) {
+            {
+                let mut ws = self.ws.borrow_mut();
+                ws.work.clear();
+                ws.work.extend_from_slice(bytes);
+            }
+            self.ws_read(st, key, fd, false);
+        } else if st.conns.get(key).is_some_and(|c| c.close.is_none()) {
+            let mut buf = st.read_buffer(key);
+            let room = buf.capacity() - buf.len();
+            buf.extend_from_slice(bytes);
+            st.on_read(key, buf, bytes.len(), room, false);
         }
     }
 
@@ -574,10 +619,12 @@ impl Shard {
         fd: std::os::fd::RawFd,
         tls: bool,
         ws: Option<crate::ws::WsSettings>,
+        proxy: bool,
         gate: crate::admit::Gate,
     ) {
         self.add_gate(gate, tls);
         self.ws.borrow_mut().settings.push(ws);
+        self.proxy.borrow_mut().listeners.push(proxy);
         let mut net = self.net.borrow_mut();
         let index = net.add_listener(fd);
         net.arm_accept(index);

@@ -30,6 +30,7 @@ pub mod io;
 pub mod logins;
 pub mod mesh;
 pub mod net;
+mod proxy;
 mod published;
 pub mod ring;
 pub mod runtime;

@@ -317,7 +317,7 @@ async fn shard_main(
             path: eff.ws_path.clone(),
             origins: eff.ws_origins.clone(),
         });
-        shard.listen(fd, l.is_tls(), ws, gate);
+        shard.listen(fd, l.is_tls(), ws, eff.proxy_protocol, gate);
     }
 
     loop {
