@@ -12,6 +12,9 @@
 //! - [`mesh`]: the channel mesh between shards, sending and receiving.
 //! - [`certs`]: each TLS listener's rustls settings from its files (SNI, mutual TLS, reload).
 //! - `admit`: what a listener lets in (its connection limit, accept rate, handshakes).
+//! - [`tls`] and `secure`: TLS sessions on the shard's scratch buffers; [`ws`] and `wsdrive`:
+//!   WebSocket (RFC 6455), also under TLS; `proxy`: the PROXY protocol header before either;
+//!   `fdtable`: a transport's sessions by descriptor.
 //! - [`access`]: the ACL file, loaded and reloaded for the shards' cores.
 //! - [`logins`]: password checks on verifier threads, answers back to the shard.
 //! - [`io`]: the socket calls made directly: vectored `sendmsg`, `recv` for a takeover's drain.
