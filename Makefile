@@ -5,7 +5,7 @@ PYTHON ?= python3
 RINGMQ_BIN := $(CURDIR)/target/release/ringmq
 ROUNDS ?= 3
 
-.PHONY: run build test deps lint unit integration crash-test bench bench-backlog fuzz clean
+.PHONY: run build test deps lint unit integration crash-test bench bench-ws bench-backlog fuzz clean
 
 ## Build and start the broker on its embedded defaults (0.0.0.0:1883, one shard per core, ./data).
 run: build
@@ -67,6 +67,11 @@ crash-test: build
 ## Side-by-side benchmark against Mosquitto; writes bench/results/<date>-<host>.md.
 bench: build
 	$(PYTHON) bench/run.py $(BENCH_ARGS)
+
+## MQTT over WebSocket, both brokers on WebSocket listeners: fan-in QoS 0 and the idle fleet's
+## memory per connection (bench/README.md, "Over WebSocket").
+bench-ws: build
+	$(PYTHON) bench/run.py --ws --scenarios fanin-qos0,idle $(BENCH_ARGS)
 
 ## One offline session with a long queue (1,000,000 QoS 1 messages by default), beside Mosquitto:
 ## memory per queued message and drain rate; writes bench/results/<date>-backlog.md.
