@@ -276,7 +276,8 @@ def test_mqtt_bytes_on_the_websocket_port_get_400_and_old_clients_get_mqttv31(ws
 
 def test_the_packet_size_limit_applies_across_frames(ws_broker):
     """--max-packet-size 1024: a 2,000-byte PUBLISH in ten frames closes the connection
-    (MQTT 5: DISCONNECT 0x95) as it would over TCP."""
+    (MQTT 5: DISCONNECT 0x95) as it would over TCP, then the close frame says 1009 (message
+    too big)."""
     b = ws_broker(["--max-packet-size", "1024"])
     s, f = open_mqtt(b, "too-big", version=5)
     p = R.publish_packet("t/big", b"b" * 2000, version=5)
@@ -287,7 +288,7 @@ def test_the_packet_size_limit_applies_across_frames(ws_broker):
             break
     disc = f.mqtt()[0]
     assert disc[0] >> 4 == 14 and disc[2] == 0x95, disc
-    assert f.closed() == 1000
+    assert f.closed() == 1009
 
 
 def test_a_close_frame_without_disconnect_publishes_the_will(ws_broker):

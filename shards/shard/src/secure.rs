@@ -303,6 +303,7 @@ impl Shard {
             }
         }
         let conn = st.conns.get_mut(key);
+        let code = crate::ws::close_code(conn.as_ref().and_then(|c| c.close));
         tls.out.clear();
         if let Some(conn) = conn.filter(|c| !c.write_blocked() && tc.unsent.is_empty()) {
             let queued = conn.out.take();
@@ -317,7 +318,7 @@ impl Shard {
                     if w.is_open() && !tls.plain.is_empty() {
                         crate::ws::WsConn::frame(&tls.plain, &mut tls.framed);
                     }
-                    w.close(crate::ws::CLOSE_NORMAL, &mut tls.framed);
+                    w.close(code, &mut tls.framed);
                     if !tls.framed.is_empty() {
                         tc.encrypt(&tls.framed, &mut tls.out);
                     }

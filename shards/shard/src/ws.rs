@@ -23,6 +23,19 @@ const MAX_CONTROL: u64 = 125;
 pub const CLOSE_NORMAL: u16 = 1000;
 pub const CLOSE_PROTOCOL: u16 = 1002;
 pub const CLOSE_UNSUPPORTED: u16 = 1003;
+pub const CLOSE_TOO_BIG: u16 = 1009;
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+
+/// The close code that tells a WebSocket client why the broker ended its connection.
+pub fn close_code(close: Option<ringmq_core::Close>) -> u16 {
+    use ringmq_core::Close;
+    match close {
+        Some(Close::Error(r)) if r == ringmq_codec::ReasonCode::PACKET_TOO_LARGE => CLOSE_TOO_BIG,
+        Some(Close::Error(_)) => CLOSE_PROTOCOL,
+        Some(Close::Shutdown) => CLOSE_GOING_AWAY,
+        _ => CLOSE_NORMAL,
+    }
+}
 
 /// What a `ws://` listener accepts in the upgrade request.
 #[derive(Clone, Debug)]

@@ -5,7 +5,7 @@
 use crate::driver::Shard;
 use crate::fdtable::FdTable;
 use crate::io::{self, flush, send, Sent};
-use crate::ws::{Why, WsConn, WsSettings, CLOSE_NORMAL};
+use crate::ws::{close_code, Why, WsConn, WsSettings};
 use ringmq_core::state::Read;
 use ringmq_core::{Close, ShardState};
 use std::os::fd::RawFd;
@@ -166,6 +166,7 @@ impl Shard {
             return false;
         };
         let conn = st.conns.get_mut(key);
+        let code = close_code(conn.as_ref().and_then(|c| c.close));
         ws.out.clear();
         if let Some(conn) = conn.filter(|c| !c.write_blocked() && wc.unsent.is_empty()) {
             if wc.is_open() {
@@ -178,7 +179,7 @@ impl Shard {
                     WsConn::frame(&ws.plain, &mut ws.out);
                 }
             }
-            wc.close(CLOSE_NORMAL, &mut ws.out);
+            wc.close(code, &mut ws.out);
             let _ = io::send_bytes(fd, &ws.out);
         }
         true
