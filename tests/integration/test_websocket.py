@@ -431,3 +431,32 @@ def test_an_origin_allow_list_refuses_other_browser_origins(tmp_path, nshards):
             s.close()
     finally:
         stop_all([b])
+
+
+def test_passwords_and_acls_apply_over_websocket_as_over_tcp(ws_broker, tmp_path):
+    """Authentication and authorization live in the core, whatever the transport: over ws://
+    a wrong password gets CONNACK 0x86 after the delay, the right one connects, and the ACL
+    refuses a PUBLISH the user may not make (MQTT 5 PUBACK 0x87)."""
+    import subprocess
+    from conftest import RINGMQ_BIN
+    pw, acl = tmp_path / "passwd", tmp_path / "acl"
+    subprocess.run([str(RINGMQ_BIN), "passwd", "-c", "-b", str(pw), "alice", "secret"],
+                   check=True, capture_output=True, timeout=30)
+    acl.write_text("user alice\ntopic readwrite alice/#\n")
+    b = ws_broker(["--password-file", str(pw), "--acl-file", str(acl)])
+    for password, code in [(b"wrong", 0x86), (b"secret", 0)]:
+        s, status, _, rest = upgrade(b.ws_port)
+        assert status == 101
+        f = Frames(s, rest)
+        s.sendall(frame(2, R.connect_packet("ws-alice", version=5, username="alice",
+                                            password=password)))
+        ack = f.mqtt()[0]
+        assert ack[0] >> 4 == 2 and ack[3] == code, ack
+        if code == 0:
+            s.sendall(frame(2, R.publish_packet("bob/x", b"no", qos=1, pid=1, version=5)
+                            + R.publish_packet("alice/x", b"yes", qos=1, pid=2, version=5)))
+            acks = f.mqtt(2)
+            # Refused 0x87; allowed (0x10: no subscriber yet, still a success).
+            assert acks[0][2:5] == b"\x00\x01\x87", acks
+            assert acks[1][2:4] == b"\x00\x02" and acks[1][4:5] < b"\x80", acks
+        s.close()
