@@ -277,17 +277,6 @@ impl Config {
         self.listeners.iter().cloned().chain(plain).collect()
     }
 
-    /// Listener `index` of [`Config::all_listeners`], without building the list.
-    pub fn listener(&self, index: usize) -> Option<Listener> {
-        match self.listeners.get(index) {
-            Some(l) => Some(l.clone()),
-            None => self
-                .listen
-                .get(index - self.listeners.len())
-                .map(|&a| Listener::plain(a)),
-        }
-    }
-
     /// The settings listener `l` runs with: its own where its table sets them, else the
     /// global ones.
     pub fn effective(&self, l: &Listener) -> Effective {

@@ -63,6 +63,8 @@ pub struct Shard {
     pub(crate) ws: RefCell<crate::wsdrive::Ws>,
     /// Connections waiting for their PROXY protocol header; borrowed like `net`.
     pub(crate) proxy: RefCell<crate::proxy::Proxy>,
+    /// Bytes a layered connection received (`Shard::deliver`), reused between reads.
+    received: RefCell<Vec<u8>>,
     pub mesh: Mesh,
     /// Scrapes waiting for other shards' metrics, by token.
     pub metrics_pending: RefCell<HashMap<ScrapeToken, LocalSender<Box<ShardMetrics>>>>,
@@ -93,6 +95,7 @@ impl Shard {
             tls: RefCell::new(Tls::new(tls)),
             ws: RefCell::default(),
             proxy: RefCell::default(),
+            received: RefCell::default(),
             state: RefCell::new(state),
             net: RefCell::new(net),
             mesh,
@@ -454,43 +457,14 @@ impl Shard {
         }
         if let (true, Some(bid)) = (c.res > 0, c.buffer()) {
             let fd = st.conns.get(key).map_or(-1, |c| c.socket.0);
-            if current && self.proxy_waiting(fd) {
-                let n = c.res as usize;
-                {
-                    let mut p = self.proxy.borrow_mut();
-                    p.work.clear();
-                    p.work.extend_from_slice(net.ring.buffer(bid, n));
-                }
+            if current && self.layered(fd) {
+                let mut bytes = self.received.take();
+                bytes.clear();
+                bytes.extend_from_slice(net.ring.buffer(bid, c.res as usize));
                 net.ring.give_back(bid);
                 drop(net);
-                // What follows the header goes on as if it had just arrived.
-                if let Some(rest) = self.proxy_read(st, key, fd).filter(|r| !r.is_empty()) {
-                    self.deliver(st, key, fd, &rest);
-                }
-                net = self.net.borrow_mut();
-            } else if current && self.tls.borrow().is_tls(fd) {
-                let n = c.res as usize;
-                {
-                    let mut tls = self.tls.borrow_mut();
-                    tls.work.clear();
-                    tls.work.extend_from_slice(net.ring.buffer(bid, n));
-                }
-                net.ring.give_back(bid);
-                drop(net);
-                if !self.tls_defer(fd, key) {
-                    self.tls_read(st, key, fd, false);
-                }
-                net = self.net.borrow_mut();
-            } else if current && self.is_ws(fd) {
-                let n = c.res as usize;
-                {
-                    let mut ws = self.ws.borrow_mut();
-                    ws.work.clear();
-                    ws.work.extend_from_slice(net.ring.buffer(bid, n));
-                }
-                net.ring.give_back(bid);
-                drop(net);
-                self.ws_read(st, key, fd, false);
+                self.deliver(st, key, fd, &mut bytes);
+                *self.received.borrow_mut() = bytes;
                 net = self.net.borrow_mut();
             } else if current {
                 let n = c.res as usize;
@@ -531,25 +505,36 @@ impl Shard {
         }
     }
 
-    /// Bytes for a connection that did not come straight from the ring (what followed a PROXY
-    /// header), through the connection's layers as the ring's would go.
-    fn deliver(&self, st: &mut ShardState, key: usize, fd: std::os::fd::RawFd, bytes: &[u8]) {
-        if self.tls.borrow().is_tls(fd) {
-            {
-                let mut tls = self.tls.borrow_mut();
-                tls.work.clear();
-                tls.work.extend_from_slice(bytes);
+    /// Whether a connection's bytes go through transport layers (a PROXY header still to
+    /// come, TLS, WebSocket) before the core: the ring's bytes are then copied once, into
+    /// `received`, rather than into the core's read buffer.
+    fn layered(&self, fd: std::os::fd::RawFd) -> bool {
+        self.proxy_waiting(fd) || self.tls.borrow().is_tls(fd) || self.is_ws(fd)
+    }
+
+    /// Bytes a layered connection received, through its layers in order: the PROXY header,
+    /// then TLS (which takes the buffer itself, swapped in) or WebSocket, then the core.
+    fn deliver(
+        &self,
+        st: &mut ShardState,
+        key: usize,
+        fd: std::os::fd::RawFd,
+        bytes: &mut Vec<u8>,
+    ) {
+        if self.proxy_waiting(fd) {
+            // What follows the header goes on as if it had just arrived.
+            match self.proxy_read(st, key, fd, bytes) {
+                Some(rest) if !rest.is_empty() => *bytes = rest,
+                _ => return,
             }
+        }
+        if self.tls.borrow().is_tls(fd) {
+            std::mem::swap(&mut self.tls.borrow_mut().work, bytes);
             if !self.tls_defer(fd, key) {
                 self.tls_read(st, key, fd, false);
             }
         } else if self.is_ws(fd) {
-            {
-                let mut ws = self.ws.borrow_mut();
-                ws.work.clear();
-                ws.work.extend_from_slice(bytes);
-            }
-            self.ws_read(st, key, fd, false);
+            self.ws_read(st, key, fd, bytes, false);
         } else if st.conns.get(key).is_some_and(|c| c.close.is_none()) {
             let mut buf = st.read_buffer(key);
             let room = buf.capacity() - buf.len();

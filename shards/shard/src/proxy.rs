@@ -24,8 +24,6 @@ pub struct Proxy {
     pub listeners: Vec<bool>,
     /// Connections whose header has not arrived whole yet, with what did.
     waiting: FdTable<Vec<u8>>,
-    /// Bytes as received from the ring, for a connection in `waiting`.
-    pub work: Vec<u8>,
 }
 
 /// What a header said.
@@ -97,14 +95,20 @@ impl Shard {
         self.proxy.borrow().waiting.get(fd).is_some()
     }
 
-    /// Bytes (in `proxy.work`) for a connection still waiting for its header. Returns what
-    /// follows the header once it is whole (for the next layer), or `None` while it is not
-    /// (or when the connection was closed for a bad one).
-    pub(crate) fn proxy_read(&self, st: &mut ShardState, key: usize, fd: RawFd) -> Option<Vec<u8>> {
+    /// Bytes for a connection still waiting for its header. Returns what follows the header
+    /// once it is whole (for the next layer), or `None` while it is not (or when the
+    /// connection was closed for a bad one).
+    pub(crate) fn proxy_read(
+        &self,
+        st: &mut ShardState,
+        key: usize,
+        fd: RawFd,
+        input: &[u8],
+    ) -> Option<Vec<u8>> {
         let mut guard = self.proxy.borrow_mut();
         let p = &mut *guard;
         let buf = p.waiting.get_mut(fd)?;
-        buf.extend_from_slice(&p.work);
+        buf.extend_from_slice(input);
         match parse(buf) {
             Parsed::Incomplete => None,
             Parsed::Header(len, addr) => {

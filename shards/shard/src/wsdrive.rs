@@ -21,8 +21,6 @@ pub struct Ws {
     pub settings: Vec<Option<WsSettings>>,
     /// The WebSocket connections by socket descriptor.
     conns: FdTable<WsConn>,
-    /// Bytes as received, before unframing.
-    pub work: Vec<u8>,
     /// Bytes to send.
     out: Vec<u8>,
     /// Core output gathered for framing.
@@ -48,9 +46,16 @@ impl Shard {
         self.ws.borrow().is_ws(fd)
     }
 
-    /// Hands the bytes a WebSocket connection's socket delivered (in `ws.work`) to its session,
-    /// and the MQTT bytes they carry to the core; `eof` when the socket ended after them.
-    pub(crate) fn ws_read(&self, st: &mut ShardState, key: usize, fd: RawFd, eof: bool) -> Read {
+    /// Hands the bytes a WebSocket connection's socket delivered to its session, and the MQTT
+    /// bytes they carry to the core; `eof` when the socket ended after them.
+    pub(crate) fn ws_read(
+        &self,
+        st: &mut ShardState,
+        key: usize,
+        fd: RawFd,
+        input: &[u8],
+        eof: bool,
+    ) -> Read {
         let mut guard = self.ws.borrow_mut();
         let ws = &mut *guard;
         let listener = st.conns.get(key).map_or(0, |c| usize::from(c.listener));
@@ -61,7 +66,7 @@ impl Shard {
         let mut plain = st.read_buffer(key);
         let room = plain.capacity() - plain.len();
         ws.out.clear();
-        let got = wc.receive(&ws.work, settings, &mut plain, &mut ws.out);
+        let got = wc.receive(input, settings, &mut plain, &mut ws.out);
         let sent = send(fd, &mut wc.unsent, &ws.out);
         let protocol = wc.protocol;
         drop(guard);
@@ -112,19 +117,14 @@ impl Shard {
     /// Reads what a WebSocket connection's socket holds with a plain `recv` (a takeover's
     /// drain).
     pub(crate) fn ws_read_socket(&self, st: &mut ShardState, key: usize, fd: RawFd) -> Read {
-        let mut eof = false;
-        {
-            let mut ws = self.ws.borrow_mut();
-            ws.work.clear();
-            let mut buf = bytes::BytesMut::new();
-            match io::recv_into(fd, &mut buf, ringmq_core::state::READ_CHUNK) {
-                Ok(0) => eof = true,
-                Ok(_) => ws.work.extend_from_slice(&buf),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Read::Nothing,
-                Err(_) => eof = true,
-            }
-        }
-        match self.ws_read(st, key, fd, eof) {
+        let mut buf = bytes::BytesMut::new();
+        let eof = match io::recv_into(fd, &mut buf, ringmq_core::state::READ_CHUNK) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Read::Nothing,
+            Err(_) => true,
+        };
+        match self.ws_read(st, key, fd, &buf, eof) {
             // More may wait: a drain reads until the socket is dry.
             Read::Nothing if !eof => Read::Full,
             r => r,

@@ -58,14 +58,25 @@ impl ShardState {
     /// One message into one session: written now if the session is connected and its window
     /// has room, queued otherwise (journaled first for a persistent session), or dropped and
     /// counted (QoS 0 offline or over its limits, expired, too large for the client).
-    pub(super) fn deliver_to_session(&mut self, sid: u64, msg: &Message, d: Delivery) {
-        let Some(s) = self.sessions.get_mut(&sid) else {
-            return;
+    /// Returns false only when the ACL keeps the session from reading the topic (counted):
+    /// a shared subscription then offers the message to another member.
+    pub(super) fn deliver_to_session(&mut self, sid: u64, msg: &Message, d: Delivery) -> bool {
+        let Some(s) = self.sessions.get(&sid) else {
+            return true;
         };
         if !Self::may_read(self.acl.as_deref(), s, &msg.topic) {
             self.counters.acl_denied_delivery += 1;
-            return;
+            return false;
         }
+        self.deliver_allowed(sid, msg, d);
+        true
+    }
+
+    /// [`ShardState::deliver_to_session`] once the ACL allowed it.
+    fn deliver_allowed(&mut self, sid: u64, msg: &Message, d: Delivery) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
         // Read the clock only for messages that can expire: this runs once per subscriber.
         let now = if msg.expires_at.is_some() {
             self.clock.now()

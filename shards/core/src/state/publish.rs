@@ -555,17 +555,13 @@ impl ShardState {
         let Some(key) = self.shared.key(gid) else {
             return false;
         };
-        let Some(s) = self.sessions.get(&sid) else {
+        let Some(sub) = self
+            .sessions
+            .get(&sid)
+            .and_then(|s| s.subscriptions.get(key))
+        else {
             return false;
         };
-        let Some(sub) = s.subscriptions.get(key) else {
-            return false;
-        };
-        if !Self::may_read(self.acl.as_deref(), s, &msg.topic) {
-            // Not delivered: the caller offers it to another member.
-            self.counters.acl_denied_delivery += 1;
-            return false;
-        }
         let qos = sub.options.qos.min(msg.qos);
         let retain = sub.options.retain_as_published && msg.retain;
         let ids: Vec<u32> = sub.subscription_id.into_iter().collect();
@@ -576,8 +572,7 @@ impl ShardState {
             source: Source::Publish,
             shared_group: gid,
         };
-        self.deliver_to_session(sid, msg, d);
-        true
+        self.deliver_to_session(sid, msg, d)
     }
 
     /// Adds a subscription of a local session to the matching structures and tells the other
