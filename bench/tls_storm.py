@@ -111,18 +111,22 @@ def tail(path, n=5):
         return ""
 
 
-def loadgen(port, tls_dir, creds, args, json_path, idle_class=False):
+def loadgen(port, tls_dir, creds, args, json_path, idle_class=False, cpu="1"):
     # The storm's loadgen runs in the SCHED_IDLE class: it gets only the CPU the measuring
     # loadgen leaves, so its own handshakes do not delay the pairs' timestamps.
     pre = ["chrt", "--idle", "0"] if idle_class else []
-    cmd = pre + ["taskset", "-c", "1", BIN["ringmq-loadgen"], "--port", str(port),
+    cmd = pre + ["taskset", "-c", cpu, BIN["ringmq-loadgen"], "--port", str(port),
                  "--cpus", "1", "--quiet", "--json", str(json_path)]
     if tls_dir:
         cmd += ["--tls", "--tls-ca", os.path.join(tls_dir, "ca.pem")]
     if creds:
         cmd += ["--username", creds[0], "--password", creds[1]]
     log = open(str(json_path) + ".log", "wb")
-    return subprocess.Popen(cmd + args, stdout=log, stderr=log, start_new_session=True)
+    # No session of their own: with the kernel's autogroups (sched_autogroup_enabled) each
+    # session is a scheduling group, and a SCHED_IDLE task only yields to tasks of its own
+    # group. In separate sessions B's group shares CPU 1 with A's half and half, and B's
+    # handshakes delay A's timestamps by milliseconds; in one group B gets only what A leaves.
+    return subprocess.Popen(cmd + args, stdout=log, stderr=log)
 
 
 def read_json(path, proc):
@@ -151,7 +155,7 @@ def one(kind, storm, port, tls_dir, pw_file, creds, a):
                         ["--connect-rate", "1000000", "--ramp-up", "30",
                          "--tls-resume", "true" if a.storm_resume else "false",
                          "connect-storm", "--devices", str(a.storm_devices)], storm_json,
-                        idle_class=True)
+                        idle_class=True, cpu=a.storm_cpu)
             procs.append(s)
             s.wait(timeout=120)
         pairs.wait(timeout=a.duration + 120)
@@ -203,6 +207,11 @@ def main():
     p.add_argument("--storm-resume", action="store_true",
                    help="storm devices may resume TLS sessions (tickets) of earlier ones; "
                         "default: every storm handshake a full one")
+    p.add_argument("--brokers", default="ringmq,mosquitto",
+                   help="comma-separated: ringmq, mosquitto (a result needs both)")
+    p.add_argument("--storm-cpu", default="1", help="the CPU of the storm's loadgen")
+    p.add_argument("--quiet-runs", default="yes", choices=["yes", "no"],
+                   help="no: storm runs only (while investigating)")
     a = p.parse_args()
     tls_dir = None if a.plain else harness.make_tls_dir()
     snapshot()
@@ -216,8 +225,8 @@ def main():
     results = {}
     port = a.port_base
     for rep in range(a.repeat):
-        for kind in ("ringmq", "mosquitto"):
-            for storm in (False, True):
+        for kind in a.brokers.split(","):
+            for storm in ((False, True) if a.quiet_runs == "yes" else (True,)):
                 port += 1
                 r = one(kind, storm, port, tls_dir, pw_file, creds, a)
                 results.setdefault((kind, storm), []).append(r)

@@ -118,3 +118,42 @@ def test_a_quiet_broker_answers_within_milliseconds(broker, clients):
     connacks.sort()
     assert trips[15] < 0.005, "median round trip %.1f ms" % (trips[15] * 1e3)
     assert connacks[5] < 0.005, "median CONNACK %.1f ms" % (connacks[5] * 1e3)
+
+
+def open_fds(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+@pytest.mark.ringmq_only
+def test_a_mass_disconnect_closes_every_socket_while_traffic_goes_on(broker_factory, clients):
+    """600 clients leave at once, half with DISCONNECT [MQTT-3.14.4-1] and half by closing the
+    socket, while a publisher keeps sending to a subscriber: the closes wait behind the traffic
+    (the closing backlog), yet every one of them is done within seconds (the broker's open
+    descriptors come back to what the two remaining clients need) and the subscriber gets every
+    message in order [MQTT-4.6.0-5]"""
+    broker = broker_factory([])
+    topic, sub, pub = pub_sub_pair(broker, clients, "massclose", pub_shard=1)
+    base = open_fds(broker.proc.pid)
+    leaving = []
+    for i in range(600):
+        c = clients.raw(broker, timeout=10)
+        c.connect(client_id_on_shard("leave%d" % i, i, broker.nshards))
+        leaving.append(c)
+    assert open_fds(broker.proc.pid) >= base + 600
+    for i, c in enumerate(leaving):
+        if i % 2 == 0:
+            c.send(R.disconnect_packet())
+        c.sock.close()
+        if i % 50 == 0:
+            pub.send(R.publish_packet(topic, b"%d" % (i // 50)))
+    sent = len(range(0, 600, 50))
+    for k in range(sent):
+        p = sub.recv(10)
+        assert p.publish()["payload"] == b"%d" % k
+    deadline = time.monotonic() + 10
+    while open_fds(broker.proc.pid) > base and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert open_fds(broker.proc.pid) <= base
+    # The two that stayed still talk.
+    pub.send(R.publish_packet(topic, b"after"))
+    assert sub.recv(10).publish()["payload"] == b"after"

@@ -7,7 +7,8 @@
 //! - [`driver`]: [`driver::Shard`], which calls into the core and carries out its effects, and
 //!   the shard's network task, which hands the network ring's completions to the core in batches.
 //! - [`net`]: the connections as the network ring sees them: a slot per connection, accepts,
-//!   closes and lingering sockets.
+//!   closes and lingering sockets; `backlog`: TLS handshakes and the closes of connections
+//!   whose peer went away, a budget of each per turn behind the traffic.
 //! - [`ring`]: the network ring itself (io_uring, multishot receives into provided buffers).
 //! - [`mesh`]: the channel mesh between shards, sending and receiving.
 //! - [`certs`]: each TLS listener's rustls settings from its files (SNI, mutual TLS, reload).
@@ -26,6 +27,7 @@
 
 pub mod access;
 mod admit;
+mod backlog;
 pub mod certs;
 pub mod driver;
 mod fdtable;

@@ -327,6 +327,8 @@ async fn shard_main(
                 io::shutdown_listener(*fd);
             }
             shard.with_state(|st| st.shutdown());
+            // Their DISCONNECTs sent and the sockets shut now, to be closed after the linger.
+            shard.close_waiting(Duration::MAX);
             shard.with_state(|st| {
                 if let Some(d) = st.durable.as_mut() {
                     if let Err(e) = d.journal.sync_blocking() {
@@ -410,12 +412,17 @@ fn watch_signals(
     Ok(())
 }
 
-/// Raises the open-file limit and says whether it can hold `--max-connections`.
+/// Raises the open-file limit, says whether it can hold `--max-connections`, and sizes the
+/// descriptor table for as many connections as the limit allows (`io::reserve_descriptors`).
 pub fn check_fd_limit(max_connections: usize) {
     match io::raise_nofile_limit() {
         Ok(limit) => {
             // A few descriptors go to listeners, io_uring rings, the journal and stdio.
             let usable = limit.saturating_sub(64) as usize;
+            let table = limit.min(max_connections as u64 + 64);
+            if let Err(e) = io::reserve_descriptors(table) {
+                tracing::warn!(error = %e, descriptors = table, "cannot size the descriptor table");
+            }
             if usable < max_connections {
                 tracing::warn!(
                     open_file_limit = limit,

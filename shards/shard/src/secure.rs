@@ -287,9 +287,16 @@ impl Shard {
         }
     }
 
-    /// The end of a TLS connection: a last try at sending its output and close_notify, then
-    /// its session is dropped. Returns whether the descriptor was a TLS connection.
-    pub(crate) fn tls_finish(&self, st: &mut ShardState, key: usize, fd: RawFd) -> bool {
+    /// The end of a TLS connection: its last output and close_notify, encrypted into `last`
+    /// (sent from the closing backlog), then its session is dropped. Returns whether the
+    /// descriptor was a TLS connection.
+    pub(crate) fn tls_finish(
+        &self,
+        st: &mut ShardState,
+        key: usize,
+        fd: RawFd,
+        last: &mut Vec<u8>,
+    ) -> bool {
         let mut guard = self.tls.borrow_mut();
         let tls = &mut *guard;
         let Some(mut tc) = tls.conns.remove(fd) else {
@@ -329,7 +336,7 @@ impl Shard {
                 None => {}
             }
             tc.close_notify(&mut tls.out);
-            let _ = io::send_bytes(fd, &tls.out);
+            last.extend_from_slice(&tls.out);
         }
         true
     }

@@ -157,9 +157,16 @@ impl Shard {
         self.after_send(st, key, fd, sent);
     }
 
-    /// The end of a WebSocket connection: a last try at sending its output and a close frame,
-    /// then its session is dropped. Returns whether the descriptor was a WebSocket connection.
-    pub(crate) fn ws_finish(&self, st: &mut ShardState, key: usize, fd: RawFd) -> bool {
+    /// The end of a WebSocket connection: its last output and a close frame into `last` (sent
+    /// from the closing backlog), then its session is dropped. Returns whether the descriptor
+    /// was a WebSocket connection.
+    pub(crate) fn ws_finish(
+        &self,
+        st: &mut ShardState,
+        key: usize,
+        fd: RawFd,
+        last: &mut Vec<u8>,
+    ) -> bool {
         let mut guard = self.ws.borrow_mut();
         let ws = &mut *guard;
         let Some(mut wc) = ws.conns.remove(fd) else {
@@ -180,7 +187,7 @@ impl Shard {
                 }
             }
             wc.close(code, &mut ws.out);
-            let _ = io::send_bytes(fd, &ws.out);
+            last.extend_from_slice(&ws.out);
         }
         true
     }
