@@ -254,3 +254,49 @@ def test_a_connect_answered_after_a_newer_one_does_not_take_it_over(pw_broker, p
     newer.expect(R.PINGRESP)
     newer.close()
     a.close()
+
+
+def test_logins_waiting_for_the_verifiers_show_in_the_metrics(tmp_path):
+    """A login storm against slow hashes: the CONNECTs beyond what the verifier threads take
+    at once wait in their shard's queue, and `ringmq_logins_waiting` says how many (as of the
+    shard's last tick); every client still gets its CONNACK, and the gauge comes back to 0"""
+    import base64
+    import hashlib
+    import os
+    from test_metrics import scrape, value
+    # A $7$ hash of 200,000 PBKDF2-SHA512 iterations: a tenth of a second or more per login.
+    salt, iterations = os.urandom(12), 200_000
+    digest = hashlib.pbkdf2_hmac("sha512", b"slow", salt, iterations)
+    path = tmp_path / "passwd"
+    path.write_text("slow:$7$%d$%s$%s\n" % (iterations, base64.b64encode(salt).decode(),
+                                            base64.b64encode(digest).decode()))
+    mport = free_port()
+    b = Broker(1, ["--password-file", str(path), "--metrics-addr", "127.0.0.1:%d" % mport])
+    clients = []
+    try:
+        for i in range(40):
+            c = R.RawClient(b.host, b.port, timeout=60)
+            c.send(R.connect_packet("slow%d" % i, username="slow", password=b"slow"))
+            clients.append(c)
+        seen = 0
+        deadline = time.monotonic() + 10
+        while seen == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            _, samples = scrape(mport)
+            seen = value(samples, "ringmq_logins_waiting", shard="all")
+        assert seen > 0
+        for c in clients:
+            p = c.expect(R.CONNACK, timeout=60)
+            assert p.connack(4)[1] == 0
+        deadline = time.monotonic() + 5
+        while seen and time.monotonic() < deadline:
+            time.sleep(0.1)
+            _, samples = scrape(mport)
+            seen = value(samples, "ringmq_logins_waiting", shard="all")
+        assert seen == 0
+        assert value(samples, "ringmq_handshakes_waiting", shard="all") == 0
+        assert value(samples, "ringmq_closes_waiting", shard="all") == 0
+    finally:
+        for c in clients:
+            c.close()
+        b.stop()

@@ -1,3 +1,4 @@
 pub use ringmq_metrics::{
-    record_us, render, resident_bytes, Counters, Gauges, Histograms, Process, ShardMetrics,
+    record_us, render, resident_bytes, Backlogs, Counters, Gauges, Histograms, Process,
+    ShardMetrics,
 };

@@ -264,6 +264,18 @@ pub struct Gauges {
     pub inflight_messages: u64,
     pub journal_bytes: u64,
     pub journal_pending_acks: u64,
+    /// The driver's backlogs, as of its last tick ([`Backlogs`]).
+    pub backlogs: Backlogs,
+}
+
+/// Work a shard's driver holds back behind the traffic, counted at its tick: CONNECTs whose
+/// password check waits for a place at the verifier threads, TLS handshakes waiting for the
+/// handshake budget, and finished connections' sockets waiting for their close.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backlogs {
+    pub logins: u64,
+    pub handshakes: u64,
+    pub closes: u64,
 }
 
 impl Gauges {
@@ -278,6 +290,9 @@ impl Gauges {
         self.inflight_messages += o.inflight_messages;
         self.journal_bytes += o.journal_bytes;
         self.journal_pending_acks += o.journal_pending_acks;
+        self.backlogs.logins += o.backlogs.logins;
+        self.backlogs.handshakes += o.backlogs.handshakes;
+        self.backlogs.closes += o.backlogs.closes;
     }
 }
 

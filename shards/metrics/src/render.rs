@@ -349,7 +349,7 @@ fn counter_rows(c: &Counters, codes: &[u8]) -> Vec<CounterRow> {
     v
 }
 
-fn gauge_rows(g: &Gauges) -> [(&'static str, &'static str, u64); 10] {
+fn gauge_rows(g: &Gauges) -> [(&'static str, &'static str, u64); 13] {
     [
         ("connections", "Open client connections.", g.connections),
         ("sessions", "Sessions, connected or not.", g.sessions),
@@ -395,6 +395,23 @@ fn gauge_rows(g: &Gauges) -> [(&'static str, &'static str, u64); 10] {
             "journal_pending_acks",
             "Acknowledgements waiting for a journal sync.",
             g.journal_pending_acks,
+        ),
+        (
+            "logins_waiting",
+            "CONNECTs whose password check waits for a place at the verifier threads (as of \
+             the shard's last tick).",
+            g.backlogs.logins,
+        ),
+        (
+            "handshakes_waiting",
+            "TLS handshakes waiting for the shard's handshake budget (as of its last tick).",
+            g.backlogs.handshakes,
+        ),
+        (
+            "closes_waiting",
+            "Finished connections whose last bytes and socket close wait for the shard's close \
+             budget (as of its last tick).",
+            g.backlogs.closes,
         ),
     ]
 }

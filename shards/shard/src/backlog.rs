@@ -59,6 +59,15 @@ impl Closing {
 }
 
 impl Shard {
+    /// The backlogs' sizes, for the metrics.
+    pub(crate) fn backlog_sizes(&self) -> ringmq_core::metrics::Backlogs {
+        ringmq_core::metrics::Backlogs {
+            logins: self.logins.borrow().as_ref().map_or(0, |l| l.waiting()) as u64,
+            handshakes: self.tls.borrow().backlog_len() as u64,
+            closes: self.closing.borrow().0.len() as u64,
+        }
+    }
+
     /// The backlogs' turn after a batch of completions; `ring_more`: the ring has more
     /// ready. Returns how many handshakes and closes were done, and whether some still wait.
     pub(crate) fn backlogs(&self, ring_more: bool) -> (usize, bool) {

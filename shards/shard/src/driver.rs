@@ -604,7 +604,11 @@ impl Shard {
                 }
             }
         }
-        self.with_state(|st| self.resume_accepts(st, true));
+        let backlogs = self.backlog_sizes();
+        self.with_state(|st| {
+            st.backlogs = backlogs;
+            self.resume_accepts(st, true)
+        });
         if self.turn_ring().1 {
             self.net.borrow().ring.wake();
         }

@@ -68,6 +68,10 @@ impl Tls {
         !self.backlog.is_empty()
     }
 
+    pub fn backlog_len(&self) -> usize {
+        self.backlog.len()
+    }
+
     pub fn is_tls(&self, fd: RawFd) -> bool {
         self.conns.get(fd).is_some()
     }

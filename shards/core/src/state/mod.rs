@@ -572,6 +572,8 @@ pub struct ShardState {
     entropy: Box<dyn Entropy>,
     pub counters: Counters,
     pub histograms: Histograms,
+    /// The driver's backlogs as of its last tick, for the metrics (the driver sets them).
+    pub backlogs: crate::metrics::Backlogs,
     assigned_ids: u64,
     /// The ACL in force (`--acl-file`); `None`: everything is allowed.
     acl: Option<Arc<crate::acl::Acl>>,
@@ -652,6 +654,7 @@ impl ShardState {
             clock,
             entropy,
             counters: Counters::default(),
+            backlogs: Default::default(),
             histograms: Histograms::default(),
             assigned_ids: 0,
             acl: None,
@@ -716,6 +719,7 @@ impl ShardState {
             subscriptions: self.subs.len() as u64,
             retained_messages: self.retained.len() as u64,
             queues_full: self.full.len() as u64,
+            backlogs: self.backlogs,
             ..Gauges::default()
         };
         for s in self.sessions.values() {
