@@ -157,6 +157,8 @@ fn context(eff: &ringmq_core::config::Effective, ws: bool) -> Result<TlsContext,
         rustls::crypto::ring::Ticketer::new().map_err(|e| format!("TLS tickets: {e}"))?;
     // One ticket per full handshake: a device resumes one connection at a time.
     config.send_tls13_tickets = 1;
+    // A TLS 1.3 session leaves rustls once its handshake is done (`records.rs`).
+    config.enable_secret_extraction = true;
     Ok(TlsContext {
         config: Arc::new(config),
         use_identity_as_username: eff.use_identity_as_username,

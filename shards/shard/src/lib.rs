@@ -37,6 +37,7 @@ pub mod mesh;
 pub mod net;
 mod proxy;
 mod published;
+mod records;
 pub mod ring;
 pub mod runtime;
 mod secure;

@@ -186,16 +186,6 @@ impl Shard {
         } else {
             tc.receive(&mut tls.work, &mut plain, &mut tls.out)
         };
-        let mut unframed = None;
-        if wss && !tls.clear.is_empty() {
-            tls.framed.clear();
-            unframed = self.ws_unframe(st, key, fd, &tls.clear, &mut plain, &mut tls.framed);
-            if !tls.framed.is_empty() {
-                tc.encrypt(&tls.framed, &mut tls.out);
-            }
-        }
-        let plain_len = unframed.as_ref().map_or(got.plain, |r| r.plain);
-        let sent = send(fd, &mut tc.unsent, &tls.out);
         if got.established {
             st.counters.tls_handshakes += 1;
             st.counters.tls_resumed += u64::from(tc.resumed());
@@ -222,6 +212,16 @@ impl Shard {
                 st.set_identity(key, id);
             }
         }
+        let mut unframed = None;
+        if wss && !tls.clear.is_empty() {
+            tls.framed.clear();
+            unframed = self.ws_unframe(st, key, fd, &tls.clear, &mut plain, &mut tls.framed);
+            if !tls.framed.is_empty() {
+                tc.encrypt(&tls.framed, &mut tls.out);
+            }
+        }
+        let plain_len = unframed.as_ref().map_or(got.plain, |r| r.plain);
+        let sent = send(fd, &mut tc.unsent, &tls.out);
         drop(guard);
         let eof = eof || got.peer_closed;
         let read = st.on_read(key, plain, plain_len, room, eof);

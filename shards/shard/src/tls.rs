@@ -1,5 +1,7 @@
 //! TLS for `mqtts://` listeners: rustls' unbuffered connection, driven over the shard's
 //! scratch buffers, so that an idle TLS connection holds its session state and no buffer.
+//! Once a TLS 1.3 handshake is done, the session continues on its own record layer
+//! (`records.rs`) and rustls' connection is dropped.
 //!
 //! Bytes the ring delivers are decrypted into the buffer the core lends for reading; only an
 //! incomplete record is kept with the connection (until the rest arrives). Output the core
@@ -28,9 +30,9 @@ pub struct Received {
     pub error: Option<rustls::Error>,
 }
 
-/// One TLS connection: rustls' state, and bytes only while they wait.
+/// One TLS connection: its session, and bytes only while they wait.
 pub struct TlsConn {
-    conn: UnbufferedServerConnection,
+    session: Session,
     /// The start of a record whose rest has not arrived; empty (unallocated) between records.
     partial: Held,
     /// Encrypted bytes the socket has not taken yet; empty (unallocated) while it takes all.
@@ -40,6 +42,17 @@ pub struct TlsConn {
     failed: bool,
     /// Waiting in the shard's handshake backlog (`secure.rs`).
     pub queued: bool,
+    /// The handshake resumed an earlier session.
+    resumed: bool,
+}
+
+/// rustls' connection through the handshake (and for a TLS 1.2 session's lifetime), then a
+/// TLS 1.3 session's own record layer.
+enum Session {
+    Rustls(Box<UnbufferedServerConnection>),
+    Tls13(Box<crate::records::Traffic>),
+    /// rustls' connection could not be taken over (the connection has failed).
+    Gone,
 }
 
 /// Bytes a connection keeps only while they wait: one pointer, null while empty (a `Vec`
@@ -97,13 +110,58 @@ const RECORD_OVERHEAD: usize = 5 + 256;
 impl TlsConn {
     pub fn new(ctx: &TlsContext) -> Result<Box<TlsConn>, rustls::Error> {
         Ok(Box::new(TlsConn {
-            conn: UnbufferedServerConnection::new(ctx.config.clone())?,
+            session: Session::Rustls(Box::new(UnbufferedServerConnection::new(
+                ctx.config.clone(),
+            )?)),
             partial: Held::default(),
             unsent: Held::default(),
             established: false,
             failed: false,
             queued: false,
+            resumed: false,
         }))
+    }
+
+    /// rustls' connection, while it has one.
+    fn rustls(&self) -> Option<&UnbufferedServerConnection> {
+        match &self.session {
+            Session::Rustls(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// At the end of a TLS 1.3 handshake: rustls' connection, brought to where it has nothing
+    /// left to send (its tickets encoded into `out`), hands its secrets and key schedule to
+    /// the record layer and is dropped. Nothing happens before the handshake is done, for
+    /// TLS 1.2, or while rustls still has records to give; false if the connection failed.
+    fn settle(&mut self, out: &mut Vec<u8>) -> bool {
+        let Session::Rustls(c) = &self.session else {
+            return !matches!(self.session, Session::Gone);
+        };
+        if !self.established
+            || c.is_handshaking()
+            || c.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3)
+            || !self.with_writer(out, |_, _| true)
+        {
+            return true;
+        }
+        let Session::Rustls(c) = std::mem::replace(&mut self.session, Session::Gone) else {
+            return false;
+        };
+        match c
+            .dangerous_into_kernel_connection()
+            .and_then(|(secrets, kernel)| crate::records::Traffic::new(secrets, kernel))
+        {
+            Ok(t) => {
+                self.session = Session::Tls13(Box::new(t));
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "a TLS 1.3 session could not leave rustls: closed");
+                self.failed = true;
+                false
+            }
+        }
     }
 
     pub fn is_established(&self) -> bool {
@@ -111,20 +169,31 @@ impl TlsConn {
     }
 
     pub fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
-        self.conn.protocol_version()
+        match &self.session {
+            Session::Rustls(c) => c.protocol_version(),
+            Session::Tls13(t) => Some(t.protocol_version()),
+            Session::Gone => None,
+        }
     }
 
     pub fn cipher_suite(&self) -> Option<rustls::CipherSuite> {
-        self.conn.negotiated_cipher_suite().map(|s| s.suite())
+        match &self.session {
+            Session::Rustls(c) => c.negotiated_cipher_suite().map(|s| s.suite()),
+            Session::Tls13(t) => Some(t.cipher_suite()),
+            Session::Gone => None,
+        }
     }
 
+    /// While rustls has the session (the handshake and just after it).
     pub fn key_exchange_group(&self) -> Option<rustls::NamedGroup> {
-        self.conn.negotiated_key_exchange_group().map(|g| g.name())
+        self.rustls()?
+            .negotiated_key_exchange_group()
+            .map(|g| g.name())
     }
 
     /// The handshake resumed an earlier session (a ticket) rather than a full one.
     pub fn resumed(&self) -> bool {
-        self.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+        self.resumed
     }
 
     /// Keeps bytes that arrived during the handshake for later, when the shard's handshake
@@ -138,9 +207,11 @@ impl TlsConn {
         self.partial.len()
     }
 
-    /// The client's certificate chain, leaf first, once the handshake verified it.
+    /// The client's certificate chain, leaf first, once the handshake verified it: read it
+    /// when [`Received::established`] says so, before the next call takes the session from
+    /// rustls.
     pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
-        self.conn.peer_certificates()
+        self.rustls()?.peer_certificates()
     }
 
     /// Takes the bytes the socket delivered, in `work` (the shard's scratch buffer, left
@@ -153,10 +224,19 @@ impl TlsConn {
         out: &mut Vec<u8>,
     ) -> Received {
         let mut got = Received::default();
-        if self.failed {
+        if self.failed || !self.settle(out) {
             got.error = Some(rustls::Error::HandshakeNotComplete);
             return got;
         }
+        if let Session::Tls13(t) = &mut self.session {
+            let got = Self::receive_tls13(t, &mut self.partial, work, plain, out);
+            self.failed = got.error.is_some();
+            return got;
+        }
+        let Session::Rustls(conn) = &mut self.session else {
+            got.error = Some(rustls::Error::HandshakeNotComplete);
+            return got;
+        };
         let from_partial = !self.partial.is_empty();
         let buf = if from_partial {
             let p = self.partial.vec();
@@ -167,8 +247,7 @@ impl TlsConn {
         };
         let mut start = 0;
         loop {
-            let UnbufferedStatus { discard, state } =
-                self.conn.process_tls_records(&mut buf[start..]);
+            let UnbufferedStatus { discard, state } = conn.process_tls_records(&mut buf[start..]);
             let state = match state {
                 Ok(s) => s,
                 Err(e) => {
@@ -197,8 +276,9 @@ impl TlsConn {
                 break;
             }
         }
-        if !self.established && !self.conn.is_handshaking() && got.error.is_none() {
+        if !self.established && !conn.is_handshaking() && got.error.is_none() {
             self.established = true;
+            self.resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
             got.established = true;
         }
         // Keep only an unfinished record, in a buffer of its own size.
@@ -211,6 +291,40 @@ impl TlsConn {
             self.fail(out);
         }
         got
+    }
+
+    /// [`TlsConn::receive`] on the record layer: whole records are opened, an unfinished
+    /// one is kept in `partial`.
+    fn receive_tls13(
+        t: &mut crate::records::Traffic,
+        partial: &mut Held,
+        work: &mut Vec<u8>,
+        plain: &mut BytesMut,
+        out: &mut Vec<u8>,
+    ) -> Received {
+        let from_partial = !partial.is_empty();
+        let buf = if from_partial {
+            let p = partial.vec();
+            p.extend_from_slice(work);
+            p
+        } else {
+            &mut *work
+        };
+        let opened = t.open(buf, plain, out);
+        if from_partial {
+            partial.consume(opened.consumed);
+        } else if opened.consumed < work.len() && opened.error.is_none() {
+            partial.vec().extend_from_slice(&work[opened.consumed..]);
+        }
+        if opened.error.is_some() {
+            *partial = Held::default();
+        }
+        Received {
+            plain: opened.plain,
+            established: false,
+            peer_closed: opened.peer_closed,
+            error: opened.error,
+        }
     }
 
     /// After a fatal error rustls still holds its alert: encode it into `out`.
@@ -235,11 +349,14 @@ impl TlsConn {
         out: &mut Vec<u8>,
         f: impl FnOnce(&mut WriteTraffic<'_, ServerConnectionData>, &mut Vec<u8>) -> bool,
     ) -> bool {
+        let Session::Rustls(conn) = &mut self.session else {
+            return false;
+        };
         let mut pending = self.partial.take();
         let mut f = Some(f);
         let mut result = false;
         for _ in 0..8 {
-            let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut pending);
+            let UnbufferedStatus { discard, state } = conn.process_tls_records(&mut pending);
             let done = match state {
                 Ok(ConnectionState::EncodeTlsData(mut e)) => {
                     encode(&mut e, out);
@@ -269,8 +386,11 @@ impl TlsConn {
     /// Encrypts application bytes into `out`; false if the connection cannot send them
     /// (handshake unfinished, or closed).
     pub fn encrypt(&mut self, plain: &[u8], out: &mut Vec<u8>) -> bool {
-        if self.failed {
+        if self.failed || !self.settle(out) {
             return false;
+        }
+        if let Session::Tls13(t) = &mut self.session {
+            return t.seal(plain, out);
         }
         self.with_writer(out, |w, out| {
             let records = plain.len().div_ceil(MAX_RECORD).max(1);
@@ -295,6 +415,10 @@ impl TlsConn {
     /// Appends a close_notify alert to `out`, if the connection can still send one.
     pub fn close_notify(&mut self, out: &mut Vec<u8>) {
         if self.failed || !self.established {
+            return;
+        }
+        if let Session::Tls13(t) = &mut self.session {
+            t.close_notify(out);
             return;
         }
         self.with_writer(out, |w, out| {
@@ -563,6 +687,31 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Random bytes, often behind a plausible record header, on a TLS 1.3 session that
+        /// left rustls: an error or nothing, never a panic.
+        #[test]
+        fn random_records_on_the_record_layer_never_panic(
+            pieces in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), 1..6),
+            typ in proptest::prelude::any::<u8>(),
+        ) {
+            let mut link = Link::new(&rustls::version::TLS13, 1 << 20);
+            link.pump();
+            proptest::prop_assert_eq!(link.send_to_client(b"x"), b"x".to_vec());
+            for (i, p) in pieces.iter().enumerate() {
+                let mut work = p.clone();
+                if i == 0 {
+                    let len = (p.len() as u16).to_be_bytes();
+                    work.splice(0..0, [typ % 4 + 0x14, 3, 3, len[0], len[1]]);
+                }
+                let _ = link.server.receive(&mut work, &mut BytesMut::new(), &mut Vec::new());
+            }
+            let _ = link.server.encrypt(b"y", &mut Vec::new());
+            link.server.close_notify(&mut Vec::new());
+        }
+    }
+
     /// A client that keeps changing its traffic keys (TLS 1.3 KeyUpdate): each costs the
     /// server one key derivation and no answer, and traffic goes on; rustls itself refuses a
     /// peer that keeps *requesting* updates of the server's keys (its own bound).
@@ -612,15 +761,116 @@ mod tests {
     }
 
     #[test]
-    fn close_notify_is_seen_and_sent() {
-        let mut link = Link::new(&rustls::version::TLS13, 100);
+    fn close_notify_is_seen_and_sent_after_either_version() {
+        for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+            for talk in [false, true] {
+                let mut link = Link::new(version, 100);
+                link.pump();
+                if talk {
+                    // TLS 1.3: the session is on the record layer from here.
+                    assert_eq!(link.send_to_client(b"hello"), b"hello");
+                }
+                link.client.send_close_notify();
+                assert!(link.pump().peer_closed, "{version:?} {talk}");
+                let mut out = Vec::new();
+                link.server.close_notify(&mut out);
+                feed(&mut link.client, &out);
+                assert!(link.client.process_new_packets().unwrap().peer_has_closed());
+            }
+        }
+    }
+
+    /// After a TLS 1.3 handshake the session leaves rustls for the record layer
+    /// (`records.rs`); TLS 1.2 stays with rustls. Records of every size go both ways, a
+    /// KeyUpdate the client asks for is answered before the server's next record, and the
+    /// keys change again on both sides without a byte lost.
+    #[test]
+    fn a_tls13_session_continues_on_its_own_record_layer() {
+        let big: Vec<u8> = (0..70_000u32).map(|i| (i % 253) as u8).collect();
+        for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+            let mut link = Link::new(version, 1000);
+            link.pump();
+            assert_eq!(link.send_to_client(b"first"), b"first");
+            let own = matches!(link.server.session, Session::Tls13(_));
+            assert_eq!(own, version.version == rustls::ProtocolVersion::TLSv1_3);
+            assert_eq!(link.server.protocol_version(), Some(version.version));
+            assert!(link.server.cipher_suite().is_some());
+            link.client.writer().write_all(&big).unwrap();
+            assert_eq!(link.pump().plain, big.len());
+            assert_eq!(&link.plain[..], &big[..]);
+            assert_eq!(link.send_to_client(&big), big);
+            if own {
+                for round in 0..3 {
+                    link.client.refresh_traffic_keys().unwrap();
+                    link.client.writer().write_all(b"k").unwrap();
+                    link.pump();
+                    let mut out = Vec::new();
+                    assert!(link.server.encrypt(b"after", &mut out));
+                    // The answer: a KeyUpdate record, then the data under the new key.
+                    assert!(out.len() > 2 * 5 + 5, "round {round}");
+                    assert_eq!(feed(&mut link.client, &out), b"after");
+                }
+                assert_eq!(link.plain.len(), big.len() + 3);
+            }
+        }
+    }
+
+    /// At the suite's confidentiality limit the record layer changes its sending key (a
+    /// KeyUpdate of its own) and the client reads on without a gap.
+    #[test]
+    fn the_sending_key_changes_before_the_confidentiality_limit() {
+        let mut link = Link::new(&rustls::version::TLS13, 1 << 20);
         link.pump();
-        link.client.send_close_notify();
-        assert!(link.pump().peer_closed);
-        let mut out = Vec::new();
-        link.server.close_notify(&mut out);
-        feed(&mut link.client, &out);
-        assert!(link.client.process_new_packets().unwrap().peer_has_closed());
+        assert_eq!(link.send_to_client(b"x"), b"x");
+        let Session::Tls13(t) = &mut link.server.session else {
+            panic!("not on the record layer");
+        };
+        t.set_limit(4);
+        for i in 0..20u8 {
+            let chunk = vec![i; 100 + usize::from(i)];
+            assert_eq!(link.send_to_client(&chunk), chunk);
+        }
+        link.client.writer().write_all(b"still").unwrap();
+        link.pump();
+        assert!(link.plain.ends_with(b"still"));
+    }
+
+    /// On the record layer a record that does not decrypt, an unencrypted handshake record and
+    /// one longer than TLS allows are fatal: an error, an alert the client understands, and
+    /// nothing sent afterwards.
+    #[test]
+    fn a_bad_record_after_a_tls13_handshake_is_fatal_with_an_alert() {
+        for case in 0..3 {
+            let mut link = Link::new(&rustls::version::TLS13, 1 << 20);
+            link.pump();
+            assert_eq!(link.send_to_client(b"x"), b"x");
+            let mut wire = match case {
+                0 => {
+                    link.client.writer().write_all(b"abc").unwrap();
+                    let mut w = Vec::new();
+                    while link.client.wants_write() {
+                        link.client.write_tls(&mut w).unwrap();
+                    }
+                    *w.last_mut().unwrap() ^= 1;
+                    w
+                }
+                1 => vec![0x16, 3, 3, 0, 4, 1, 0, 0, 0],
+                _ => vec![0x17, 3, 3, 0x48, 0x01, 0],
+            };
+            let mut out = Vec::new();
+            let got = link
+                .server
+                .receive(&mut wire, &mut BytesMut::new(), &mut out);
+            assert!(got.error.is_some(), "case {case}");
+            assert!(!out.is_empty(), "case {case}: no alert");
+            let mut rd = &out[..];
+            link.client.read_tls(&mut rd).unwrap();
+            assert!(matches!(
+                link.client.process_new_packets(),
+                Err(rustls::Error::AlertReceived(_))
+            ));
+            assert!(!link.server.encrypt(b"y", &mut Vec::new()), "case {case}");
+        }
     }
 
     /// Heap bytes allocated and not freed by the current thread (tests run on their own
@@ -660,12 +910,13 @@ mod tests {
     static ALLOC: Counting = Counting;
 
     /// What an idle TLS connection costs the broker: the session after a handshake and
-    /// traffic both ways, with nothing in flight. Measured at 3,297 bytes (TLS 1.3) in 8
-    /// blocks: our `TlsConn` with rustls' state inline (1,112), the traffic state and its key
-    /// schedule (640 + 224), the two AEAD keys (560 each), two empty queues keeping their
-    /// capacity (96 each) and the client's server name. The budget is a quarter of
-    /// Mosquitto's 15,821 bytes per idle TLS connection, the plain connection's 468 included:
-    /// this bound keeps the TLS part from growing past what was measured.
+    /// traffic both ways, with nothing in flight. TLS 1.3, on the record layer: 2,008 bytes
+    /// (`TlsConn`, the record layer with rustls' `KernelConnection` inline, its key schedule
+    /// state, the two AEAD keys of 560 bytes each). While rustls kept the session it was 3,297
+    /// bytes in 8 blocks (its state inline, 1,112; two empty queues keeping their capacity; the
+    /// client's server name), as TLS 1.2 still is (3,209). The budget is a quarter of
+    /// Mosquitto's 15,821 bytes per idle TLS connection, the plain connection's 478 included:
+    /// these bounds keep each version from growing past what was measured.
     #[test]
     fn an_idle_tls_session_fits_its_budget() {
         for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
@@ -683,7 +934,12 @@ mod tests {
                 "{version:?}: an idle TLS session holds {held} heap bytes (TlsConn {} inline)",
                 std::mem::size_of::<TlsConn>()
             );
-            assert!(held <= 3400, "{version:?}: {held} bytes");
+            let bound = if version.version == rustls::ProtocolVersion::TLSv1_3 {
+                2100
+            } else {
+                3300
+            };
+            assert!(held <= bound, "{version:?}: {held} bytes");
         }
     }
 
