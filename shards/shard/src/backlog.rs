@@ -21,6 +21,8 @@
 
 use crate::driver::Shard;
 use crate::io;
+use crate::ws::WsConn;
+use ringmq_core::ShardState;
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
@@ -66,6 +68,49 @@ impl Shard {
             handshakes: self.tls.borrow().backlog_len() as u64,
             closes: self.closing.borrow().0.len() as u64,
         }
+    }
+
+    /// What a finishing connection still gets, through its layers in order: the output the
+    /// core queued (unless the socket was blocked or a layer still holds bytes it did not
+    /// take, and, for WebSocket, only once upgraded), then framed and followed by a close
+    /// frame (WebSocket), then encrypted and followed by close_notify (TLS). The layers'
+    /// sessions leave their tables.
+    pub(crate) fn last_words(&self, st: &mut ShardState, key: usize, fd: RawFd) -> Vec<u8> {
+        let tls = self.tls_end(st, key, fd);
+        let ws = self.ws_take(fd);
+        let mut last = Vec::new();
+        let Some(conn) = st.conns.get_mut(key) else {
+            return last;
+        };
+        let held = tls.as_ref().is_some_and(|t| !t.unsent.is_empty())
+            || ws.as_ref().is_some_and(|w| !w.unsent.is_empty());
+        if conn.write_blocked() || held {
+            return last;
+        }
+        if ws.as_ref().is_none_or(|w| w.is_open()) {
+            if let Some(chunks) = conn.out.chunks_mut() {
+                for c in chunks.iter() {
+                    last.extend_from_slice(c);
+                }
+            }
+        }
+        if let Some(mut w) = ws {
+            let mut framed = Vec::new();
+            if !last.is_empty() {
+                WsConn::frame(&last, &mut framed);
+            }
+            w.close(crate::ws::close_code(conn.close), &mut framed);
+            last = framed;
+        }
+        if let Some(mut t) = tls {
+            let mut sealed = Vec::new();
+            if !last.is_empty() {
+                t.encrypt(&last, &mut sealed);
+            }
+            t.close_notify(&mut sealed);
+            last = sealed;
+        }
+        last
     }
 
     /// The backlogs' turn after a batch of completions; `ring_more`: the ring has more

@@ -271,16 +271,7 @@ impl Shard {
             return;
         };
         self.proxy_finish(fd);
-        let mut last = Vec::new();
-        if !self.tls_finish(st, key, fd, &mut last) && !self.ws_finish(st, key, fd, &mut last) {
-            let conn = &mut st.conns[key];
-            let blocked = conn.write_blocked();
-            if let Some(chunks) = conn.out.chunks_mut().filter(|_| !blocked) {
-                for c in chunks.iter() {
-                    last.extend_from_slice(c);
-                }
-            }
-        }
+        let last = self.last_words(st, key, fd);
         let (close, listener) = (st.conns[key].close, st.conns[key].listener);
         st.finish_conn(key);
         if close != Some(Close::Handoff) {

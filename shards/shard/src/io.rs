@@ -196,6 +196,15 @@ pub fn reserve_descriptors(n: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Adds one to an eventfd's counter, waking whoever waits on it.
+pub fn signal_eventfd(fd: RawFd) {
+    let one: u64 = 1;
+    // SAFETY: an 8-byte write of a u64 to a descriptor the caller owns.
+    unsafe {
+        libc::write(fd, (&one as *const u64).cast(), 8);
+    }
+}
+
 /// What became of a connection's output after a try at sending it.
 pub(crate) enum Sent {
     All,

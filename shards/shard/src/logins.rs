@@ -51,11 +51,7 @@ impl Mailbox {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(a);
-        let one: u64 = 1;
-        // SAFETY: an 8-byte write of a u64 to an eventfd this mailbox owns.
-        unsafe {
-            libc::write(self.eventfd, (&one as *const u64).cast(), 8);
-        }
+        crate::io::signal_eventfd(self.eventfd);
     }
 
     /// The answers that arrived, emptying the mailbox.

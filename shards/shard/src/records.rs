@@ -25,7 +25,8 @@
 
 use bytes::BytesMut;
 use rustls::crypto::cipher::{
-    InboundOpaqueMessage, MessageDecrypter, MessageEncrypter, OutboundChunks, OutboundPlainMessage,
+    AeadKey, InboundOpaqueMessage, Iv, MessageDecrypter, MessageEncrypter, OutboundChunks,
+    OutboundPlainMessage, Tls13AeadAlgorithm,
 };
 use rustls::kernel::KernelConnection;
 use rustls::server::ServerConnectionData;
@@ -189,18 +190,16 @@ impl Traffic {
                             "KeyUpdate",
                         );
                     }
-                    match self.kernel.update_rx_secret() {
-                        Ok((seq, s)) => match decrypter(self.kernel.negotiated_cipher_suite(), s) {
-                            Ok(d) => {
-                                self.rx = d;
-                                self.rx_seq = seq;
-                            }
-                            Err(e) => {
-                                got.error = Some(e);
-                                self.alert(AlertDescription::InternalError, out);
-                                return got;
-                            }
-                        },
+                    let suite = self.kernel.negotiated_cipher_suite();
+                    let next = self
+                        .kernel
+                        .update_rx_secret()
+                        .and_then(|(seq, s)| Ok((seq, decrypter(suite, s)?)));
+                    match next {
+                        Ok((seq, d)) => {
+                            self.rx = d;
+                            self.rx_seq = seq;
+                        }
                         Err(e) => {
                             got.error = Some(e);
                             self.alert(AlertDescription::InternalError, out);
@@ -299,21 +298,19 @@ impl Traffic {
     }
 }
 
-fn key_iv(
+/// The suite's AEAD and the key and IV of one direction's traffic secret.
+fn aead(
+    suite: SupportedCipherSuite,
     s: ConnectionTrafficSecrets,
-) -> Result<(rustls::crypto::cipher::AeadKey, rustls::crypto::cipher::Iv), Error> {
+) -> Result<(&'static dyn Tls13AeadAlgorithm, AeadKey, Iv), Error> {
+    let SupportedCipherSuite::Tls13(suite) = suite else {
+        return Err(Error::General("not a TLS 1.3 suite".into()));
+    };
     match s {
         ConnectionTrafficSecrets::Aes128Gcm { key, iv }
         | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
-        | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => Ok((key, iv)),
+        | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => Ok((suite.aead_alg, key, iv)),
         _ => Err(Error::General("unsupported AEAD".into())),
-    }
-}
-
-fn suite13(suite: SupportedCipherSuite) -> Result<&'static rustls::Tls13CipherSuite, Error> {
-    match suite {
-        SupportedCipherSuite::Tls13(s) => Ok(s),
-        _ => Err(Error::General("not a TLS 1.3 suite".into())),
     }
 }
 
@@ -321,14 +318,12 @@ fn encrypter(
     suite: SupportedCipherSuite,
     s: ConnectionTrafficSecrets,
 ) -> Result<Box<dyn MessageEncrypter>, Error> {
-    let (key, iv) = key_iv(s)?;
-    Ok(suite13(suite)?.aead_alg.encrypter(key, iv))
+    aead(suite, s).map(|(alg, key, iv)| alg.encrypter(key, iv))
 }
 
 fn decrypter(
     suite: SupportedCipherSuite,
     s: ConnectionTrafficSecrets,
 ) -> Result<Box<dyn MessageDecrypter>, Error> {
-    let (key, iv) = key_iv(s)?;
-    Ok(suite13(suite)?.aead_alg.decrypter(key, iv))
+    aead(suite, s).map(|(alg, key, iv)| alg.decrypter(key, iv))
 }

@@ -133,11 +133,7 @@ impl NetRing {
     /// Signals the eventfd as the kernel would: completions are waiting that nobody else
     /// will announce, and the network task should take them in its own batches.
     pub fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: an 8-byte write of a u64 to the eventfd this ring owns.
-        unsafe {
-            libc::write(self.eventfd, (&one as *const u64).cast(), 8);
-        }
+        crate::io::signal_eventfd(self.eventfd);
     }
 
     /// The eventfd signalled whenever completions are posted.

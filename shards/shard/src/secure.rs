@@ -291,58 +291,22 @@ impl Shard {
         }
     }
 
-    /// The end of a TLS connection: its last output and close_notify, encrypted into `last`
-    /// (sent from the closing backlog), then its session is dropped. Returns whether the
-    /// descriptor was a TLS connection.
-    pub(crate) fn tls_finish(
+    /// A TLS connection ends: its session leaves the table; one that never finished its
+    /// handshake counts as a failed handshake and gives its listener's place back.
+    pub(crate) fn tls_end(
         &self,
         st: &mut ShardState,
         key: usize,
         fd: RawFd,
-        last: &mut Vec<u8>,
-    ) -> bool {
-        let mut guard = self.tls.borrow_mut();
-        let tls = &mut *guard;
-        let Some(mut tc) = tls.conns.remove(fd) else {
-            return false;
-        };
-        let mut ws = self.ws_take(fd);
+    ) -> Option<Box<TlsConn>> {
+        let tc = self.tls.borrow_mut().conns.remove(fd)?;
         if !tc.is_established() {
             st.counters.tls_handshake_failures += 1;
             if let Some(c) = st.conns.get(key) {
                 self.handshake_done(c.listener.into());
             }
         }
-        let conn = st.conns.get_mut(key);
-        let code = crate::ws::close_code(conn.as_ref().and_then(|c| c.close));
-        tls.out.clear();
-        if let Some(conn) = conn.filter(|c| !c.write_blocked() && tc.unsent.is_empty()) {
-            let queued = conn.out.take();
-            tls.plain.clear();
-            for c in &queued {
-                tls.plain.extend_from_slice(c);
-            }
-            match ws.as_mut() {
-                // wss://: the last output in a frame, then the WebSocket close frame.
-                Some(w) => {
-                    tls.framed.clear();
-                    if w.is_open() && !tls.plain.is_empty() {
-                        crate::ws::WsConn::frame(&tls.plain, &mut tls.framed);
-                    }
-                    w.close(code, &mut tls.framed);
-                    if !tls.framed.is_empty() {
-                        tc.encrypt(&tls.framed, &mut tls.out);
-                    }
-                }
-                None if !tls.plain.is_empty() => {
-                    tc.encrypt(&tls.plain, &mut tls.out);
-                }
-                None => {}
-            }
-            tc.close_notify(&mut tls.out);
-            last.extend_from_slice(&tls.out);
-        }
-        true
+        Some(tc)
     }
 
     /// Reads what a TLS connection's socket holds with plain `recv`s (a takeover's drain).

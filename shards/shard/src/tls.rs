@@ -99,6 +99,27 @@ impl Held {
     pub fn as_slice(&self) -> &[u8] {
         self.0.as_deref().map_or(&[], |v| v.as_slice())
     }
+
+    /// The input to process: the bytes kept from before followed by `work`, or `work`
+    /// itself when none were kept.
+    fn join<'a>(&'a mut self, work: &'a mut Vec<u8>) -> &'a mut Vec<u8> {
+        if self.is_empty() {
+            return work;
+        }
+        let p = self.vec();
+        p.extend_from_slice(work);
+        p
+    }
+
+    /// After [`Held::join`] and the first `taken` bytes processed: keeps only the rest, in a
+    /// buffer of its own size.
+    fn keep(&mut self, work: &[u8], taken: usize) {
+        if !self.is_empty() {
+            self.consume(taken);
+        } else if taken < work.len() {
+            self.vec().extend_from_slice(&work[taken..]);
+        }
+    }
 }
 
 /// Largest plaintext record (TLS 1.2 and 1.3).
@@ -237,14 +258,7 @@ impl TlsConn {
             got.error = Some(rustls::Error::HandshakeNotComplete);
             return got;
         };
-        let from_partial = !self.partial.is_empty();
-        let buf = if from_partial {
-            let p = self.partial.vec();
-            p.extend_from_slice(work);
-            p
-        } else {
-            &mut *work
-        };
+        let buf = self.partial.join(work);
         let mut start = 0;
         loop {
             let UnbufferedStatus { discard, state } = conn.process_tls_records(&mut buf[start..]);
@@ -281,12 +295,8 @@ impl TlsConn {
             self.resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
             got.established = true;
         }
-        // Keep only an unfinished record, in a buffer of its own size.
-        if from_partial {
-            self.partial.consume(start);
-        } else if start < work.len() {
-            self.partial.vec().extend_from_slice(&work[start..]);
-        }
+        // Keep only an unfinished record.
+        self.partial.keep(work, start);
         if got.error.is_some() {
             self.fail(out);
         }
@@ -302,20 +312,8 @@ impl TlsConn {
         plain: &mut BytesMut,
         out: &mut Vec<u8>,
     ) -> Received {
-        let from_partial = !partial.is_empty();
-        let buf = if from_partial {
-            let p = partial.vec();
-            p.extend_from_slice(work);
-            p
-        } else {
-            &mut *work
-        };
-        let opened = t.open(buf, plain, out);
-        if from_partial {
-            partial.consume(opened.consumed);
-        } else if opened.consumed < work.len() && opened.error.is_none() {
-            partial.vec().extend_from_slice(&work[opened.consumed..]);
-        }
+        let opened = t.open(partial.join(work), plain, out);
+        partial.keep(work, opened.consumed);
         if opened.error.is_some() {
             *partial = Held::default();
         }

@@ -5,7 +5,7 @@
 use crate::driver::Shard;
 use crate::fdtable::FdTable;
 use crate::io::{self, flush, send, Sent};
-use crate::ws::{close_code, Why, WsConn, WsSettings};
+use crate::ws::{Why, WsConn, WsSettings};
 use ringmq_core::state::Read;
 use ringmq_core::{Close, ShardState};
 use std::os::fd::RawFd;
@@ -155,41 +155,6 @@ impl Shard {
         }
         drop(guard);
         self.after_send(st, key, fd, sent);
-    }
-
-    /// The end of a WebSocket connection: its last output and a close frame into `last` (sent
-    /// from the closing backlog), then its session is dropped. Returns whether the descriptor
-    /// was a WebSocket connection.
-    pub(crate) fn ws_finish(
-        &self,
-        st: &mut ShardState,
-        key: usize,
-        fd: RawFd,
-        last: &mut Vec<u8>,
-    ) -> bool {
-        let mut guard = self.ws.borrow_mut();
-        let ws = &mut *guard;
-        let Some(mut wc) = ws.conns.remove(fd) else {
-            return false;
-        };
-        let conn = st.conns.get_mut(key);
-        let code = close_code(conn.as_ref().and_then(|c| c.close));
-        ws.out.clear();
-        if let Some(conn) = conn.filter(|c| !c.write_blocked() && wc.unsent.is_empty()) {
-            if wc.is_open() {
-                let queued = conn.out.take();
-                ws.plain.clear();
-                for c in &queued {
-                    ws.plain.extend_from_slice(c);
-                }
-                if !ws.plain.is_empty() {
-                    WsConn::frame(&ws.plain, &mut ws.out);
-                }
-            }
-            wc.close(code, &mut ws.out);
-            last.extend_from_slice(&ws.out);
-        }
-        true
     }
 
     /// Takes a connection's WebSocket state out of the table (its end, or its hand-over).
